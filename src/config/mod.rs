@@ -1,0 +1,89 @@
+//! The config file: read (`model`), checked (`validate`), turned into a runtime snapshot (`compile`).
+
+pub mod compile;
+pub mod duration;
+pub mod model;
+pub mod validate;
+
+pub use compile::compile;
+pub use model::RawConfig;
+pub use validate::{validate, Config};
+
+use std::fmt;
+use std::path::Path;
+
+/// One problem in a config, located by its path (`routes[0].http[1].timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path to the field; empty for the whole document.
+    pub path: String,
+    /// What is wrong, and where it helps, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config; shown one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the config came from.
+    pub source_name: String,
+    /// The problems, in document order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} error(s)", self.source_name, self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses YAML text into the raw model; syntax, type and unknown-field errors carry their path.
+pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError {
+            source_name: source_name.to_string(),
+            errors: vec![FieldError {
+                path,
+                message: e.into_inner().to_string(),
+            }],
+        }
+    })
+}
+
+/// Parses and validates YAML text.
+pub fn from_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    let raw = parse(text, source_name)?;
+    validate(&raw).map_err(|errors| ConfigError {
+        source_name: source_name.to_string(),
+        errors,
+    })
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        errors: vec![FieldError {
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    from_str(&text, &name)
+}

@@ -1,0 +1,289 @@
+//! The config file as written: plain serde structs, strings left unparsed.
+//!
+//! `validate.rs` turns these into typed values and reports every problem with its path, so this
+//! layer only rejects what serde must (YAML syntax, wrong types, unknown fields).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole config file (SPEC §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Ports the gateway serves traffic on.
+    pub listeners: Vec<RawListener>,
+    /// Admin API settings.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Readiness endpoint settings.
+    #[serde(default)]
+    pub readiness: RawReadiness,
+    /// Metrics endpoint settings.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// Upstream services by name; ordered so errors come out in a stable order.
+    pub services: BTreeMap<String, RawService>,
+    /// Routes, matched by host.
+    pub routes: Vec<RawRoute>,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name.
+    pub name: String,
+    /// `ip:port`.
+    pub address: String,
+    /// TLS termination (not yet available).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// Listener TLS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate/key pairs; SNI picks one by its SANs.
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// One certificate and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `ip:port`, loopback by default.
+    pub address: String,
+    /// Bearer token file for /v1 calls.
+    pub token_file: Option<String>,
+    /// Where API overrides are persisted.
+    pub state_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:15000".into(),
+            token_file: None,
+            state_file: None,
+        }
+    }
+}
+
+/// Readiness endpoint settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReadiness {
+    /// `ip:port`.
+    pub address: String,
+}
+
+impl Default for RawReadiness {
+    fn default() -> Self {
+        Self {
+            address: "0.0.0.0:15021".into(),
+        }
+    }
+}
+
+/// Metrics endpoint settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// `ip:port`.
+    pub address: String,
+    /// `source`, `destination` or `both`.
+    pub reporter: String,
+    /// Value of `source_cluster` / `destination_cluster`.
+    pub cluster: String,
+    /// The gateway's own identity, for the `source_*` labels.
+    pub workload: RawWorkload,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            address: "0.0.0.0:15090".into(),
+            reporter: "source".into(),
+            cluster: "Kubernetes".into(),
+            workload: RawWorkload::default(),
+        }
+    }
+}
+
+/// The gateway's workload identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Workload namespace.
+    pub namespace: String,
+    /// `app` label.
+    pub app: String,
+    /// `version` label.
+    pub version: String,
+}
+
+impl Default for RawWorkload {
+    fn default() -> Self {
+        Self {
+            name: "splitgate".into(),
+            namespace: "istio-system".into(),
+            app: "splitgate".into(),
+            version: "v1".into(),
+        }
+    }
+}
+
+/// An upstream service: its identity and its subsets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// FQDN, the `destination_service` label.
+    pub host: String,
+    /// Subsets by name.
+    pub subsets: BTreeMap<String, RawSubset>,
+    /// Connection policy.
+    #[serde(default)]
+    pub policy: RawPolicy,
+}
+
+/// A subset: the endpoints of one version.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubset {
+    /// Pod labels (`app`, `version`, `service.istio.io/canonical-*`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Workload name; defaults to `<service>-<subset>`.
+    #[serde(default)]
+    pub workload: Option<String>,
+    /// `host:port` entries.
+    pub endpoints: Vec<String>,
+}
+
+/// DestinationRule-like policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Duration string; default 10s.
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// `round_robin`, `least_request` or `random`.
+    #[serde(default)]
+    pub load_balancer: Option<String>,
+    /// Idle keep-alive connections kept per endpoint; default 256.
+    #[serde(default)]
+    pub max_idle_per_endpoint: Option<usize>,
+}
+
+/// A route: a set of hosts and its ordered rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name (used by the admin API).
+    pub name: String,
+    /// `exact.host`, `*.suffix` or `*`.
+    pub hosts: Vec<String>,
+    /// Rules, first match wins.
+    pub http: Vec<RawRule>,
+}
+
+/// One rule of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Name, unique within the route; defaults to `rule-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Match blocks, OR'ed; none means match all.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<RawMatchBlock>,
+    /// Weighted destinations.
+    pub route: Vec<RawDestinationWeight>,
+    /// Time to wait for the upstream's response headers.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Conditions AND'ed together (Istio's HTTPMatchRequest).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatchBlock {
+    /// Request path, without the query string.
+    #[serde(default)]
+    pub uri: Option<RawStringMatch>,
+    /// Request method.
+    #[serde(default)]
+    pub method: Option<RawStringMatch>,
+    /// Host / :authority as sent.
+    #[serde(default)]
+    pub authority: Option<RawStringMatch>,
+    /// Header name → condition.
+    #[serde(default)]
+    pub headers: BTreeMap<String, RawStringMatch>,
+    /// Header name → condition that must NOT hold.
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, RawStringMatch>,
+    /// Query parameter name → condition.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, RawStringMatch>,
+    /// Cookie name → condition.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, RawStringMatch>,
+}
+
+/// `{exact|prefix|suffix|regex: "..."}` or `{present: true}`; exactly one key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStringMatch {
+    /// Whole value equals.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// Value starts with.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Value ends with.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Value fully matches (anchored).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Value is there at all.
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+/// A destination and its weight.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestinationWeight {
+    /// Where to send.
+    pub destination: RawDestination,
+    /// Relative weight; may be omitted only when it is the rule's sole destination.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// A service subset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    /// Service key.
+    pub service: String,
+    /// Subset name.
+    pub subset: String,
+}

@@ -1,0 +1,596 @@
+//! Checks a raw config and converts it into typed values, reporting every problem with its path.
+
+use super::duration::parse_duration;
+use super::model::*;
+use super::FieldError;
+use crate::routing::{MatchBlock, NamedMatch, Route, Rule, StringMatch};
+use crate::split::{Split, Target};
+use crate::upstream::{EndpointAddr, LoadBalancer};
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Default upstream connect timeout (Istio's).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default idle connections kept per endpoint.
+pub const DEFAULT_MAX_IDLE: usize = 256;
+
+/// A validated config: typed, cross-referenced, ready to compile.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config as written (kept to diff reloads and to apply API overrides on).
+    pub raw: RawConfig,
+    /// Listening sockets.
+    pub listeners: Vec<ListenerSpec>,
+    /// Admin API address.
+    pub admin_addr: SocketAddr,
+    /// Readiness endpoint address.
+    pub readiness_addr: SocketAddr,
+    /// Metrics endpoint address.
+    pub metrics_addr: SocketAddr,
+    /// Services in name order; `Target::service` indexes this.
+    pub services: Vec<ServiceSpec>,
+    /// Routes in config order, with their hosts.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Its name.
+    pub name: String,
+    /// Where it binds.
+    pub addr: SocketAddr,
+}
+
+/// A service and its subsets.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Key in `services`.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// FQDN.
+    pub host: String,
+    /// Connect timeout for its endpoints.
+    pub connect_timeout: Duration,
+    /// Endpoint choice within a subset.
+    pub load_balancer: LoadBalancer,
+    /// Idle connections kept per endpoint.
+    pub max_idle: usize,
+    /// Subsets in name order; `Target::subset` indexes this.
+    pub subsets: Vec<SubsetSpec>,
+}
+
+/// A subset.
+#[derive(Debug, Clone)]
+pub struct SubsetSpec {
+    /// Name.
+    pub name: String,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Workload name.
+    pub workload: String,
+    /// Endpoint addresses.
+    pub endpoints: Vec<EndpointAddr>,
+}
+
+/// A route and the hosts it serves (lowercase).
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The compiled route.
+    pub route: Route,
+    /// Its hosts.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.add(
+                path,
+                format!("invalid address {value:?}: expected ip:port, like 0.0.0.0:8080"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+}
+
+/// Validates a raw config. On failure, returns every problem found, in document order.
+pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut errs = Errors::default();
+
+    let mut listener_names = HashSet::new();
+    let listeners = raw
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let p = format!("listeners[{i}]");
+            if l.name.is_empty() {
+                errs.add(format!("{p}.name"), "must not be empty");
+            } else if !listener_names.insert(&l.name) {
+                errs.add(
+                    format!("{p}.name"),
+                    format!("duplicate listener name {:?}", l.name),
+                );
+            }
+            if l.tls.is_some() {
+                errs.add(
+                    format!("{p}.tls"),
+                    "TLS termination is not available in this version yet",
+                );
+            }
+            ListenerSpec {
+                name: l.name.clone(),
+                addr: errs.addr(&format!("{p}.address"), &l.address),
+            }
+        })
+        .collect();
+    if raw.listeners.is_empty() {
+        errs.add("listeners", "at least one listener is required");
+    }
+    let admin_addr = errs.addr("admin.address", &raw.admin.address);
+    let readiness_addr = errs.addr("readiness.address", &raw.readiness.address);
+    let metrics_addr = errs.addr("metrics.address", &raw.metrics.address);
+    if !matches!(
+        raw.metrics.reporter.as_str(),
+        "source" | "destination" | "both"
+    ) {
+        errs.add(
+            "metrics.reporter",
+            format!(
+                "must be source, destination or both, not {:?}",
+                raw.metrics.reporter
+            ),
+        );
+    }
+
+    let services: Vec<ServiceSpec> = raw
+        .services
+        .iter()
+        .map(|(name, s)| service(&mut errs, name, s))
+        .collect();
+    let service_index: HashMap<&str, usize> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+
+    let mut route_names = HashSet::new();
+    let mut host_owner: HashMap<String, &str> = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.is_empty() {
+            errs.add(format!("{p}.name"), "must not be empty");
+        } else if !route_names.insert(&r.name) {
+            errs.add(
+                format!("{p}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
+        }
+        if r.hosts.is_empty() {
+            errs.add(
+                format!("{p}.hosts"),
+                "at least one host is required (use \"*\" for any)",
+            );
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in r.hosts.iter().enumerate() {
+            let hp = format!("{p}.hosts[{j}]");
+            let host = h.to_ascii_lowercase();
+            if let Err(m) = check_host_pattern(&host) {
+                errs.add(hp, m);
+            } else if let Some(other) = host_owner.insert(host.clone(), &r.name) {
+                errs.add(
+                    hp,
+                    format!("host {h:?} is already served by route {other:?}"),
+                );
+            } else {
+                hosts.push(host);
+            }
+        }
+        if r.http.is_empty() {
+            errs.add(format!("{p}.http"), "at least one rule is required");
+        }
+        let mut rule_names = HashSet::new();
+        let rules = r
+            .http
+            .iter()
+            .enumerate()
+            .map(|(j, rule)| {
+                let rp = format!("{p}.http[{j}]");
+                let name = rule.name.clone().unwrap_or_else(|| format!("rule-{j}"));
+                if name.is_empty() {
+                    errs.add(format!("{rp}.name"), "must not be empty");
+                } else if !rule_names.insert(name.clone()) {
+                    errs.add(
+                        format!("{rp}.name"),
+                        format!("duplicate rule name {name:?} in route {:?}", r.name),
+                    );
+                }
+                let matches = rule
+                    .matches
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| match_block(&mut errs, &format!("{rp}.match[{k}]"), b))
+                    .collect();
+                let split = destinations(&mut errs, &rp, rule, &services, &service_index);
+                let timeout = rule
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| match parse_duration(t) {
+                        Ok(d) if d.is_zero() => None,
+                        Ok(d) => Some(d),
+                        Err(m) => {
+                            errs.add(format!("{rp}.timeout"), m);
+                            None
+                        }
+                    });
+                Rule {
+                    name: name.into(),
+                    matches,
+                    split,
+                    timeout,
+                }
+            })
+            .collect();
+        routes.push(RouteSpec {
+            route: Route {
+                name: r.name.as_str().into(),
+                rules,
+            },
+            hosts,
+        });
+    }
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Config {
+        raw: raw.clone(),
+        listeners,
+        admin_addr,
+        readiness_addr,
+        metrics_addr,
+        services,
+        routes,
+    })
+}
+
+fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
+    let p = format!("services.{name}");
+    if s.namespace.is_empty() {
+        errs.add(format!("{p}.namespace"), "must not be empty");
+    }
+    if s.host.is_empty() {
+        errs.add(format!("{p}.host"), "must not be empty");
+    }
+    if s.subsets.is_empty() {
+        errs.add(format!("{p}.subsets"), "at least one subset is required");
+    }
+    let connect_timeout = match s.policy.connect_timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_CONNECT_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            errs.add(format!("{p}.policy.connect_timeout"), "must be above zero");
+            DEFAULT_CONNECT_TIMEOUT
+        }
+        Some(Err(m)) => {
+            errs.add(format!("{p}.policy.connect_timeout"), m);
+            DEFAULT_CONNECT_TIMEOUT
+        }
+    };
+    let load_balancer = match s.policy.load_balancer.as_deref() {
+        None => LoadBalancer::default(),
+        Some(lb) => LoadBalancer::parse(lb).unwrap_or_else(|| {
+            errs.add(
+                format!("{p}.policy.load_balancer"),
+                format!("must be round_robin, least_request or random, not {lb:?}"),
+            );
+            LoadBalancer::default()
+        }),
+    };
+    let subsets = s
+        .subsets
+        .iter()
+        .map(|(sub, ss)| {
+            let sp = format!("{p}.subsets.{sub}");
+            let endpoints = ss
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| {
+                    parse_endpoint(e)
+                        .map_err(|m| errs.add(format!("{sp}.endpoints[{i}]"), m))
+                        .ok()
+                })
+                .collect();
+            SubsetSpec {
+                name: sub.clone(),
+                labels: ss.labels.clone(),
+                workload: ss
+                    .workload
+                    .clone()
+                    .unwrap_or_else(|| format!("{name}-{sub}")),
+                endpoints,
+            }
+        })
+        .collect();
+    ServiceSpec {
+        name: name.to_string(),
+        namespace: s.namespace.clone(),
+        host: s.host.clone(),
+        connect_timeout,
+        load_balancer,
+        max_idle: s.policy.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE),
+        subsets,
+    }
+}
+
+fn destinations(
+    errs: &mut Errors,
+    rp: &str,
+    rule: &RawRule,
+    services: &[ServiceSpec],
+    service_index: &HashMap<&str, usize>,
+) -> Split {
+    if rule.route.is_empty() {
+        errs.add(
+            format!("{rp}.route"),
+            "at least one destination is required",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut entries = Vec::new();
+    for (k, d) in rule.route.iter().enumerate() {
+        let dp = format!("{rp}.route[{k}]");
+        let weight = match d.weight {
+            Some(w) => w,
+            None if rule.route.len() == 1 => 100,
+            None => {
+                errs.add(
+                    format!("{dp}.weight"),
+                    "required when a rule has more than one destination",
+                );
+                0
+            }
+        };
+        let Some(&service) = service_index.get(d.destination.service.as_str()) else {
+            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            errs.add(
+                format!("{dp}.destination.service"),
+                format!(
+                    "unknown service {:?} (known: {})",
+                    d.destination.service,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let subsets = &services[service].subsets;
+        let Some(subset) = subsets.iter().position(|s| s.name == d.destination.subset) else {
+            let known: Vec<&str> = subsets.iter().map(|s| s.name.as_str()).collect();
+            errs.add(
+                format!("{dp}.destination.subset"),
+                format!(
+                    "unknown subset {:?} of service {:?} (known: {})",
+                    d.destination.subset,
+                    d.destination.service,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        if !seen.insert((service, subset)) {
+            errs.add(
+                format!("{dp}.destination"),
+                "the same service subset appears twice in this rule",
+            );
+        }
+        entries.push((Target { service, subset }, weight));
+    }
+    if !entries.is_empty()
+        && entries.iter().all(|e| e.1 == 0)
+        && rule.route.iter().all(|d| d.weight.is_some())
+    {
+        errs.add(
+            format!("{rp}.route"),
+            "the weights sum to 0: at least one destination needs a weight above 0",
+        );
+    }
+    if entries.is_empty() {
+        // Keep the shape valid for the rest of validation; an error has been recorded.
+        entries.push((
+            Target {
+                service: 0,
+                subset: 0,
+            },
+            1,
+        ));
+    }
+    Split::new(entries)
+}
+
+fn match_block(errs: &mut Errors, p: &str, b: &RawMatchBlock) -> MatchBlock {
+    let mut one = |field: &str, m: &Option<RawStringMatch>| {
+        m.as_ref()
+            .and_then(|m| string_match(errs, &format!("{p}.{field}"), m))
+    };
+    let (uri, method, authority) = (
+        one("uri", &b.uri),
+        one("method", &b.method),
+        one("authority", &b.authority),
+    );
+    let mut named =
+        |field: &str, map: &BTreeMap<String, RawStringMatch>, header: bool| -> Vec<NamedMatch> {
+            map.iter()
+                .filter_map(|(name, m)| {
+                    let np = format!("{p}.{field}.{name}");
+                    let name = if header {
+                        name.to_ascii_lowercase()
+                    } else {
+                        name.clone()
+                    };
+                    if name.is_empty()
+                        || (header && http::HeaderName::from_bytes(name.as_bytes()).is_err())
+                    {
+                        errs.add(&np, format!("invalid name {name:?}"));
+                        return None;
+                    }
+                    let test = string_match(errs, &np, m)?;
+                    Some(NamedMatch {
+                        name: name.into(),
+                        test,
+                    })
+                })
+                .collect()
+        };
+    MatchBlock {
+        uri,
+        method,
+        authority,
+        headers: named("headers", &b.headers, true),
+        without_headers: named("without_headers", &b.without_headers, true),
+        query_params: named("query_params", &b.query_params, false),
+        cookies: named("cookies", &b.cookies, false),
+    }
+}
+
+fn string_match(errs: &mut Errors, p: &str, m: &RawStringMatch) -> Option<StringMatch> {
+    let set = [
+        m.exact.is_some(),
+        m.prefix.is_some(),
+        m.suffix.is_some(),
+        m.regex.is_some(),
+        m.present.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        errs.add(
+            p,
+            "exactly one of exact, prefix, suffix, regex or present is required",
+        );
+        return None;
+    }
+    if let Some(e) = &m.exact {
+        return Some(StringMatch::Exact(e.as_str().into()));
+    }
+    if let Some(e) = &m.prefix {
+        return Some(StringMatch::Prefix(e.as_str().into()));
+    }
+    if let Some(e) = &m.suffix {
+        return Some(StringMatch::Suffix(e.as_str().into()));
+    }
+    if let Some(r) = &m.regex {
+        return match Regex::new(&format!("^(?:{r})$")) {
+            Ok(re) => Some(StringMatch::Regex(re)),
+            Err(e) => {
+                errs.add(
+                    format!("{p}.regex"),
+                    format!("invalid regex: {}", one_line(&e.to_string())),
+                );
+                None
+            }
+        };
+    }
+    if m.present == Some(true) {
+        Some(StringMatch::Present)
+    } else {
+        errs.add(
+            format!("{p}.present"),
+            "only `present: true` is allowed (use without_headers for absence)",
+        );
+        None
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if host == "*" {
+        return Ok(());
+    }
+    let ok = !name.is_empty()
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host {host:?}: expected a DNS name, \"*.suffix\" or \"*\" (no port)"
+        ))
+    }
+}
+
+/// Parses `ip:port`, `[v6]:port` or `dns-name:port`.
+pub fn parse_endpoint(s: &str) -> Result<EndpointAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return if a.port() == 0 {
+            Err(format!("invalid endpoint {s:?}: port 0"))
+        } else {
+            Ok(EndpointAddr::Ip(a))
+        };
+    }
+    let bad = || {
+        format!("invalid endpoint {s:?}: expected host:port, like 10.0.0.7:8080 or reviews-v1:9080")
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let looks_like_ip = host.bytes().all(|b| b.is_ascii_digit() || b == b'.') || host.contains(':');
+    if looks_like_ip && host.parse::<IpAddr>().is_err() {
+        return Err(bad());
+    }
+    check_host_pattern(&host.to_ascii_lowercase()).map_err(|_| bad())?;
+    if host.starts_with('*') {
+        return Err(bad());
+    }
+    Ok(EndpointAddr::Dns(format!("{host}:{port}").into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert!(matches!(
+            parse_endpoint("127.0.0.1:80"),
+            Ok(EndpointAddr::Ip(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("[::1]:80"),
+            Ok(EndpointAddr::Ip(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("reviews-v1.ns.svc:9080"),
+            Ok(EndpointAddr::Dns(_))
+        ));
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.300:80",
+            "host:0",
+            "host:99999",
+            ":80",
+            "a b:80",
+            "*.x:80",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! splitgate: an L7 traffic-splitting gateway for canary releases.
+//!
+//! A request flows: `server` (accept, HTTP/1.1 or h2c) → `proxy::handler` (load the `runtime`
+//! snapshot) → `routing` (host, then the first matching rule) → `split` (weighted subset) →
+//! `upstream` (endpoint pick, pooled connection) → back through `proxy` to the client.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod split;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// Validates nothing further: builds the first runtime for `config` and starts its listeners.
+pub async fn start(
+    config: &config::Config,
+) -> Result<(server::Gateway, runtime::SharedRuntime), server::ServeError> {
+    let runtime: runtime::SharedRuntime =
+        Arc::new(ArcSwap::from_pointee(config::compile(config, None, 1)));
+    let gateway = server::Gateway::start(config, runtime.clone()).await?;
+    Ok((gateway, runtime))
+}

@@ -1,0 +1,58 @@
+//! Proxy failures, each mapped to Envoy's status code and response flag.
+
+use http::StatusCode;
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route or rule matched.
+    #[error("no route matched the request")]
+    NoRoute,
+    /// The chosen subset has no endpoints.
+    #[error("the subset has no endpoints")]
+    NoHealthyUpstream,
+    /// Every endpoint tried refused or timed out the connection.
+    #[error("upstream connect failed: {0}")]
+    ConnectFailure(String),
+    /// The upstream's response headers did not arrive within the rule's timeout.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The upstream connection broke before the response headers.
+    #[error("upstream reset: {0}")]
+    UpstreamReset(#[source] hyper::Error),
+}
+
+impl ProxyError {
+    /// Envoy's status for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoHealthyUpstream | Self::ConnectFailure(_) | Self::UpstreamReset(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Envoy's response flag for this failure.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "NR",
+            Self::NoHealthyUpstream => "UH",
+            Self::ConnectFailure(_) => "UF",
+            Self::UpstreamTimeout => "UT",
+            Self::UpstreamReset(_) => "UC",
+        }
+    }
+
+    /// The body sent to the client: the flag and a fixed sentence (no request data reflected).
+    pub fn body(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "NR: no route matched this request\n",
+            Self::NoHealthyUpstream => "UH: no healthy upstream endpoint\n",
+            Self::ConnectFailure(_) => "UF: could not connect to the upstream\n",
+            Self::UpstreamTimeout => "UT: the upstream did not answer in time\n",
+            Self::UpstreamReset(_) => "UC: the upstream connection closed before answering\n",
+        }
+    }
+}

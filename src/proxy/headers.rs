@@ -1,0 +1,238 @@
+//! Header rules for forwarding (SPEC §3): hop-by-hop headers, x-forwarded-*, x-request-id, Host.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Uri;
+use http::Version;
+use rand::RngCore;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), dropped both ways.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Per-connection facts, computed once at accept.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's IP, ready to append to x-forwarded-for.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`.
+    pub proto: HeaderValue,
+}
+
+/// Whether the request asks for a protocol upgrade (websocket) that we pass through.
+pub fn is_upgrade(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && has_token(&parts.headers, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if *h == header::TE && is_te_trailers(headers) {
+            continue;
+        }
+        headers.remove(h);
+    }
+}
+
+fn is_te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
+pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
+    let upgrade_value = if upgrade {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade_value {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    // The gateway answers 100-continue itself when it starts reading the body.
+    parts.headers.remove(header::EXPECT);
+
+    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(origin);
+    }
+    parts.version = Version::HTTP_11;
+
+    append_forwarded_for(&mut parts.headers, &conn.client_ip);
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let joined = match headers.get(&X_FORWARDED_FOR) {
+        None => None,
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+    };
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        joined.unwrap_or_else(|| client_ip.clone()),
+    );
+}
+
+/// A random UUID (version 4) as a header value.
+pub fn new_request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(b >> 4)];
+        out[o + 1] = HEX[usize::from(b & 0xf)];
+        o += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
+}
+
+/// Rewrites an upstream response head for the client. A 101 keeps its upgrade headers.
+pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
+    if switching {
+        return;
+    }
+    strip_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            client_ip: HeaderValue::from_static("10.1.2.3"),
+            proto: HeaderValue::from_static("http"),
+        }
+    }
+
+    #[test]
+    fn request_rules() {
+        let req = http::Request::builder()
+            .uri("/a?b=c")
+            .header("host", "shop.example.com")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        prepare_request(&mut parts, &conn(), false);
+        let h = &parts.headers;
+        assert!(
+            h.get("connection").is_none()
+                && h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com");
+        assert_eq!(h["host"], "shop.example.com");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-request-id"].len(), 36);
+        assert_eq!(parts.uri, "/a?b=c");
+    }
+
+    #[test]
+    fn http2_authority_becomes_host() {
+        let req = http::Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://api.example.com/x?y=1")
+            .header("x-request-id", "keep-me")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        prepare_request(&mut parts, &conn(), false);
+        assert_eq!(parts.uri, "/x?y=1");
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers["host"], "api.example.com");
+        assert_eq!(parts.headers["x-request-id"], "keep-me");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let a = new_request_id();
+        let s = a.to_str().unwrap();
+        assert_eq!(s.as_bytes()[14], b'4');
+        assert_ne!(a, new_request_id());
+    }
+}

@@ -1,0 +1,11 @@
+//! Forwarding: the request handler, header rules, error mapping and the response body.
+
+pub mod body;
+pub mod error;
+pub mod handler;
+pub mod headers;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+pub use handler::handle;
+pub use headers::ConnInfo;

@@ -1,0 +1,7 @@
+//! Routing: which route and rule a request head selects.
+
+pub mod matcher;
+pub mod router;
+
+pub use matcher::{MatchBlock, NamedMatch, StringMatch};
+pub use router::{request_authority, Route, RouteMatch, Router, Rule};

@@ -1,0 +1,187 @@
+//! Host → route → first matching rule. Pure: `find` reads the request head and nothing else.
+
+use super::matcher::MatchBlock;
+use crate::split::Split;
+use http::request::Parts;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A route: its name and ordered rules.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's name in the config.
+    pub name: Box<str>,
+    /// First match wins.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: conditions, where matching requests go, and how long to wait.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Name, unique within its route.
+    pub name: Box<str>,
+    /// OR'ed blocks; empty matches everything.
+    pub matches: Vec<MatchBlock>,
+    /// Weighted destinations.
+    pub split: Split,
+    /// Upper bound on the wait for the upstream's response headers.
+    pub timeout: Option<Duration>,
+}
+
+impl Rule {
+    /// Whether this rule takes the request.
+    pub fn matches(&self, req: &Parts, authority: Option<&str>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|b| b.matches(req, authority))
+    }
+}
+
+/// Where a request was routed.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'a> {
+    /// The route whose hosts matched.
+    pub route: &'a Route,
+    /// The first rule of it that matched.
+    pub rule: &'a Rule,
+}
+
+/// Hosts are tried most specific first: exact, then the longest `*.suffix`, then `*`.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+    exact: HashMap<Box<str>, usize>,
+    /// `(".example.com", route)`, longest suffix first.
+    suffixes: Vec<(Box<str>, usize)>,
+    catch_all: Option<usize>,
+}
+
+/// Longest host (without port) that is looked up; longer ones only match `*`.
+const MAX_HOST: usize = 255;
+
+impl Router {
+    /// Builds the host index. Hosts must be lowercase and unique across routes (validation checks).
+    pub fn new(routes: Vec<(Route, Vec<String>)>) -> Self {
+        let mut router = Router::default();
+        for (idx, (route, hosts)) in routes.into_iter().enumerate() {
+            for host in hosts {
+                if host == "*" {
+                    router.catch_all = Some(idx);
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    router.suffixes.push((suffix.into(), idx));
+                } else {
+                    router.exact.insert(host.into(), idx);
+                }
+            }
+            router.routes.push(route);
+        }
+        router.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+    }
+
+    /// All routes, in config order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route serving `host` (any case, port allowed).
+    pub fn route_for_host(&self, host: Option<&str>) -> Option<&Route> {
+        let idx = host.and_then(|h| self.host_index(h)).or(self.catch_all)?;
+        Some(&self.routes[idx])
+    }
+
+    fn host_index(&self, host: &str) -> Option<usize> {
+        let host = strip_port(host);
+        if host.len() > MAX_HOST {
+            return None;
+        }
+        // Lowercase on the stack: host lookups must not allocate.
+        let mut buf = [0u8; MAX_HOST];
+        let lower = &mut buf[..host.len()];
+        lower.copy_from_slice(host.as_bytes());
+        lower.make_ascii_lowercase();
+        let lower = std::str::from_utf8(lower).ok()?;
+        if let Some(&idx) = self.exact.get(lower) {
+            return Some(idx);
+        }
+        self.suffixes
+            .iter()
+            .find(|(suffix, _)| lower.len() > suffix.len() && lower.ends_with(&**suffix))
+            .map(|&(_, idx)| idx)
+    }
+
+    /// The route and rule for a request head. `None` is Envoy's `NR`.
+    pub fn find<'a>(&'a self, req: &Parts) -> Option<RouteMatch<'a>> {
+        let authority = request_authority(req);
+        let route = self.route_for_host(authority)?;
+        let rule = route.rules.iter().find(|r| r.matches(req, authority))?;
+        Some(RouteMatch { route, rule })
+    }
+}
+
+/// Host header (HTTP/1) or the URI's authority (HTTP/2 `:authority`).
+pub fn request_authority(req: &Parts) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split::{Split, Target};
+
+    fn route(name: &str) -> Route {
+        let split = Split::new(vec![(
+            Target {
+                service: 0,
+                subset: 0,
+            },
+            1,
+        )]);
+        Route {
+            name: name.into(),
+            rules: vec![Rule {
+                name: "r".into(),
+                matches: vec![],
+                split,
+                timeout: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn most_specific_host_wins() {
+        let router = Router::new(vec![
+            (route("any"), vec!["*".into()]),
+            (route("wild"), vec!["*.example.com".into()]),
+            (route("deep"), vec!["*.api.example.com".into()]),
+            (route("exact"), vec!["www.example.com".into()]),
+        ]);
+        let name = |h: &str| router.route_for_host(Some(h)).map(|r| &*r.name);
+        assert_eq!(name("www.example.com"), Some("exact"));
+        assert_eq!(name("WWW.Example.com:8080"), Some("exact"));
+        assert_eq!(name("a.example.com"), Some("wild"));
+        assert_eq!(name("v1.api.example.com"), Some("deep"));
+        assert_eq!(name("example.com"), Some("any"));
+        assert_eq!(name("[::1]:80"), Some("any"));
+        assert_eq!(router.route_for_host(None).map(|r| &*r.name), Some("any"));
+    }
+
+    #[test]
+    fn no_catch_all_means_no_route() {
+        let router = Router::new(vec![(route("exact"), vec!["a.test".into()])]);
+        assert!(router.route_for_host(Some("b.test")).is_none());
+        assert!(router.route_for_host(None).is_none());
+    }
+}

@@ -1,0 +1,55 @@
+//! The one immutable snapshot a request is served from, and the single swap that replaces it.
+
+use crate::routing::Router;
+use crate::split::Target;
+use crate::upstream::Balancer;
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Everything needed to serve a request, built once per config change.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Grows by one with every applied change.
+    pub generation: u64,
+    /// Host → route → rule.
+    pub router: Router,
+    /// Services in name order, indexed by `Target::service`.
+    pub services: Vec<Service>,
+}
+
+/// A service and its subsets.
+#[derive(Debug)]
+pub struct Service {
+    /// Key in the config.
+    pub name: Box<str>,
+    /// Namespace.
+    pub namespace: Box<str>,
+    /// FQDN.
+    pub host: Box<str>,
+    /// Subsets in name order, indexed by `Target::subset`.
+    pub subsets: Vec<Subset>,
+}
+
+/// A subset: identity and endpoints.
+#[derive(Debug)]
+pub struct Subset {
+    /// Name.
+    pub name: Box<str>,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Workload name.
+    pub workload: Box<str>,
+    /// Its endpoints and how one is picked.
+    pub balancer: Balancer,
+}
+
+impl Runtime {
+    /// The subset a split target points at.
+    pub fn subset(&self, t: Target) -> &Subset {
+        &self.services[t.service].subsets[t.subset]
+    }
+}
+
+/// The live runtime: loaded once per request, replaced whole by `store`.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;

@@ -1,0 +1,174 @@
+//! Binds the listeners, accepts connections and serves HTTP/1.1 and h2c on each.
+
+use crate::config::Config;
+use crate::proxy::{self, ConnInfo};
+use crate::runtime::SharedRuntime;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Failure to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not bind.
+    #[error("listener {name:?} cannot bind {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway: its listeners' tasks and the means to drain them.
+#[derive(Debug)]
+pub struct Gateway {
+    addrs: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds every listener of `config` and starts serving from `runtime`.
+    pub async fn start(config: &Config, runtime: SharedRuntime) -> Result<Self, ServeError> {
+        let (shutdown, _) = watch::channel(false);
+        let builder = Arc::new(server_builder());
+        let mut addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source,
+                })?;
+            let local = listener.local_addr().map_err(|source| ServeError::Bind {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            })?;
+            tracing::info!(listener = %l.name, address = %local, "listening");
+            addrs.push((l.name.clone(), local));
+            let task = accept_loop(listener, builder.clone(), runtime.clone(), shutdown.clone());
+            accept_tasks.push(tokio::spawn(task));
+        }
+        Ok(Gateway {
+            addrs,
+            shutdown,
+            accept_tasks,
+        })
+    }
+
+    /// Bound addresses by listener name (useful when binding port 0).
+    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The bound address of a listener.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Downstream connections open now.
+    pub fn active_connections(&self) -> usize {
+        // Each accept loop holds one receiver; each connection holds one.
+        self.shutdown
+            .receiver_count()
+            .saturating_sub(self.accept_tasks.len())
+    }
+
+    /// Stops accepting, asks open connections to finish their current requests, and waits for
+    /// them up to `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        if tokio::time::timeout(grace, self.shutdown.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.shutdown.receiver_count(),
+                "grace period over; closing connections"
+            );
+        }
+    }
+}
+
+fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_headers(128);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30));
+    b
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    runtime: SharedRuntime,
+    shutdown: watch::Sender<bool>,
+) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnInfo {
+            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP is a valid header value"),
+            proto: HeaderValue::from_static("http"),
+        });
+        let runtime = runtime.clone();
+        let service = service_fn(move |req| {
+            let (runtime, conn) = (runtime.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(proxy::handle(&runtime, &conn, req).await) }
+        });
+        let builder = builder.clone();
+        let mut stop = shutdown.subscribe();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+            drop(stop);
+        });
+    }
+}

@@ -1,0 +1,5 @@
+//! Listening sockets and connection serving.
+
+pub mod listener;
+
+pub use listener::{Gateway, ServeError};
