@@ -122,8 +122,15 @@ fn init_logging(format: LogFormat, level: &str) {
 fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let workers =
         concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
+    // One worker: a single-threaded scheduler skips the cross-thread work-stealing machinery.
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
