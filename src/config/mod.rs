@@ -56,12 +56,15 @@ pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
+        // The YAML error text may already start with this path or its parent's; say it once.
+        let text = e.into_inner().to_string();
+        let message = match text.split_once(": ") {
+            Some((head, rest)) if !head.is_empty() && path.starts_with(head) => rest.to_string(),
+            _ => text,
+        };
         ConfigError {
             source_name: source_name.to_string(),
-            errors: vec![FieldError {
-                path,
-                message: e.into_inner().to_string(),
-            }],
+            errors: vec![FieldError { path, message }],
         }
     })
 }

@@ -494,12 +494,13 @@ fn string_match(errs: &mut Errors, p: &str, m: &RawStringMatch) -> Option<String
         return Some(StringMatch::Suffix(e.as_str().into()));
     }
     if let Some(r) = &m.regex {
-        return match Regex::new(&format!("^(?:{r})$")) {
+        // Check the pattern as written, so the error points into what the user wrote; then anchor it.
+        return match Regex::new(r).and_then(|_| Regex::new(&format!("^(?:{r})$"))) {
             Ok(re) => Some(StringMatch::Regex(re)),
             Err(e) => {
                 errs.add(
                     format!("{p}.regex"),
-                    format!("invalid regex: {}", one_line(&e.to_string())),
+                    format!("invalid regex {r:?}: {}", regex_reason(&e)),
                 );
                 None
             }
@@ -516,8 +517,15 @@ fn string_match(errs: &mut Errors, p: &str, m: &RawStringMatch) -> Option<String
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The reason line of a regex error (its text also draws the pattern with a caret under it).
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&text);
+    last.trim().trim_start_matches("error: ").to_string()
 }
 
 fn check_host_pattern(host: &str) -> Result<(), String> {

@@ -73,7 +73,9 @@ impl Router {
             }
             router.routes.push(route);
         }
-        router.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .suffixes
+            .sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         router
     }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A listener could not bind.
-    #[error("listener {name:?} cannot bind {addr}: {source}")]
+    #[error("listener {name:?} cannot bind {addr}")]
     Bind {
         /// Listener name.
         name: String,

@@ -1,0 +1,1202 @@
+//! The `splitgate` command line, run as a real process: `validate`, usage errors, `run`, `demo`.
+//!
+//! Every test asserts what a user sees: the exit code, the printed text, the response body. Child
+//! processes are killed by a guard even when a test fails, and every wait is bounded.
+//!
+//! Tests marked `#[ignore = "BUG: ..."]` document a problem found in the binary; they fail today
+//! and should pass once it is fixed (`cargo test --test cli -- --ignored`).
+
+mod common;
+
+use common::{get, http1_client, spawn_upstream, Answer, Behavior};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitgate");
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// How long a short-lived command (validate, a failing run) may take.
+const QUICK: Duration = Duration::from_secs(20);
+/// How long a server may take to start answering, or to exit after SIGTERM.
+const START: Duration = Duration::from_secs(20);
+const STOP: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// Harness: temp dirs, child processes, free ports.
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("splitgate-cli-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the temp dir can be created");
+        TempDir(dir)
+    }
+
+    /// Writes `text` to `name` in this dir and returns its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("the config file can be written");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `splitgate` command with a predictable environment (no inherited log filter).
+fn splitgate<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .current_dir(MANIFEST_DIR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Drains a pipe into a shared buffer on its own thread, so the child never blocks on a full pipe.
+fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let handle = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, handle)
+}
+
+/// A running `splitgate` process; killed (and reaped) on drop, whatever happened in the test.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+    what: String,
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Proc {
+    fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
+        let what = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = splitgate(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `splitgate {what}`: {e}"));
+        let (stdout, h1) = drain(child.stdout.take().expect("stdout is piped"));
+        let (stderr, h2) = drain(child.stderr.take().expect("stderr is piped"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+            readers: vec![h1, h2],
+            what: format!("splitgate {what}"),
+        }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Exit status if it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("the child can be polled")
+    }
+
+    /// Waits (blocking this thread) up to `limit` for the process to exit.
+    fn wait_blocking(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (without blocking the runtime) up to `limit` for the process to exit.
+    async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After exit: the exit code and everything printed (the pipes are read to their end).
+    fn finish(mut self, status: ExitStatus) -> Finished {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Finished {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with the system's `kill`.
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("`kill` runs")
+            .success();
+        assert!(ok, "kill -{name} {} failed", self.child.id());
+    }
+
+    /// Waits up to `limit` until stdout contains `needle`; panics if the process exits first.
+    async fn wait_for_stdout(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) {
+                return out;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "`{}` exited ({status}) before printing {needle:?}\nstdout:\n{out}\nstderr:\n{}",
+                    self.what,
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{}` did not print {needle:?} within {limit:?}\nstdout:\n{out}\nstderr:\n{}",
+                self.what,
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit code within `STOP`.
+    async fn terminate(mut self) -> Finished {
+        self.signal("TERM");
+        let Some(status) = self.wait(STOP).await else {
+            panic!(
+                "`{}` still runs {STOP:?} after SIGTERM\nstderr:\n{}",
+                self.what,
+                self.stderr()
+            );
+        };
+        self.finish(status)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `splitgate ARGS` to its end (bounded by `QUICK`).
+fn run_to_end<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Finished {
+    let mut p = Proc::spawn(args);
+    let Some(status) = p.wait_blocking(QUICK) else {
+        panic!("`{}` did not exit within {QUICK:?}", p.what);
+    };
+    p.finish(status)
+}
+
+/// Runs `splitgate validate -c FILE`.
+fn validate(file: &Path) -> Finished {
+    run_to_end(&["validate".as_ref(), "-c".as_ref(), file.as_os_str()])
+}
+
+/// A loopback address that was free a moment ago (bound to port 0, then released).
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    l.local_addr().unwrap()
+}
+
+/// Whether something accepts TCP connections on `addr`.
+fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// A GET through the gateway, bounded in time.
+async fn ask(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    tokio::time::timeout(Duration::from_secs(10), get(client, url, headers))
+        .await
+        .unwrap_or_else(|_| panic!("GET {url} got no answer within 10s"))
+}
+
+/// Polls until the gateway on `addr` answers an HTTP request (a child process gives no readiness
+/// signal); fails if the process exits or `START` passes.
+async fn wait_until_serving(p: &mut Proc, addr: SocketAddr) {
+    let client = http1_client();
+    let url = format!("http://{addr}/");
+    let deadline = Instant::now() + START;
+    loop {
+        if let Some(status) = p.exited() {
+            panic!(
+                "`{}` exited ({status}) before serving\nstderr:\n{}",
+                p.what,
+                p.stderr()
+            );
+        }
+        let req = http::Request::get(&url)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), client.request(req)).await
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{}` did not answer on {addr} within {START:?}\nstderr:\n{}",
+            p.what,
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configs.
+// ---------------------------------------------------------------------------------------------
+
+/// A small valid config. `routes[0].http[0]` is the `x-canary: always` header rule (one
+/// destination, no weight), `routes[0].http[1]` the 90/10 split with a timeout.
+fn config(listen: SocketAddr, stable: SocketAddr, canary: SocketAddr) -> String {
+    // The admin, readiness and metrics addresses are set to free loopback ports too, so no test
+    // depends on a fixed port being free.
+    common::fill(
+        r#"listeners:
+  - name: http
+    address: {listen}
+admin:
+  address: {admin}
+readiness:
+  address: {readiness}
+metrics:
+  address: {metrics}
+  reporter: source
+services:
+  svc:
+    namespace: default
+    host: svc.default.svc.cluster.local
+    subsets:
+      stable: { labels: { version: v1 }, endpoints: ["{stable}"] }
+      canary: { labels: { version: v2 }, endpoints: ["{canary}"] }
+    policy:
+      connect_timeout: 1s
+      load_balancer: round_robin
+routes:
+  - name: main
+    hosts: ["*"]
+    http:
+      - name: canary-by-header
+        match:
+          - headers: { x-canary: { exact: always } }
+        route:
+          - destination: { service: svc, subset: canary }
+      - name: primary
+        route:
+          - { destination: { service: svc, subset: stable }, weight: 90 }
+          - { destination: { service: svc, subset: canary }, weight: 10 }
+        timeout: 15s
+"#,
+        &[
+            ("listen", listen.to_string()),
+            ("admin", free_addr().to_string()),
+            ("readiness", free_addr().to_string()),
+            ("metrics", free_addr().to_string()),
+            ("stable", stable.to_string()),
+            ("canary", canary.to_string()),
+        ],
+    )
+}
+
+/// The base config for `validate` (nothing is bound or connected to).
+fn base() -> String {
+    config(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:9001".parse().unwrap(),
+        "127.0.0.1:9002".parse().unwrap(),
+    )
+}
+
+/// Applies text edits to `text`; each `from` must occur exactly once, so a typo in a test cannot
+/// silently leave the config valid.
+fn edit(text: &str, edits: &[(&str, &str)]) -> String {
+    let mut out = text.to_string();
+    for (from, to) in edits {
+        assert_eq!(
+            out.matches(from).count(),
+            1,
+            "the edit target {from:?} must occur once in:\n{out}"
+        );
+        out = out.replacen(from, to, 1);
+    }
+    out
+}
+
+/// A second route appended to the base config.
+fn with_route(text: &str, name: &str, hosts: &str) -> String {
+    format!(
+        "{text}  - name: {name}
+    hosts: {hosts}
+    http:
+      - route:
+          - destination: {{ service: svc, subset: stable }}
+"
+    )
+}
+
+/// The problems `validate` printed: `(path, message)` for each line after the
+/// `<file>: N error(s)` header, checking that N matches the number of lines.
+fn problems(f: &Finished) -> Vec<(String, String)> {
+    let mut lines = f.stderr.lines().filter(|l| !l.trim().is_empty());
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("validate printed nothing on stderr: {f:?}"));
+    let count: usize = header
+        .strip_suffix(" error(s)")
+        .and_then(|h| h.rsplit_once(": "))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected header line {header:?} in:\n{}", f.stderr));
+    let list: Vec<(String, String)> = lines
+        .map(|l| match l.split_once(": ") {
+            Some((p, m)) => (p.to_string(), m.to_string()),
+            None => (String::new(), l.to_string()),
+        })
+        .collect();
+    assert_eq!(
+        list.len(),
+        count,
+        "the header announces {count} error(s) but {} line(s) follow:\n{}",
+        list.len(),
+        f.stderr
+    );
+    list
+}
+
+/// Asserts `validate` failed with exit 1, nothing on stdout, and a problem at `path` whose
+/// message contains every fragment. Returns all problems.
+#[track_caller]
+fn assert_problem(f: &Finished, path: &str, fragments: &[&str]) -> Vec<(String, String)> {
+    assert_eq!(f.code, Some(1), "validate should exit 1: {f:?}");
+    assert!(
+        f.stdout.trim().is_empty(),
+        "nothing goes to stdout on failure: {f:?}"
+    );
+    let list = problems(f);
+    let Some((_, message)) = list.iter().find(|(p, _)| p == path) else {
+        panic!("no problem reported at `{path}`; stderr:\n{}", f.stderr);
+    };
+    for frag in fragments {
+        assert!(
+            message.contains(frag),
+            "the message for `{path}` should contain {frag:?}: {message:?}"
+        );
+    }
+    list
+}
+
+/// Validates the base config with `edits` applied and asserts exactly one problem, at `path`.
+#[track_caller]
+fn assert_single_problem(text: &str, path: &str, fragments: &[&str]) {
+    let dir = TempDir::new();
+    let f = validate(&dir.write("broken.yaml", text));
+    let list = assert_problem(&f, path, fragments);
+    assert_eq!(list.len(), 1, "exactly one problem expected:\n{}", f.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate: valid configs.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn validate_accepts_the_shipped_config() {
+    let f = run_to_end(&["validate", "-c", "config/splitgate.yaml"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("ok"), "{f:?}");
+    assert!(f.stdout.contains("config/splitgate.yaml"), "{f:?}");
+}
+
+#[test]
+fn validate_accepts_the_shipped_config_by_absolute_path_and_by_default() {
+    let abs = Path::new(MANIFEST_DIR).join("config/splitgate.yaml");
+    let f = run_to_end(&["validate".as_ref(), "-c".as_ref(), abs.as_os_str()]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("ok"), "{f:?}");
+
+    // `-c` defaults to config/splitgate.yaml (the command runs in the crate dir).
+    let f = run_to_end(&["validate"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("ok"), "{f:?}");
+}
+
+#[test]
+fn validate_accepts_the_demo_config() {
+    let f = run_to_end(&["validate", "-c", "config/demo.yaml"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("ok"), "{f:?}");
+}
+
+#[test]
+fn validate_accepts_the_test_base_config_and_a_zero_weight() {
+    let dir = TempDir::new();
+    let f = validate(&dir.write("base.yaml", &base()));
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("ok"), "{f:?}");
+
+    // Weight 0 is allowed: that destination just gets nothing (only a sum of 0 is an error).
+    let text = edit(
+        &base(),
+        &[
+            ("weight: 10 }", "weight: 0 }"),
+            ("weight: 90", "weight: 100"),
+        ],
+    );
+    let f = validate(&dir.write("zero.yaml", &text));
+    assert_eq!(f.code, Some(0), "{f:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate: one problem at a time, each at its exact path.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn validate_reports_an_unknown_field_in_a_rule() {
+    // serde names the unknown field's path; the message names the field (and the known ones).
+    let text = edit(
+        &base(),
+        &[("timeout: 15s", "timeout: 15s\n        retries: 3")],
+    );
+    assert_single_problem(
+        &text,
+        "routes[0].http[1].retries",
+        &["unknown field `retries`", "`timeout`"],
+    );
+}
+
+#[test]
+fn validate_reports_an_unknown_field_in_a_destination() {
+    let text = edit(
+        &base(),
+        &[(
+            "{ service: svc, subset: stable }",
+            "{ service: svc, subset: stable, port: 80 }",
+        )],
+    );
+    assert_single_problem(
+        &text,
+        "routes[0].http[1].route[0].destination.port",
+        &["unknown field `port`", "`service`", "`subset`"],
+    );
+}
+
+#[test]
+fn validate_reports_an_unknown_top_level_field() {
+    let text = format!("{}tracing: {{}}\n", base());
+    assert_single_problem(&text, "tracing", &["unknown field `tracing`"]);
+}
+
+#[test]
+fn validate_reports_an_unknown_service_and_lists_the_known_ones() {
+    let text = edit(
+        &base(),
+        &[(
+            "- destination: { service: svc, subset: canary }",
+            "- destination: { service: ratings, subset: canary }",
+        )],
+    );
+    assert_single_problem(
+        &text,
+        "routes[0].http[0].route[0].destination.service",
+        &["\"ratings\"", "known: svc"],
+    );
+}
+
+#[test]
+fn validate_reports_an_unknown_subset_and_lists_the_known_ones() {
+    let text = edit(
+        &base(),
+        &[(
+            "{ service: svc, subset: stable }, weight: 90",
+            "{ service: svc, subset: beta }, weight: 90",
+        )],
+    );
+    assert_single_problem(
+        &text,
+        "routes[0].http[1].route[0].destination.subset",
+        &["\"beta\"", "canary", "stable"],
+    );
+}
+
+#[test]
+fn validate_reports_weights_summing_to_zero() {
+    let text = edit(
+        &base(),
+        &[("weight: 90", "weight: 0"), ("weight: 10", "weight: 0")],
+    );
+    assert_single_problem(&text, "routes[0].http[1].route", &["sum to 0"]);
+}
+
+#[test]
+fn validate_reports_a_missing_weight_among_two_destinations() {
+    let text = edit(&base(), &[(", weight: 10 }", " }")]);
+    assert_single_problem(&text, "routes[0].http[1].route[1].weight", &["required"]);
+}
+
+#[test]
+fn validate_reports_a_negative_weight_at_the_weight_field() {
+    let text = edit(&base(), &[("weight: 90", "weight: -5")]);
+    assert_single_problem(&text, "routes[0].http[1].route[0].weight", &["-5"]);
+}
+
+#[test]
+fn validate_reports_a_duplicate_route_name() {
+    let text = with_route(&base(), "main", r#"["other.example.com"]"#);
+    assert_single_problem(&text, "routes[1].name", &["duplicate", "\"main\""]);
+}
+
+#[test]
+fn validate_reports_a_host_served_by_two_routes() {
+    let text = with_route(&base(), "other", r#"["*"]"#);
+    assert_single_problem(
+        &text,
+        "routes[1].hosts[0]",
+        &["\"*\"", "already served by route \"main\""],
+    );
+}
+
+#[test]
+fn validate_reports_a_duplicate_listener_name() {
+    let text = edit(
+        &base(),
+        &[(
+            "    address: 127.0.0.1:0\n",
+            "    address: 127.0.0.1:0\n  - name: http\n    address: 127.0.0.1:0\n",
+        )],
+    );
+    assert_single_problem(&text, "listeners[1].name", &["duplicate", "\"http\""]);
+}
+
+#[test]
+fn validate_reports_bad_listener_addresses() {
+    for bad in ["nope", "127.0.0.1:99999", "localhost", "127.0.0.1"] {
+        let text = edit(
+            &base(),
+            &[("address: 127.0.0.1:0", &format!("address: {bad}"))],
+        );
+        assert_single_problem(&text, "listeners[0].address", &[&format!("{bad:?}")]);
+    }
+}
+
+#[test]
+fn validate_reports_a_bad_endpoint() {
+    for bad in ["127.0.0.1", "127.0.0.1:0", "bad host:80"] {
+        let text = edit(&base(), &[("127.0.0.1:9001", bad)]);
+        assert_single_problem(
+            &text,
+            "services.svc.subsets.stable.endpoints[0]",
+            &[&format!("{bad:?}")],
+        );
+    }
+}
+
+#[test]
+fn validate_reports_a_bad_uri_regex() {
+    let text = edit(
+        &base(),
+        &[(
+            "- headers: { x-canary: { exact: always } }",
+            "- headers: { x-canary: { exact: always } }\n            uri: { regex: \"[\" }",
+        )],
+    );
+    assert_single_problem(&text, "routes[0].http[0].match[0].uri.regex", &["regex"]);
+}
+
+#[test]
+fn validate_reports_a_bad_header_regex() {
+    let text = edit(&base(), &[("{ exact: always }", "{ regex: \"(\" }")]);
+    assert_single_problem(
+        &text,
+        "routes[0].http[0].match[0].headers.x-canary.regex",
+        &["regex", "unclosed group"],
+    );
+}
+
+#[test]
+fn validate_reports_a_bad_rule_timeout() {
+    let text = edit(&base(), &[("timeout: 15s", "timeout: soon")]);
+    assert_single_problem(&text, "routes[0].http[1].timeout", &["\"soon\"", "15s"]);
+}
+
+#[test]
+fn validate_reports_a_bad_connect_timeout() {
+    let text = edit(
+        &base(),
+        &[("connect_timeout: 1s", "connect_timeout: 5 parsecs")],
+    );
+    assert_single_problem(
+        &text,
+        "services.svc.policy.connect_timeout",
+        &["\"5 parsecs\""],
+    );
+}
+
+#[test]
+fn validate_reports_a_bad_load_balancer() {
+    let text = edit(
+        &base(),
+        &[("load_balancer: round_robin", "load_balancer: fastest")],
+    );
+    assert_single_problem(
+        &text,
+        "services.svc.policy.load_balancer",
+        &["\"fastest\"", "round_robin", "least_request", "random"],
+    );
+}
+
+#[test]
+fn validate_reports_a_bad_metrics_reporter() {
+    let text = edit(&base(), &[("reporter: source", "reporter: sideways")]);
+    assert_single_problem(
+        &text,
+        "metrics.reporter",
+        &["\"sideways\"", "source", "destination", "both"],
+    );
+}
+
+#[test]
+fn validate_reports_a_missing_required_field() {
+    let text = edit(&base(), &[("    address: 127.0.0.1:0\n", "")]);
+    assert_single_problem(&text, "listeners[0]", &["missing field `address`"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// validate: every problem of one file at once; unreadable and malformed files.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn validate_reports_every_problem_of_one_file() {
+    let text = edit(
+        &base(),
+        &[
+            ("address: 127.0.0.1:0", "address: nope"),
+            ("reporter: source", "reporter: sideways"),
+            ("127.0.0.1:9001", "127.0.0.1"),
+            ("connect_timeout: 1s", "connect_timeout: forever"),
+            ("load_balancer: round_robin", "load_balancer: fastest"),
+            ("{ exact: always }", "{ regex: \"(\" }"),
+            (
+                "- destination: { service: svc, subset: canary }",
+                "- destination: { service: ratings, subset: canary }",
+            ),
+            (
+                "{ service: svc, subset: stable }, weight: 90",
+                "{ service: svc, subset: beta }, weight: 90",
+            ),
+            (", weight: 10 }", " }"),
+            ("timeout: 15s", "timeout: soon"),
+        ],
+    );
+    let text = with_route(&text, "main", r#"["*"]"#);
+    let dir = TempDir::new();
+    let f = validate(&dir.write("many.yaml", &text));
+    let expected = [
+        "listeners[0].address",
+        "metrics.reporter",
+        "services.svc.policy.connect_timeout",
+        "services.svc.policy.load_balancer",
+        "services.svc.subsets.stable.endpoints[0]",
+        "routes[0].http[0].match[0].headers.x-canary.regex",
+        "routes[0].http[0].route[0].destination.service",
+        "routes[0].http[1].route[0].destination.subset",
+        "routes[0].http[1].route[1].weight",
+        "routes[0].http[1].timeout",
+        "routes[1].name",
+        "routes[1].hosts[0]",
+    ];
+    for path in expected {
+        assert_problem(&f, path, &[]);
+    }
+    let list = problems(&f);
+    let paths: Vec<&str> = list.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths, expected,
+        "every problem, once each, in document order:\n{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn validate_reports_a_yaml_syntax_error_with_its_line() {
+    let dir = TempDir::new();
+    // An unclosed flow sequence.
+    let text = edit(&base(), &[(r#"hosts: ["*"]"#, r#"hosts: ["*""#)]);
+    let f = validate(&dir.write("syntax.yaml", &text));
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stdout.trim().is_empty(), "{f:?}");
+    let list = problems(&f);
+    assert_eq!(list.len(), 1, "{}", f.stderr);
+    assert!(
+        f.stderr.contains("syntax.yaml"),
+        "names the file: {}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains("did not find expected ',' or ']'"),
+        "{}",
+        f.stderr
+    );
+    assert!(f.stderr.contains(" line "), "gives a line: {}", f.stderr);
+
+    // An unterminated quoted string, and a tab used for indentation.
+    for text in [
+        "listeners:\n  - name: \"http\n",
+        "listeners:\n\t- name: http\n",
+    ] {
+        let f = validate(&dir.write("syntax2.yaml", text));
+        assert_eq!(f.code, Some(1), "{f:?}");
+        assert_eq!(problems(&f).len(), 1, "{}", f.stderr);
+        assert!(f.stderr.contains(" line "), "gives a line: {}", f.stderr);
+    }
+}
+
+#[test]
+fn validate_reports_an_empty_file() {
+    let dir = TempDir::new();
+    let f = validate(&dir.write("empty.yaml", ""));
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("missing field `listeners`"), "{f:?}");
+}
+
+#[test]
+fn validate_reports_a_missing_file_with_its_path() {
+    let dir = TempDir::new();
+    let missing = dir.0.join("no-such-config.yaml");
+    let f = validate(&missing);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stdout.trim().is_empty(), "{f:?}");
+    assert!(
+        f.stderr.contains(&missing.display().to_string()),
+        "the message names the path: {}",
+        f.stderr
+    );
+    assert!(f.stderr.contains("cannot read"), "{}", f.stderr);
+
+    // A directory is not a config file either.
+    let f = validate(&dir.0);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(
+        f.stderr.contains(&dir.0.display().to_string()),
+        "{}",
+        f.stderr
+    );
+}
+
+/// BUG (doubtful message): for errors found while parsing (unknown fields, wrong types), the
+/// line repeats a path inside its message, e.g.
+/// `routes[0].http[1].retries: routes[0].http[1]: unknown field `retries`, ...` and
+/// `routes[0].http[1].route[0].weight: routes[0].http[1].route[0].weight: invalid type: ...`.
+#[test]
+fn validate_parse_errors_do_not_repeat_the_path() {
+    for (edits, path) in [
+        (
+            ("timeout: 15s", "timeout: 15s\n        retries: 3"),
+            "routes[0].http[1].retries",
+        ),
+        (
+            ("weight: 90", "weight: -5"),
+            "routes[0].http[1].route[0].weight",
+        ),
+    ] {
+        let dir = TempDir::new();
+        let f = validate(&dir.write("broken.yaml", &edit(&base(), &[edits])));
+        let list = problems(&f);
+        let (_, message) = list.iter().find(|(p, _)| p == path).expect("reported");
+        assert!(
+            !message.starts_with("routes["),
+            "the message repeats a path: {path}: {message}"
+        );
+    }
+}
+
+/// BUG (doubtful message): a bad regex is reported with the gateway's internal anchoring
+/// wrapper and a caret that no longer points anywhere: for `regex: "("` the message is
+/// `invalid regex: regex parse error: ^(?:()$ ^ error: unclosed group`; the user wrote `(`.
+#[test]
+fn validate_regex_errors_show_the_pattern_as_written() {
+    let text = edit(&base(), &[("{ exact: always }", "{ regex: \"(\" }")]);
+    let dir = TempDir::new();
+    let f = validate(&dir.write("regex.yaml", &text));
+    let list = assert_problem(&f, "routes[0].http[0].match[0].headers.x-canary.regex", &[]);
+    let message = &list[0].1;
+    assert!(
+        !message.contains("^(?:"),
+        "internal wrapper shown: {message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn usage_errors_exit_1_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "Usage"),
+        (&["bogus"], "bogus"),
+        (&["validate", "--bogus"], "--bogus"),
+        (&["validate", "-c"], "-c"),
+        (&["run", "--concurrency", "many"], "many"),
+        (&["demo", "--listen", "not-an-address"], "not-an-address"),
+        (&["--log-format", "xml", "validate"], "xml"),
+    ];
+    for (args, fragment) in cases {
+        let f = run_to_end(args);
+        assert_eq!(f.code, Some(1), "splitgate {args:?}: {f:?}");
+        assert!(
+            f.stderr.contains(fragment),
+            "splitgate {args:?} should mention {fragment:?} on stderr: {f:?}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let f = run_to_end(&["--help"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    for sub in ["run", "validate", "demo"] {
+        assert!(f.stdout.contains(sub), "--help lists `{sub}`: {}", f.stdout);
+    }
+
+    let f = run_to_end(&["validate", "--help"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("--config"), "{}", f.stdout);
+
+    let f = run_to_end(&["--version"]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains(env!("CARGO_PKG_VERSION")), "{}", f.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// run.
+// ---------------------------------------------------------------------------------------------
+
+/// Serves from a config file, routes by header and by weight, and exits 0 on SIGTERM.
+async fn run_serves_and_stops(extra_args: &[&str]) {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let file = dir.write("run.yaml", &config(listen, stable.addr, canary.addr));
+
+    let mut args = vec!["run".to_string(), "-c".into(), file.display().to_string()];
+    args.extend(extra_args.iter().map(ToString::to_string));
+    let mut gw = Proc::spawn(&args);
+    wait_until_serving(&mut gw, listen).await;
+
+    let client = http1_client();
+    let url = format!("http://{listen}/");
+    for _ in 0..5 {
+        let a = ask(&client, &url, &[("x-canary", "always")]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body, "canary\n", "x-canary: always goes to canary");
+    }
+    let mut seen_stable = 0;
+    for _ in 0..20 {
+        let a = ask(&client, &url, &[]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert!(
+            a.body == "stable\n" || a.body == "canary\n",
+            "a plain request reaches an upstream: {a:?}"
+        );
+        seen_stable += usize::from(a.body == "stable\n");
+    }
+    // 90% stable: at least one of 20 (failure chance 1e-20).
+    assert!(seen_stable > 0, "plain requests reach stable");
+
+    // The keep-alive client stays open: an idle connection must not hold up the shutdown.
+    let f = gw.terminate().await;
+    assert_eq!(f.code, Some(0), "exit code after SIGTERM: {f:?}");
+    assert!(!accepts(listen), "the listener is closed after exit");
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_and_exits_0_on_sigterm() {
+    run_serves_and_stops(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_one_worker_serves_and_exits_0_on_sigterm() {
+    run_serves_and_stops(&["--concurrency", "1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_0_on_sigint() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let file = dir.write("run.yaml", &config(listen, stable.addr, canary.addr));
+    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    wait_until_serving(&mut gw, listen).await;
+    gw.signal("INT");
+    let status = gw.wait(STOP).await;
+    let Some(status) = status else {
+        panic!("still running {STOP:?} after SIGINT: {}", gw.stderr());
+    };
+    let f = gw.finish(status);
+    assert_eq!(f.code, Some(0), "{f:?}");
+}
+
+#[test]
+fn run_exits_2_when_the_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    let file = dir.write(
+        "taken.yaml",
+        &config(
+            addr,
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap(),
+        ),
+    );
+    let f = run_to_end(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(f.code, Some(2), "a runtime failure exits 2: {f:?}");
+    assert!(
+        f.stderr.contains(&format!("cannot bind {addr}")),
+        "says it cannot bind {addr}: {}",
+        f.stderr
+    );
+    drop(taken);
+}
+
+/// BUG (doubtful message): the bind error names its cause twice:
+/// `listener "http" cannot bind 127.0.0.1:N: Address already in use (os error 98): Address
+/// already in use (os error 98)` (the cause is both in the error's text and its `source()`).
+#[test]
+fn run_bind_error_names_its_cause_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let file = dir.write("taken.yaml", &config(addr, up, up));
+    let f = run_to_end(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(f.code, Some(2), "{f:?}");
+    assert_eq!(
+        f.stderr.matches("Address already in use").count(),
+        1,
+        "{}",
+        f.stderr
+    );
+    drop(taken);
+}
+
+/// BUG: a fatal runtime error is only written as a log record, so with logging turned off
+/// (`--log-level off` or `RUST_LOG=off`) `run` exits 2 and prints nothing at all.
+#[test]
+fn run_prints_a_fatal_error_even_with_logging_off() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let file = dir.write("taken.yaml", &config(addr, up, up));
+    let f = run_to_end(&[
+        "--log-level".as_ref(),
+        "off".as_ref(),
+        "run".as_ref(),
+        "-c".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_eq!(f.code, Some(2), "{f:?}");
+    assert!(f.stderr.contains("cannot bind"), "{f:?}");
+    drop(taken);
+}
+
+#[test]
+fn run_logs_json_when_asked() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let file = dir.write("taken.yaml", &config(addr, up, up));
+    let f = run_to_end(&[
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "run".as_ref(),
+        "-c".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_eq!(f.code, Some(2), "{f:?}");
+    let line = f
+        .stderr
+        .lines()
+        .find(|l| l.contains("cannot bind"))
+        .unwrap_or_else(|| panic!("no bind error logged: {}", f.stderr));
+    assert!(
+        line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":\"ERROR\""),
+        "a JSON log record: {line}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn run_exits_1_on_a_broken_config_without_serving() {
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let text = edit(
+        &config(listen, up, up),
+        &[("load_balancer: round_robin", "load_balancer: fastest")],
+    );
+    let file = dir.write("broken.yaml", &text);
+    let f = run_to_end(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(
+        f.stderr
+            .contains("services.svc.policy.load_balancer: must be round_robin"),
+        "the problem is printed as path: message: {}",
+        f.stderr
+    );
+    assert!(!accepts(listen), "nothing listens on {listen}");
+
+    let f = run_to_end(&[
+        "run".as_ref(),
+        "-c".as_ref(),
+        dir.0.join("missing.yaml").as_os_str(),
+    ]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("missing.yaml"), "{}", f.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_a_90_10_split_and_a_header_route() {
+    let listen = free_addr();
+    let mut demo = Proc::spawn(&["demo", "--listen", &listen.to_string()]);
+    let out = demo.wait_for_stdout("Ctrl-C", START).await;
+    assert!(
+        out.contains(&format!("http://{listen}")),
+        "prints the gateway URL: {out}"
+    );
+    assert!(out.contains("curl"), "prints curl commands: {out}");
+    assert!(
+        out.contains("x-canary: always"),
+        "shows the header route: {out}"
+    );
+    wait_until_serving(&mut demo, listen).await;
+
+    let client = http1_client();
+    let url = format!("http://{listen}/");
+    for _ in 0..5 {
+        let a = ask(&client, &url, &[("x-canary", "always")]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body.trim(), "canary");
+    }
+    let n = 200;
+    let (mut stable, mut canary) = (0, 0);
+    for _ in 0..n {
+        let a = ask(&client, &url, &[]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        match a.body.trim() {
+            "stable" => stable += 1,
+            "canary" => canary += 1,
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+    assert!(stable > 0 && canary > 0, "stable {stable}, canary {canary}");
+    let share = 100.0 * canary as f64 / n as f64;
+    assert!(
+        (3.0..=20.0).contains(&share),
+        "canary share {share}% (expected about 10%)"
+    );
+
+    let f = demo.terminate().await;
+    assert_eq!(f.code, Some(0), "{f:?}");
+}
+
+#[test]
+fn demo_exits_2_when_its_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
+    let addr = taken.local_addr().unwrap();
+    let f = run_to_end(&["demo", "--listen", &addr.to_string()]);
+    assert_eq!(f.code, Some(2), "{f:?}");
+    assert!(f.stderr.contains("cannot bind"), "{}", f.stderr);
+    drop(taken);
+}
+
+/// SPEC §1: `demo` "prints the curl commands, admin and metrics URLs". It prints no admin or
+/// metrics URL (and the embedded demo config pins them to fixed ports 15000/15090).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG/gap: demo prints no admin or metrics URL (SPEC §1)"]
+async fn demo_prints_admin_and_metrics_urls() {
+    let listen = free_addr();
+    let mut demo = Proc::spawn(&["demo", "--listen", &listen.to_string()]);
+    let out = demo.wait_for_stdout("Ctrl-C", START).await.to_lowercase();
+    assert!(out.contains("admin"), "{out}");
+    assert!(
+        out.contains("metrics") || out.contains("prometheus"),
+        "{out}"
+    );
+}
