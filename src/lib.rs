@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod proxy;
 pub mod routing;

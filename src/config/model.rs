@@ -3,11 +3,11 @@
 //! `validate.rs` turns these into typed values and reports every problem with its path, so this
 //! layer only rejects what serde must (YAML syntax, wrong types, unknown fields).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The whole config file (SPEC §2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Ports the gateway serves traffic on.
@@ -28,7 +28,7 @@ pub struct RawConfig {
 }
 
 /// One listening socket.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     /// Unique name.
@@ -36,12 +36,12 @@ pub struct RawListener {
     /// `ip:port`.
     pub address: String,
     /// TLS termination (not yet available).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
 }
 
 /// Listener TLS settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// Certificate/key pairs; SNI picks one by its SANs.
@@ -49,7 +49,7 @@ pub struct RawTls {
 }
 
 /// One certificate and its key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     /// PEM certificate chain.
@@ -59,7 +59,7 @@ pub struct RawCertificate {
 }
 
 /// Admin API settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     /// `ip:port`, loopback by default.
@@ -81,7 +81,7 @@ impl Default for RawAdmin {
 }
 
 /// Readiness endpoint settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawReadiness {
     /// `ip:port`.
@@ -97,7 +97,7 @@ impl Default for RawReadiness {
 }
 
 /// Metrics endpoint settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMetrics {
     /// `ip:port`.
@@ -122,7 +122,7 @@ impl Default for RawMetrics {
 }
 
 /// The gateway's workload identity.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawWorkload {
     /// Workload name.
@@ -147,7 +147,7 @@ impl Default for RawWorkload {
 }
 
 /// An upstream service: its identity and its subsets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// Kubernetes namespace.
@@ -162,36 +162,36 @@ pub struct RawService {
 }
 
 /// A subset: the endpoints of one version.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSubset {
     /// Pod labels (`app`, `version`, `service.istio.io/canonical-*`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Workload name; defaults to `<service>-<subset>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     /// `host:port` entries.
     pub endpoints: Vec<String>,
 }
 
 /// DestinationRule-like policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     /// Duration string; default 10s.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
     /// `round_robin`, `least_request` or `random`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<String>,
     /// Idle keep-alive connections kept per endpoint; default 256.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<usize>,
 }
 
 /// A route: a set of hosts and its ordered rules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Unique name (used by the admin API).
@@ -203,83 +203,89 @@ pub struct RawRoute {
 }
 
 /// One rule of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Name, unique within the route; defaults to `rule-<index>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Match blocks, OR'ed; none means match all.
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RawMatchBlock>,
     /// Weighted destinations.
     pub route: Vec<RawDestinationWeight>,
     /// Time to wait for the upstream's response headers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Also send a copy of each request here (Istio's `mirror`); its answer is discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<RawDestination>,
+    /// Share of requests mirrored, 0–100 (default 100 when `mirror` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<f64>,
 }
 
 /// Conditions AND'ed together (Istio's HTTPMatchRequest).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatchBlock {
     /// Request path, without the query string.
-    #[serde(default)]
+    #[serde(default, alias = "path", skip_serializing_if = "Option::is_none")]
     pub uri: Option<RawStringMatch>,
     /// Request method.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<RawStringMatch>,
     /// Host / :authority as sent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<RawStringMatch>,
     /// Header name → condition.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, RawStringMatch>,
     /// Header name → condition that must NOT hold.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub without_headers: BTreeMap<String, RawStringMatch>,
     /// Query parameter name → condition.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query_params: BTreeMap<String, RawStringMatch>,
     /// Cookie name → condition.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cookies: BTreeMap<String, RawStringMatch>,
 }
 
 /// `{exact|prefix|suffix|regex: "..."}` or `{present: true}`; exactly one key.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStringMatch {
     /// Whole value equals.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
     /// Value starts with.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// Value ends with.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
     /// Value fully matches (anchored).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
     /// Value is there at all.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present: Option<bool>,
 }
 
 /// A destination and its weight.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDestinationWeight {
     /// Where to send.
     pub destination: RawDestination,
     /// Relative weight; may be omitted only when it is the rule's sole destination.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }
 
 /// A service subset.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDestination {
     /// Service key.

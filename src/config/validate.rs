@@ -3,7 +3,7 @@
 use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
-use crate::routing::{MatchBlock, NamedMatch, Route, Rule, StringMatch};
+use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::split::{Split, Target};
 use crate::upstream::{EndpointAddr, LoadBalancer};
 use regex::Regex;
@@ -239,11 +239,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                             None
                         }
                     });
+                let mirror = mirror(&mut errs, &rp, rule, &services, &service_index);
                 Rule {
                     name: name.into(),
                     matches,
                     split,
                     timeout,
+                    mirror,
                 }
             })
             .collect();
@@ -340,6 +342,71 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
     }
 }
 
+/// Finds a destination's service and subset, or records why it can't.
+fn resolve(
+    errs: &mut Errors,
+    path: &str,
+    d: &RawDestination,
+    services: &[ServiceSpec],
+    service_index: &HashMap<&str, usize>,
+) -> Option<Target> {
+    let Some(&service) = service_index.get(d.service.as_str()) else {
+        let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        errs.add(
+            format!("{path}.service"),
+            format!(
+                "unknown service {:?} (known: {})",
+                d.service,
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    let subsets = &services[service].subsets;
+    let Some(subset) = subsets.iter().position(|s| s.name == d.subset) else {
+        let known: Vec<&str> = subsets.iter().map(|s| s.name.as_str()).collect();
+        errs.add(
+            format!("{path}.subset"),
+            format!(
+                "unknown subset {:?} of service {:?} (known: {})",
+                d.subset,
+                d.service,
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    Some(Target { service, subset })
+}
+
+fn mirror(
+    errs: &mut Errors,
+    rp: &str,
+    rule: &RawRule,
+    services: &[ServiceSpec],
+    service_index: &HashMap<&str, usize>,
+) -> Option<Mirror> {
+    let Some(dest) = &rule.mirror else {
+        if rule.mirror_percentage.is_some() {
+            errs.add(format!("{rp}.mirror_percentage"), "set without a mirror");
+        }
+        return None;
+    };
+    let target = resolve(errs, &format!("{rp}.mirror"), dest, services, service_index);
+    let pct = rule.mirror_percentage.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&pct) {
+        errs.add(
+            format!("{rp}.mirror_percentage"),
+            format!("must be between 0 and 100, not {pct}"),
+        );
+        return None;
+    }
+    Some(Mirror {
+        target: target?,
+        per_million: (pct * 10_000.0).round() as u32,
+    })
+}
+
 fn destinations(
     errs: &mut Errors,
     rp: &str,
@@ -368,32 +435,16 @@ fn destinations(
                 0
             }
         };
-        let Some(&service) = service_index.get(d.destination.service.as_str()) else {
-            let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-            errs.add(
-                format!("{dp}.destination.service"),
-                format!(
-                    "unknown service {:?} (known: {})",
-                    d.destination.service,
-                    known.join(", ")
-                ),
-            );
+        let Some(target) = resolve(
+            errs,
+            &format!("{dp}.destination"),
+            &d.destination,
+            services,
+            service_index,
+        ) else {
             continue;
         };
-        let subsets = &services[service].subsets;
-        let Some(subset) = subsets.iter().position(|s| s.name == d.destination.subset) else {
-            let known: Vec<&str> = subsets.iter().map(|s| s.name.as_str()).collect();
-            errs.add(
-                format!("{dp}.destination.subset"),
-                format!(
-                    "unknown subset {:?} of service {:?} (known: {})",
-                    d.destination.subset,
-                    d.destination.service,
-                    known.join(", ")
-                ),
-            );
-            continue;
-        };
+        let Target { service, subset } = target;
         if !seen.insert((service, subset)) {
             errs.add(
                 format!("{dp}.destination"),

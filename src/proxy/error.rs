@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// The upstream connection broke before the response headers.
     #[error("upstream reset: {0}")]
     UpstreamReset(#[source] hyper::Error),
+    /// The client's request body broke off while the gateway was reading it.
+    #[error("client body: {0}")]
+    ClientBody(#[source] hyper::Error),
 }
 
 impl ProxyError {
@@ -27,6 +30,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoHealthyUpstream | Self::ConnectFailure(_) | Self::UpstreamReset(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -42,6 +46,7 @@ impl ProxyError {
             Self::ConnectFailure(_) => "UF",
             Self::UpstreamTimeout => "UT",
             Self::UpstreamReset(_) => "UC",
+            Self::ClientBody(_) => "DC",
         }
     }
 
@@ -53,6 +58,7 @@ impl ProxyError {
             Self::ConnectFailure(_) => "UF: could not connect to the upstream\n",
             Self::UpstreamTimeout => "UT: the upstream did not answer in time\n",
             Self::UpstreamReset(_) => "UC: the upstream connection closed before answering\n",
+            Self::ClientBody(_) => "DC: the request body broke off\n",
         }
     }
 }

@@ -3,8 +3,9 @@
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::headers::{self, ConnInfo};
+use super::mirror;
 use crate::runtime::{Runtime, SharedRuntime, Subset};
-use crate::upstream::{PooledBody, SendError};
+use crate::upstream::{PooledBody, SendError, UpstreamBody};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -46,6 +47,20 @@ async fn proxy(
         None
     };
     headers::prepare_request(&mut parts, conn, upgrade);
+    let sampled = hit
+        .rule
+        .mirror
+        .filter(|m| !upgrade && m.sampled(&mut rand::rng()));
+    let body = match sampled {
+        None => UpstreamBody::Stream(body),
+        Some(m) => {
+            let (primary, copy) = mirror::tee(&parts, body).await?;
+            if let Some(copy) = copy {
+                mirror::spawn(rt.clone(), m.target, &parts, copy);
+            }
+            primary
+        }
+    };
     let sent = forward(subset, Request::from_parts(parts, body));
     let resp = match hit.rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
@@ -57,16 +72,19 @@ async fn proxy(
 }
 
 /// Sends to an endpoint of the subset, moving to the next endpoint when a connection can't be made.
-async fn forward(
+pub(crate) async fn forward(
     subset: &Subset,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
 ) -> Result<Response<PooledBody>, ProxyError> {
-    let attempts = subset.balancer.endpoints().len().min(MAX_CONNECT_ATTEMPTS);
+    let endpoints = subset.balancer.endpoints();
+    let Some(first) = subset.balancer.pick_index(&mut rand::rng()) else {
+        return Err(ProxyError::NoHealthyUpstream);
+    };
+    // After a failed connect, move on to endpoints not tried yet (the pick may repeat itself).
+    let attempts = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
     let mut last_error = String::new();
-    for _ in 0..attempts {
-        let Some(endpoint) = subset.balancer.pick(&mut rand::rng()) else {
-            break;
-        };
+    for attempt in 0..attempts {
+        let endpoint = &endpoints[(first + attempt) % endpoints.len()];
         match endpoint.send(req).await {
             Ok(resp) => return Ok(resp),
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
@@ -80,11 +98,7 @@ async fn forward(
             }
         }
     }
-    if attempts == 0 {
-        Err(ProxyError::NoHealthyUpstream)
-    } else {
-        Err(ProxyError::ConnectFailure(last_error))
-    }
+    Err(ProxyError::ConnectFailure(last_error))
 }
 
 fn respond(resp: Response<PooledBody>, client_upgrade: Option<OnUpgrade>) -> Response<ProxyBody> {

@@ -4,4 +4,4 @@ pub mod matcher;
 pub mod router;
 
 pub use matcher::{MatchBlock, NamedMatch, StringMatch};
-pub use router::{request_authority, Route, RouteMatch, Router, Rule};
+pub use router::{request_authority, Mirror, Route, RouteMatch, Router, Rule};

@@ -1,7 +1,7 @@
 //! Host → route → first matching rule. Pure: `find` reads the request head and nothing else.
 
 use super::matcher::MatchBlock;
-use crate::split::Split;
+use crate::split::{Split, Target};
 use http::request::Parts;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,6 +26,25 @@ pub struct Rule {
     pub split: Split,
     /// Upper bound on the wait for the upstream's response headers.
     pub timeout: Option<Duration>,
+    /// Where copies of matching requests go, if anywhere.
+    pub mirror: Option<Mirror>,
+}
+
+/// A traffic mirror: a share of requests is copied to another subset, fire and forget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mirror {
+    /// The subset that receives the copies.
+    pub target: Target,
+    /// Copies per million requests (100% = 1,000,000).
+    pub per_million: u32,
+}
+
+impl Mirror {
+    /// Whether this request is one of the copied share.
+    pub fn sampled<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> bool {
+        self.per_million >= 1_000_000
+            || (self.per_million > 0 && rng.random_range(0..1_000_000) < self.per_million)
+    }
 }
 
 impl Rule {
@@ -141,7 +160,6 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::split::{Split, Target};
 
     fn route(name: &str) -> Route {
         let split = Split::new(vec![(
@@ -158,6 +176,7 @@ mod tests {
                 matches: vec![],
                 split,
                 timeout: None,
+                mirror: None,
             }],
         }
     }

@@ -52,8 +52,8 @@ impl Balancer {
         &self.endpoints
     }
 
-    /// The next endpoint to try; `None` when the subset has none (Envoy's `UH`).
-    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<&Arc<Endpoint>> {
+    /// Index of the next endpoint to try; `None` when the subset has none (Envoy's `UH`).
+    pub fn pick_index<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
         let n = self.endpoints.len();
         let idx = match (n, self.policy) {
             (0, _) => return None,
@@ -70,7 +70,12 @@ impl Balancer {
                 }
             }
         };
-        Some(&self.endpoints[idx])
+        Some(idx)
+    }
+
+    /// The next endpoint to try; `None` when the subset has none.
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<&Arc<Endpoint>> {
+        self.pick_index(rng).map(|i| &self.endpoints[i])
     }
 }
 

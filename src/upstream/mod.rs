@@ -4,4 +4,4 @@ pub mod balance;
 pub mod pool;
 
 pub use balance::{Balancer, LoadBalancer};
-pub use pool::{Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError};
+pub use pool::{Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody};

@@ -47,7 +47,7 @@ pub enum SendError {
         /// What went wrong.
         reason: String,
         /// The request, handed back for another endpoint.
-        request: Box<Request<Incoming>>,
+        request: Box<Request<UpstreamBody>>,
     },
     /// The connection failed after the request was (partly) written.
     #[error("upstream reset: {0}")]
@@ -68,7 +68,7 @@ pub struct PoolSettings {
 pub struct Endpoint {
     addr: EndpointAddr,
     settings: PoolSettings,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<UpstreamBody>>>,
     in_flight: AtomicUsize,
 }
 
@@ -103,7 +103,7 @@ impl Endpoint {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
@@ -113,7 +113,7 @@ impl Endpoint {
         None
     }
 
-    fn put_idle(&self, sender: SendRequest<Incoming>) {
+    fn put_idle(&self, sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
@@ -124,7 +124,7 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, String> {
         let connect = async {
             let stream = match &self.addr {
                 EndpointAddr::Ip(a) => TcpStream::connect(a).await,
@@ -159,7 +159,7 @@ impl Endpoint {
     /// gives the connection back when it ends.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         loop {
@@ -197,6 +197,44 @@ impl Endpoint {
     }
 }
 
+/// A request body sent upstream: the client's stream, or bytes already read (mirrored requests).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Streamed from the client as it arrives.
+    Stream(Incoming),
+    /// Held in memory; `None` once sent.
+    Buffered(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Stream(b) => Pin::new(b).poll_frame(cx),
+            Self::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Stream(b) => b.is_end_stream(),
+            Self::Buffered(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Stream(b) => b.size_hint(),
+            Self::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// Counts a request against its endpoint until dropped.
 #[derive(Debug)]
 struct InFlight(Arc<Endpoint>);
@@ -218,12 +256,12 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<UpstreamBody>>,
     guard: InFlight,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, sender: Option<SendRequest<Incoming>>, guard: InFlight) -> Self {
+    fn new(inner: Incoming, sender: Option<SendRequest<UpstreamBody>>, guard: InFlight) -> Self {
         let mut body = PooledBody {
             inner,
             sender,

@@ -1,0 +1,327 @@
+//! The control plane: the file config, the API overlay, the generation, and the one place that
+//! builds and swaps in a new runtime.
+
+pub mod overlay;
+pub mod persist;
+pub mod state;
+
+use crate::config::{self, model::RawConfig, Config, FieldError};
+use crate::runtime::{Runtime, SharedRuntime};
+use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::Mutex;
+
+/// Why a change was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeError {
+    /// The request names something that does not exist (HTTP 404).
+    NotFound {
+        /// The field at fault.
+        field: String,
+        /// What is missing.
+        message: String,
+    },
+    /// The request is malformed or not applicable (HTTP 400).
+    Invalid {
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// `If-Match` named another generation (HTTP 409).
+    Stale {
+        /// The generation now live.
+        current: u64,
+        /// The one the caller expected.
+        expected: u64,
+    },
+    /// The config file could not be used (reload); the running config stays.
+    Config(Vec<FieldError>),
+}
+
+impl From<OverlayError> for ChangeError {
+    fn from(e: OverlayError) -> Self {
+        if e.not_found {
+            ChangeError::NotFound {
+                field: e.field,
+                message: e.message,
+            }
+        } else {
+            ChangeError::Invalid {
+                field: e.field,
+                message: e.message,
+            }
+        }
+    }
+}
+
+/// Outcome of the last file reload.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    /// When it was tried.
+    pub at: SystemTime,
+    /// The problems, if it was rejected.
+    pub errors: Vec<String>,
+}
+
+/// What the control plane holds, guarded by one lock so changes apply in order.
+#[derive(Debug)]
+pub struct ControlState {
+    /// The file config last accepted.
+    pub file: RawConfig,
+    /// API overrides.
+    pub overlay: Overlay,
+    /// The effective config now live.
+    pub effective: Config,
+    /// Overrides the last apply could not keep.
+    pub dropped: Vec<Dropped>,
+    /// The last file reload, if any.
+    pub last_reload: Option<ReloadStatus>,
+    /// Problem with the state file at start or on the last write, if any.
+    pub state_file_error: Option<String>,
+}
+
+/// The control plane. Cheap to share; every change goes through `commit`.
+#[derive(Debug)]
+pub struct Control {
+    runtime: SharedRuntime,
+    state: Mutex<ControlState>,
+    generation: AtomicU64,
+    config_path: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Control {
+    /// Builds the first runtime from `file` plus the overlay restored from the state file (if the
+    /// config names one and it is readable), at generation 1.
+    pub fn new(file: Config, config_path: Option<PathBuf>) -> Arc<Self> {
+        let state_file = file.raw.admin.state_file.as_ref().map(PathBuf::from);
+        let (overlay, state_file_error) = match &state_file {
+            Some(p) => match persist::load(p) {
+                Ok(o) => (o.unwrap_or_default(), None),
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "cannot restore API overrides; starting from the config file");
+                    (Overlay::default(), Some(e))
+                }
+            },
+            None => (Overlay::default(), None),
+        };
+        let (overlay, effective, dropped) = match effective_config(&file.raw, &overlay) {
+            Ok((eff, dropped)) => (prune(overlay, &dropped), eff, dropped),
+            Err(errors) => {
+                tracing::error!(
+                    ?errors,
+                    "restored API overrides do not validate; starting from the config file"
+                );
+                (Overlay::default(), file.clone(), Vec::new())
+            }
+        };
+        for d in &dropped {
+            tracing::warn!(route = %d.route, what = ?d.what, reason = %d.reason, "restored override dropped");
+        }
+        let runtime: SharedRuntime = Arc::new(arc_swap::ArcSwap::from_pointee(config::compile(
+            &effective, None, 1,
+        )));
+        Arc::new(Control {
+            runtime,
+            state: Mutex::new(ControlState {
+                file: file.raw,
+                overlay,
+                effective,
+                dropped,
+                last_reload: None,
+                state_file_error,
+            }),
+            generation: AtomicU64::new(1),
+            config_path,
+            state_file,
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The live runtime, for the data plane.
+    pub fn runtime(&self) -> &SharedRuntime {
+        &self.runtime
+    }
+
+    /// The generation now live.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// File reloads so far: (accepted, rejected).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_error.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The config file this control plane reloads, if any.
+    pub fn config_path(&self) -> Option<&PathBuf> {
+        self.config_path.as_ref()
+    }
+
+    /// Marks the gateway as shutting down (readiness turns 503).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the gateway is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Applies a change to the overlay: `edit` gets the overlay and the file config and returns
+    /// the route it touched (checked before anything is committed).
+    pub async fn change<F>(&self, if_match: Option<u64>, edit: F) -> Result<u64, ChangeError>
+    where
+        F: FnOnce(&mut Overlay, &RawConfig) -> Result<String, ChangeError>,
+    {
+        let mut st = self.state.lock().await;
+        self.check_generation(if_match)?;
+        let mut overlay = st.overlay.clone();
+        let route = edit(&mut overlay, &st.file)?;
+        overlay::check(&st.file, &overlay, &route)?;
+        overlay.routes.retain(|_, ro| !ro.is_empty());
+        let (effective, dropped) =
+            effective_config(&st.file, &overlay).map_err(ChangeError::Config)?;
+        let generation = self.commit(&mut st, effective, overlay, dropped);
+        self.persist(&mut st).await;
+        Ok(generation)
+    }
+
+    /// Re-reads the config file and applies it with the overlay on top. A file that fails to
+    /// parse or validate changes nothing.
+    pub async fn reload(&self, if_match: Option<u64>) -> Result<u64, ChangeError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(ChangeError::Invalid {
+                field: "config".into(),
+                message: "this gateway was not started from a file".into(),
+            });
+        };
+        let mut st = self.state.lock().await;
+        self.check_generation(if_match)?;
+        let result = config::load(&path).map_err(|e| e.errors).and_then(|file| {
+            let (effective, dropped) = effective_config(&file.raw, &st.overlay)?;
+            Ok((file, effective, dropped))
+        });
+        match result {
+            Ok((file, effective, dropped)) => {
+                if file.listeners.iter().map(|l| l.addr).ne(st
+                    .effective
+                    .listeners
+                    .iter()
+                    .map(|l| l.addr))
+                {
+                    tracing::warn!("listener changes take effect at the next restart");
+                }
+                st.file = file.raw;
+                let overlay = prune(st.overlay.clone(), &dropped);
+                for d in &dropped {
+                    tracing::warn!(route = %d.route, what = ?d.what, reason = %d.reason, "API override dropped by reload");
+                }
+                let pruned = overlay != st.overlay;
+                let generation = self.commit(&mut st, effective, overlay, dropped);
+                st.last_reload = Some(ReloadStatus {
+                    at: SystemTime::now(),
+                    errors: Vec::new(),
+                });
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                if pruned {
+                    self.persist(&mut st).await;
+                }
+                tracing::info!(generation, "config file reloaded");
+                Ok(generation)
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::error!(file = %path.display(), errors = ?lines, "config file rejected; the running config stays");
+                st.last_reload = Some(ReloadStatus {
+                    at: SystemTime::now(),
+                    errors: lines,
+                });
+                self.reloads_error.fetch_add(1, Ordering::Relaxed);
+                Err(ChangeError::Config(errors))
+            }
+        }
+    }
+
+    /// A consistent view for `GET /v1/state`.
+    pub async fn state(&self) -> state::StateView {
+        let st = self.state.lock().await;
+        state::view(self, &st)
+    }
+
+    fn check_generation(&self, if_match: Option<u64>) -> Result<(), ChangeError> {
+        let current = self.generation();
+        match if_match {
+            Some(expected) if expected != current => Err(ChangeError::Stale { current, expected }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Builds the runtime for `effective` and makes it live. Requests that start after this
+    /// returns use it; requests in flight finish on the snapshot they started with.
+    fn commit(
+        &self,
+        st: &mut ControlState,
+        effective: Config,
+        overlay: Overlay,
+        dropped: Vec<Dropped>,
+    ) -> u64 {
+        let generation = self.generation() + 1;
+        let previous: Arc<Runtime> = self.runtime.load_full();
+        let next = config::compile(&effective, Some(&previous), generation);
+        self.runtime.store(Arc::new(next));
+        self.generation.store(generation, Ordering::SeqCst);
+        st.effective = effective;
+        st.overlay = overlay;
+        st.dropped = dropped;
+        generation
+    }
+
+    async fn persist(&self, st: &mut ControlState) {
+        let Some(path) = &self.state_file else { return };
+        st.state_file_error = persist::save(path, &st.overlay).await.err();
+        if let Some(e) = &st.state_file_error {
+            tracing::error!(file = %path.display(), error = %e, "cannot persist API overrides");
+        }
+    }
+}
+
+/// The file config with the overlay applied, validated.
+fn effective_config(
+    file: &RawConfig,
+    overlay: &Overlay,
+) -> Result<(Config, Vec<Dropped>), Vec<FieldError>> {
+    let (raw, dropped) = overlay::apply(file, overlay);
+    Ok((config::validate(&raw)?, dropped))
+}
+
+/// The overlay without the overrides that were dropped.
+fn prune(mut overlay: Overlay, dropped: &[Dropped]) -> Overlay {
+    for d in dropped {
+        let Some(ro) = overlay.routes.get_mut(&d.route) else {
+            continue;
+        };
+        match &d.what {
+            Overridden::AllOverrides => *ro = RouteOverlay::default(),
+            Overridden::Weights(rule) => {
+                ro.weights.remove(rule);
+            }
+            Overridden::HeaderRoute(name) => ro.header_routes.retain(|h| &h.name != name),
+            Overridden::MirrorRoute(name) => ro.mirror_routes.retain(|m| &m.name != name),
+        }
+    }
+    overlay.routes.retain(|_, ro| !ro.is_empty());
+    overlay
+}

@@ -1,0 +1,83 @@
+//! Traffic mirroring: a copy of a request goes to another subset, fire and forget. Its answer is
+//! read and dropped; its failure or slowness never reaches the client.
+
+use super::error::ProxyError;
+use super::handler::forward;
+use crate::runtime::Runtime;
+use crate::split::Target;
+use crate::upstream::UpstreamBody;
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, HeaderValue, Request};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body that is copied (it has to be held in memory for both sends).
+pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
+/// A mirrored exchange is abandoned after this long.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Splits a request body into the primary's body and, when the request can be copied, the
+/// copy's. Bodies of unknown length or above `MIRROR_BODY_LIMIT` are not copied.
+pub async fn tee(
+    parts: &Parts,
+    body: Incoming,
+) -> Result<(UpstreamBody, Option<UpstreamBody>), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((
+            UpstreamBody::Stream(body),
+            Some(UpstreamBody::Buffered(None)),
+        ));
+    }
+    let small = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= MIRROR_BODY_LIMIT);
+    if !small {
+        return Ok((UpstreamBody::Stream(body), None));
+    }
+    let bytes = body
+        .collect()
+        .await
+        .map_err(ProxyError::ClientBody)?
+        .to_bytes();
+    Ok((
+        UpstreamBody::Buffered(Some(bytes.clone())),
+        Some(UpstreamBody::Buffered(Some(bytes))),
+    ))
+}
+
+/// Sends a copy of a request (head already prepared for upstream) to `target` in the background.
+pub fn spawn(rt: Arc<Runtime>, target: Target, parts: &Parts, body: UpstreamBody) {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    // As Envoy does, the copy's Host says it is a shadow, so the mirror can tell copies apart.
+    if let Some(host) = parts.headers.get(header::HOST) {
+        let mut shadow = BytesMut::from(host.as_bytes());
+        shadow.extend_from_slice(b"-shadow");
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(shadow)) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    tokio::spawn(async move {
+        let subset = rt.subset(target);
+        let exchange = async {
+            let resp = forward(subset, req).await?;
+            // Read the answer to the end so its connection goes back to the pool.
+            let _ = resp.into_body().collect().await;
+            Ok::<_, ProxyError>(())
+        };
+        match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "mirrored request failed"),
+            Err(_) => tracing::debug!("mirrored request timed out"),
+        }
+    });
+}
