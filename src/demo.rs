@@ -51,11 +51,15 @@ pub async fn spawn_named_upstream(
 /// The demo config with the gateway on `listen` and the given upstream addresses.
 pub fn demo_config(
     listen: SocketAddr,
+    admin: SocketAddr,
     stable: SocketAddr,
     canary: SocketAddr,
 ) -> Result<Config, ConfigError> {
     let mut raw = config::parse(DEMO_CONFIG, "embedded demo config")?;
     raw.listeners[0].address = listen.to_string();
+    raw.admin.address = admin.to_string();
+    // Readiness sits on a free port: the demo prints where.
+    raw.readiness.address = "127.0.0.1:0".into();
     let subsets = &mut raw
         .services
         .get_mut("demo")

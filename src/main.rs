@@ -53,7 +53,62 @@ enum Command {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the demo's admin API listens.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
     },
+    /// Read or set a route's weights through the admin API.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:15000")]
+    admin: String,
+    /// File holding the admin bearer token.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum WeightsAction {
+    /// Show a route's rules and their effective weights.
+    Get {
+        /// Route name.
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set the weights of a route's rule, e.g. `set reviews stable=80 canary=20`.
+    Set {
+        /// Route name.
+        route: String,
+        /// Rule name (needed when the route has several weighted rules).
+        #[arg(long)]
+        rule: Option<String>,
+        /// `subset=weight` pairs.
+        #[arg(required = true, value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (subset, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected subset=weight, like canary=20"))?;
+    let w = w
+        .parse()
+        .map_err(|_| format!("{s:?}: the weight must be a whole number from 0 up"))?;
+    if subset.is_empty() {
+        return Err(format!("{s:?}: the subset name is missing"));
+    }
+    Ok((subset.to_string(), w))
 }
 
 fn main() -> ExitCode {
@@ -87,13 +142,16 @@ fn main() -> ExitCode {
             config,
             concurrency,
         } => match config::load(&config) {
-            Ok(c) => exit(runtime(concurrency).and_then(|rt| rt.block_on(serve(c)))),
+            Ok(c) => exit(runtime(concurrency).and_then(|rt| rt.block_on(serve(c, config)))),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(1)
             }
         },
-        Command::Demo { listen } => exit(runtime(None).and_then(|rt| rt.block_on(demo(listen)))),
+        Command::Demo { listen, admin } => {
+            exit(runtime(None).and_then(|rt| rt.block_on(demo(listen, admin))))
+        }
+        Command::Weights { action } => weights(action),
     }
 }
 
@@ -142,23 +200,25 @@ fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
         .context("cannot start the async runtime")
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
-    let (gateway, _runtime) = splitgate::start(&config).await?;
+async fn serve(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
+    let app = splitgate::app::App::start(config, Some(path)).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: draining connections");
-    gateway.shutdown(Duration::from_secs(10)).await;
+    tracing::info!("shutting down: readiness is 503, draining connections");
+    app.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let stable = splitgate::demo::spawn_named_upstream(loopback, "stable").await?;
     let canary = splitgate::demo::spawn_named_upstream(loopback, "canary").await?;
-    let config = splitgate::demo::demo_config(listen, stable, canary)?;
-    let (gateway, _runtime) = splitgate::start(&config).await?;
-    let addr = gateway
+    let config = splitgate::demo::demo_config(listen, admin, stable, canary)?;
+    let app = splitgate::app::App::start(config, None).await?;
+    let addr = app
+        .gateway
         .local_addr("http")
         .context("the demo listener is bound")?;
+    let admin = app.admin_addr;
     println!(
         "splitgate demo: gateway on http://{addr}  (stable upstream {stable}, canary upstream {canary})
 
@@ -166,11 +226,75 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
   header route (canary):  curl -s -H 'x-canary: always' http://{addr}/
   HTTP/2 (h2c):           curl -s --http2-prior-knowledge http://{addr}/
 
-Press Ctrl-C to stop."
+  admin API:              curl -s http://{admin}/v1/state
+  shift to 50/50:         splitgate weights set demo stable=50 canary=50 --admin http://{admin}
+  readiness:              curl -s http://{ready}/healthz/ready
+
+Press Ctrl-C to stop.",
+        ready = app.readiness_addr,
     );
     shutdown_signal().await;
-    gateway.shutdown(Duration::from_secs(2)).await;
+    app.shutdown(Duration::from_secs(2)).await;
     Ok(())
+}
+
+fn weights(action: WeightsAction) -> ExitCode {
+    use splitgate::admin::client::{describe_route, AdminClient, ClientError};
+    let (WeightsAction::Get { admin, .. } | WeightsAction::Set { admin, .. }) = &action;
+    let token = match &admin.token_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("splitgate: cannot read the token file {}: {e}", f.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let client = AdminClient::new(&admin.admin, token);
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => return exit(Err(e)),
+    };
+    let result = rt.block_on(async {
+        match &action {
+            WeightsAction::Get { route, .. } => {
+                let state = client.state().await?;
+                Ok(
+                    describe_route(&state, route).ok_or_else(|| ClientError::Refused {
+                        status: http::StatusCode::NOT_FOUND,
+                        message: format!("unknown route {route:?}"),
+                        field: Some("route".into()),
+                    })?,
+                )
+            }
+            WeightsAction::Set {
+                route,
+                rule,
+                weights,
+                ..
+            } => {
+                let weights = weights.iter().cloned().collect();
+                let generation = client.set_weights(route, rule.as_deref(), &weights).await?;
+                Ok::<_, ClientError>(format!("generation {generation}\n"))
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("splitgate: {e}");
+            // Refused by the gateway: bad usage (1). Unreachable: runtime failure (2).
+            ExitCode::from(if matches!(e, ClientError::Refused { .. }) {
+                1
+            } else {
+                2
+            })
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@ pub mod compile;
 pub mod duration;
 pub mod model;
 pub mod validate;
+pub mod watch;
 
 pub use compile::compile;
 pub use model::RawConfig;

@@ -397,3 +397,77 @@ pub async fn spawn_binary_gateway(yaml: &str) -> ChildGateway {
     }
     panic!("the gateway did not start listening on {addr}");
 }
+
+/// A whole gateway (control plane, admin API, readiness, watcher) running in this process from a
+/// config file in its own temp directory. Admin and readiness get free ports unless the YAML sets
+/// them.
+pub struct TestApp {
+    pub app: splitgate::app::App,
+    pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
+    pub config_path: std::path::PathBuf,
+}
+
+impl TestApp {
+    /// `http://<gateway><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app.admin_addr, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh temp directory for one test.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("splitgate-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Adds free-port admin and readiness sections when the YAML has none.
+pub fn with_free_admin(yaml: &str) -> String {
+    let mut y = yaml.to_string();
+    if !y.contains("\nadmin:") && !y.starts_with("admin:") {
+        y.push_str("\nadmin: { address: \"127.0.0.1:0\" }\n");
+    }
+    if !y.contains("\nreadiness:") && !y.starts_with("readiness:") {
+        y.push_str("\nreadiness: { address: \"127.0.0.1:0\" }\n");
+    }
+    y
+}
+
+/// Writes `yaml` (admin/readiness on free ports unless set) to `<dir>/config.yaml` and starts
+/// the whole gateway from that file, watched for changes.
+pub async fn spawn_app_in(dir: std::path::PathBuf, yaml: &str) -> TestApp {
+    let config_path = dir.join("config.yaml");
+    let yaml = with_free_admin(yaml);
+    std::fs::write(&config_path, &yaml).unwrap();
+    let config = splitgate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    let app = splitgate::app::App::start(config, Some(config_path.clone()))
+        .await
+        .unwrap();
+    let addr = app.gateway.local_addrs()[0].1;
+    TestApp {
+        app,
+        addr,
+        dir,
+        config_path,
+    }
+}
+
+/// `spawn_app_in` with a fresh temp directory.
+pub async fn spawn_app(yaml: &str) -> TestApp {
+    spawn_app_in(temp_dir("app"), yaml).await
+}

@@ -1,0 +1,280 @@
+//! The admin API (SPEC §4): JSON over HTTP/1.1 on the admin address. Every change goes through
+//! `Control::change` or `Control::reload`; a refused call changes nothing.
+
+mod api;
+pub mod client;
+
+use crate::control::{ChangeError, Control};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What every admin request needs.
+#[derive(Debug, Clone)]
+pub struct AdminContext {
+    /// The control plane.
+    pub control: Arc<Control>,
+    /// Bearer token required on /v1 calls, if any.
+    pub token: Option<Arc<str>>,
+}
+
+/// An error answer: `{"error": "...", "field": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: String,
+    extra: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, field: impl Into<String>, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            field: field.into(),
+            extra: None,
+        }
+    }
+
+    fn bad(field: impl Into<String>, error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, field, error)
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = serde_json::json!({ "error": self.error, "field": self.field });
+        if let (Some(extra), Some(obj)) = (self.extra, body.as_object_mut()) {
+            if let Some(e) = extra.as_object() {
+                obj.extend(e.clone());
+            }
+        }
+        let mut resp = json(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::NotFound { field, message } => {
+                ApiError::new(StatusCode::NOT_FOUND, field, message)
+            }
+            ChangeError::Invalid { field, message } => ApiError::bad(field, message),
+            ChangeError::Stale { current, expected } => ApiError {
+                status: StatusCode::CONFLICT,
+                error: format!("stale generation: {expected} was expected, {current} is live"),
+                field: "If-Match".into(),
+                extra: Some(serde_json::json!({ "generation": current })),
+            },
+            ChangeError::Config(errors) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                error: "the config file was rejected; the running config stays".into(),
+                field: errors.first().map(|e| e.path.clone()).unwrap_or_default(),
+                extra: Some(
+                    serde_json::json!({ "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+                ),
+            },
+        }
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Serves the admin API on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, ctx: AdminContext, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Answers one admin request.
+pub async fn handle(ctx: &AdminContext, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(ctx, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    ctx: &AdminContext,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.first() != Some(&"v1") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path",
+            format!("no admin endpoint at {path}"),
+        ));
+    }
+    authorize(ctx, &req)?;
+    let if_match = if_match(&req)?;
+    let method = req.method().clone();
+    let control = &ctx.control;
+    let generation = |g: u64| {
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "generation": g }),
+        ))
+    };
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "state"]) => Ok(json(StatusCode::OK, &control.state().await)),
+        (&Method::POST, ["v1", "reload"]) => generation(control.reload(if_match).await?),
+        (&Method::PUT, ["v1", "routes", route, "weights"]) => {
+            let body = read_json(req).await?;
+            generation(api::set_weights(control, if_match, route, body).await?)
+        }
+        (&Method::PUT, ["v1", "routes", route, "header-routes", name]) => {
+            let body = read_json(req).await?;
+            generation(api::put_header_route(control, if_match, route, name, body).await?)
+        }
+        (&Method::DELETE, ["v1", "routes", route, "header-routes", name]) => {
+            generation(api::delete_header_route(control, if_match, route, name).await?)
+        }
+        (&Method::PUT, ["v1", "routes", route, "mirror-routes", name]) => {
+            let body = read_json(req).await?;
+            generation(api::put_mirror_route(control, if_match, route, name, body).await?)
+        }
+        (&Method::DELETE, ["v1", "routes", route, "mirror-routes", name]) => {
+            generation(api::delete_mirror_route(control, if_match, route, name).await?)
+        }
+        (&Method::DELETE, ["v1", "routes", route, "overrides"]) => {
+            generation(api::clear_overrides(control, if_match, route).await?)
+        }
+        (_, ["v1", "state"] | ["v1", "reload"] | ["v1", "routes", _, "weights" | "overrides"])
+        | (_, ["v1", "routes", _, "header-routes" | "mirror-routes", _]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "path",
+            format!("no admin endpoint at {path}"),
+        )),
+    }
+}
+
+fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &ctx.token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Authorization",
+            "a valid bearer token is required",
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
+    let Some(v) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        ApiError::bad(
+            "If-Match",
+            format!("expected a generation number, got {text:?}"),
+        )
+    })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::bad(
+                "body",
+                format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            )
+        })?
+        .to_bytes();
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "body".to_string()
+        } else {
+            field
+        };
+        ApiError::bad(field, format!("invalid JSON body: {}", e.into_inner()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

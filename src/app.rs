@@ -1,0 +1,146 @@
+//! The whole gateway: control plane, listeners, admin API, readiness, and the config watcher.
+
+use crate::admin::{self, AdminContext};
+use crate::config::{self, Config};
+use crate::control::Control;
+use crate::server::{readiness, Gateway, ServeError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The admin or readiness address could not be bound.
+    #[error("{what} cannot bind {addr}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin token file is unusable.
+    #[error("admin.token_file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config file cannot be watched.
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct App {
+    /// The data plane's listeners.
+    pub gateway: Gateway,
+    /// The control plane.
+    pub control: Arc<Control>,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// Where readiness listens.
+    pub readiness_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    Ok((listener, local))
+}
+
+fn read_token(path: &str) -> Result<Arc<str>, StartError> {
+    let token = std::fs::read_to_string(path).map_err(|e| StartError::Token {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(StartError::Token {
+            path: path.into(),
+            reason: "the file is empty".into(),
+        });
+    }
+    Ok(token.into())
+}
+
+impl App {
+    /// Starts everything `config` describes. With `config_path`, the file is watched and
+    /// reloaded on change, and `POST /v1/reload` re-reads it.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<App, StartError> {
+        let token = config
+            .raw
+            .admin
+            .token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?;
+        let (admin_listener, admin_addr) = bind("admin API", config.admin_addr).await?;
+        let (ready_listener, readiness_addr) = bind("readiness", config.readiness_addr).await?;
+        let control = Control::new(config.clone(), config_path.clone());
+        let gateway = Gateway::start(&config, control.runtime().clone()).await?;
+        let (stop, _) = watch::channel(false);
+        let ctx = AdminContext {
+            control: control.clone(),
+            token,
+        };
+        let tasks = vec![
+            tokio::spawn(admin::serve(admin_listener, ctx, stop.subscribe())),
+            tokio::spawn(readiness::serve(
+                ready_listener,
+                control.clone(),
+                stop.subscribe(),
+            )),
+        ];
+        let watcher = match &config_path {
+            Some(p) => Some(config::watch::spawn(
+                control.clone(),
+                p.clone(),
+                stop.subscribe(),
+            )?),
+            None => None,
+        };
+        tracing::info!(admin = %admin_addr, readiness = %readiness_addr, generation = control.generation(), "serving");
+        Ok(App {
+            gateway,
+            control,
+            admin_addr,
+            readiness_addr,
+            stop,
+            tasks,
+            _watcher: watcher,
+        })
+    }
+
+    /// Turns readiness to 503, drains the listeners (up to `grace`), then stops the rest.
+    pub async fn shutdown(self, grace: Duration) {
+        self.control.set_draining();
+        self.gateway.shutdown(grace).await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `GET /healthz/ready` on the readiness address: 200 while serving, 503 while draining.
+
+use crate::control::Control;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz/ready") if control.is_draining() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        (&Method::GET | &Method::HEAD, "/healthz/ready") => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Serves readiness on `listener` until `stop` turns true. It is bound only once the first
+/// config is live, so before that the probe's connection is refused (not ready).
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = answer(&control, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
