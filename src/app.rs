@@ -53,6 +53,8 @@ pub struct App {
     pub admin_addr: SocketAddr,
     /// Where readiness listens.
     pub readiness_addr: SocketAddr,
+    /// Where metrics are served.
+    pub metrics_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -99,6 +101,7 @@ impl App {
             .transpose()?;
         let (admin_listener, admin_addr) = bind("admin API", config.admin_addr).await?;
         let (ready_listener, readiness_addr) = bind("readiness", config.readiness_addr).await?;
+        let (metrics_listener, metrics_addr) = bind("metrics", config.metrics_addr).await?;
         let control = Control::new(config.clone(), config_path.clone());
         let gateway = Gateway::start(&config, control.runtime().clone()).await?;
         let (stop, _) = watch::channel(false);
@@ -113,6 +116,11 @@ impl App {
                 control.clone(),
                 stop.subscribe(),
             )),
+            tokio::spawn(crate::metrics::server::serve(
+                metrics_listener,
+                control.clone(),
+                stop.subscribe(),
+            )),
         ];
         let watcher = match &config_path {
             Some(p) => Some(config::watch::spawn(
@@ -122,12 +130,19 @@ impl App {
             )?),
             None => None,
         };
-        tracing::info!(admin = %admin_addr, readiness = %readiness_addr, generation = control.generation(), "serving");
+        tracing::info!(
+            admin = %admin_addr,
+            readiness = %readiness_addr,
+            metrics = %metrics_addr,
+            generation = control.generation(),
+            "serving"
+        );
         Ok(App {
             gateway,
             control,
             admin_addr,
             readiness_addr,
+            metrics_addr,
             stop,
             tasks,
             _watcher: watcher,

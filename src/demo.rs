@@ -58,8 +58,9 @@ pub fn demo_config(
     let mut raw = config::parse(DEMO_CONFIG, "embedded demo config")?;
     raw.listeners[0].address = listen.to_string();
     raw.admin.address = admin.to_string();
-    // Readiness sits on a free port: the demo prints where.
+    // Readiness and metrics sit on free ports: the demo prints where.
     raw.readiness.address = "127.0.0.1:0".into();
+    raw.metrics.address = "127.0.0.1:0".into();
     let subsets = &mut raw
         .services
         .get_mut("demo")

@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;

@@ -229,9 +229,12 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
   admin API:              curl -s http://{admin}/v1/state
   shift to 50/50:         splitgate weights set demo stable=50 canary=50 --admin http://{admin}
   readiness:              curl -s http://{ready}/healthz/ready
+  Istio metrics:          curl -s http://{metrics}/stats/prometheus | grep istio_requests_total
+  canary analysis:        curl -s 'http://{admin}/v1/analysis?route=demo&window=60s'
 
 Press Ctrl-C to stop.",
         ready = app.readiness_addr,
+        metrics = app.metrics_addr,
     );
     shutdown_signal().await;
     app.shutdown(Duration::from_secs(2)).await;

@@ -1,5 +1,8 @@
 //! The one immutable snapshot a request is served from, and the single swap that replaces it.
 
+use crate::metrics::analysis::Window;
+use crate::metrics::hub::MetricsHub;
+use crate::metrics::istio::DestinationMetrics;
 use crate::routing::Router;
 use crate::split::Target;
 use crate::upstream::Balancer;
@@ -16,6 +19,12 @@ pub struct Runtime {
     pub router: Router,
     /// Services in name order, indexed by `Target::service`.
     pub services: Vec<Service>,
+    /// Analysis windows per route (by `Route::index`), one per destination of the route.
+    pub windows: Vec<Vec<(Target, Arc<Window>)>>,
+    /// Metrics shared by every snapshot.
+    pub hub: Arc<MetricsHub>,
+    /// Whether requests are recorded in metrics (`metrics.enabled`).
+    pub metrics_enabled: bool,
 }
 
 /// A service and its subsets.
@@ -42,12 +51,23 @@ pub struct Subset {
     pub workload: Box<str>,
     /// Its endpoints and how one is picked.
     pub balancer: Balancer,
+    /// Its Istio series.
+    pub metrics: Arc<DestinationMetrics>,
 }
 
 impl Runtime {
     /// The subset a split target points at.
     pub fn subset(&self, t: Target) -> &Subset {
         &self.services[t.service].subsets[t.subset]
+    }
+
+    /// The analysis window of a destination within a route.
+    pub fn window(&self, route_index: usize, t: Target) -> Option<&Arc<Window>> {
+        self.windows
+            .get(route_index)?
+            .iter()
+            .find(|(w, _)| *w == t)
+            .map(|(_, w)| w)
     }
 }
 

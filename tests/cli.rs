@@ -1201,7 +1201,6 @@ fn demo_exits_2_when_its_port_is_taken() {
 /// SPEC §1: `demo` "prints the curl commands, admin and metrics URLs". It prints no admin or
 /// metrics URL (and the embedded demo config pins them to fixed ports 15000/15090).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gap: demo prints no metrics URL until the metrics endpoint exists (issue 4)"]
 async fn demo_prints_admin_and_metrics_urls() {
     let listen = free_addr();
     let mut demo = Proc::spawn(&[

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v curl >/dev/null || need+=(curl)
+# The metrics end-to-end test scrapes the gateway with a real Prometheus.
+command -v prometheus >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing test dependencies: ${need[*]}"

@@ -1,9 +1,13 @@
 //! The admin API's changes, each an edit of the overlay that `Control::change` checks and commits.
 
+use crate::config::duration::parse_duration;
 use crate::config::model::{RawConfig, RawRoute};
 use crate::control::overlay::{self, HeaderRoute, MirrorRoute, Overlay};
 use crate::control::{ChangeError, Control};
+use crate::metrics::analysis::{now_secs, Summary, MAX_WINDOW_SECS};
+use crate::routing::matcher::percent_decode;
 use serde::Deserialize;
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Body of `PUT /v1/routes/{route}/weights`.
@@ -170,4 +174,94 @@ pub async fn clear_overrides(
             Ok(route.to_string())
         })
         .await
+}
+
+/// Answer of `GET /v1/analysis`.
+#[derive(Debug, Serialize)]
+pub struct AnalysisView {
+    /// The route.
+    pub route: String,
+    /// Window length.
+    pub window_seconds: u64,
+    /// Generation now live.
+    pub generation: u64,
+    /// Per subset of the route (`service/subset` when the route spans services).
+    pub subsets: BTreeMap<String, Summary>,
+}
+
+/// `GET /v1/analysis?route=R&window=60s`: per subset of the route, its requests, rate, success
+/// rate and latency quantiles over the window.
+pub fn analysis(control: &Control, query: Option<&str>) -> Result<AnalysisView, ChangeError> {
+    let invalid = |field: &str, message: String| ChangeError::Invalid {
+        field: field.into(),
+        message,
+    };
+    let (mut route, mut window) = (None, None);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "route" => route = Some(percent_decode(v).into_owned()),
+            "window" => window = Some(percent_decode(v).into_owned()),
+            other => {
+                return Err(invalid(
+                    other,
+                    format!("unknown parameter {other:?}; use route and window"),
+                ))
+            }
+        }
+    }
+    let route = route.ok_or_else(|| invalid("route", "the route parameter is required".into()))?;
+    let secs = match window {
+        None => 60,
+        Some(w) => {
+            let d = parse_duration(&w).map_err(|m| invalid("window", m))?;
+            let secs = d.as_secs();
+            if !(1..=MAX_WINDOW_SECS).contains(&secs) {
+                return Err(invalid(
+                    "window",
+                    format!("must be between 1s and {MAX_WINDOW_SECS}s"),
+                ));
+            }
+            secs
+        }
+    };
+    let rt = control.runtime().load();
+    let r = rt
+        .router
+        .routes()
+        .iter()
+        .find(|r| *r.name == *route)
+        .ok_or_else(|| ChangeError::NotFound {
+            field: "route".into(),
+            message: format!("unknown route {route:?}"),
+        })?;
+    let windows = rt
+        .windows
+        .get(r.index)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let one_service = windows.windows(2).all(|w| w[0].0.service == w[1].0.service);
+    let now = now_secs();
+    let subsets = windows
+        .iter()
+        .map(|(t, w)| {
+            let sub = rt.subset(*t);
+            let key = if one_service {
+                sub.name.to_string()
+            } else {
+                format!("{}/{}", rt.services[t.service].name, sub.name)
+            };
+            (key, w.summary(now, secs))
+        })
+        .collect();
+    Ok(AnalysisView {
+        route,
+        window_seconds: secs,
+        generation: rt.generation,
+        subsets,
+    })
 }

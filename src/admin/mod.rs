@@ -166,6 +166,10 @@ async fn route(
     };
     match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "state"]) => Ok(json(StatusCode::OK, &control.state().await)),
+        (&Method::GET, ["v1", "analysis"]) => Ok(json(
+            StatusCode::OK,
+            &api::analysis(control, req.uri().query())?,
+        )),
         (&Method::POST, ["v1", "reload"]) => generation(control.reload(if_match).await?),
         (&Method::PUT, ["v1", "routes", route, "weights"]) => {
             let body = read_json(req).await?;
@@ -188,7 +192,13 @@ async fn route(
         (&Method::DELETE, ["v1", "routes", route, "overrides"]) => {
             generation(api::clear_overrides(control, if_match, route).await?)
         }
-        (_, ["v1", "state"] | ["v1", "reload"] | ["v1", "routes", _, "weights" | "overrides"])
+        (
+            _,
+            ["v1", "state"]
+            | ["v1", "reload"]
+            | ["v1", "analysis"]
+            | ["v1", "routes", _, "weights" | "overrides"],
+        )
         | (_, ["v1", "routes", _, "header-routes" | "mirror-routes", _]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",

@@ -1,14 +1,17 @@
 //! Turns a validated config into a runtime snapshot.
 
 use super::Config;
+use crate::metrics::hub::{DestinationInfo, MetricsHub};
 use crate::routing::Router;
 use crate::runtime::{Runtime, Service, Subset};
+use crate::split::Target;
 use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Builds a runtime. Endpoints whose address and pool settings are unchanged from `previous`
-/// are carried over with their pooled connections.
+/// Builds a runtime. From `previous` it carries over the endpoints whose address and pool
+/// settings are unchanged (with their pooled connections) and the metrics hub, whose series and
+/// analysis windows continue; those of subsets that are gone are removed.
 pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> Runtime {
     let mut reusable: HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>> = HashMap::new();
     for ep in previous
@@ -19,6 +22,13 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
     {
         reusable.insert((ep.addr().clone(), ep.settings()), ep.clone());
     }
+    let hub = previous.map_or_else(|| MetricsHub::new(&config.raw.metrics), |p| p.hub.clone());
+    hub.set_identity(&config.raw.metrics);
+    hub.own
+        .generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+
+    let mut destinations = HashSet::new();
     let services = config
         .services
         .iter()
@@ -42,11 +52,22 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
                                 .unwrap_or_else(|| Endpoint::new(a.clone(), settings))
                         })
                         .collect();
+                    let info = DestinationInfo {
+                        service: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                        host: s.host.clone(),
+                        subset: sub.name.clone(),
+                        workload: sub.workload.clone(),
+                        labels: sub.labels.clone(),
+                    };
+                    let metrics = hub.destination(&info);
+                    destinations.insert(info);
                     Subset {
                         name: sub.name.as_str().into(),
                         labels: sub.labels.clone(),
                         workload: sub.workload.as_str().into(),
                         balancer: Balancer::new(endpoints, s.load_balancer),
+                        metrics,
                     }
                 })
                 .collect();
@@ -57,7 +78,41 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
                 subsets,
             }
         })
+        .collect::<Vec<_>>();
+
+    let mut window_keys = HashSet::new();
+    let windows = config
+        .routes
+        .iter()
+        .map(|r| {
+            let mut targets: Vec<Target> = Vec::new();
+            for rule in &r.route.rules {
+                let mirrored = rule.mirror.map(|m| m.target);
+                for t in rule.split.entries().map(|(t, _)| t).chain(mirrored) {
+                    if !targets.contains(&t) {
+                        targets.push(t);
+                    }
+                }
+            }
+            targets
+                .into_iter()
+                .map(|t| {
+                    let (svc, sub) = (
+                        &config.services[t.service],
+                        &config.services[t.service].subsets[t.subset],
+                    );
+                    window_keys.insert((
+                        r.route.name.to_string(),
+                        svc.name.clone(),
+                        sub.name.clone(),
+                    ));
+                    (t, hub.window(&r.route.name, &svc.name, &sub.name))
+                })
+                .collect()
+        })
         .collect();
+    hub.retain(&destinations, &window_keys);
+
     let router = Router::new(
         config
             .routes
@@ -69,5 +124,8 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
         generation,
         router,
         services,
+        windows,
+        hub,
+        metrics_enabled: config.raw.metrics.enabled,
     }
 }

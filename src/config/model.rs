@@ -108,6 +108,8 @@ pub struct RawMetrics {
     pub cluster: String,
     /// The gateway's own identity, for the `source_*` labels.
     pub workload: RawWorkload,
+    /// Record requests in metrics (turn off only to measure what metrics cost).
+    pub enabled: bool,
 }
 
 impl Default for RawMetrics {
@@ -117,6 +119,7 @@ impl Default for RawMetrics {
             reporter: "source".into(),
             cluster: "Kubernetes".into(),
             workload: RawWorkload::default(),
+            enabled: true,
         }
     }
 }

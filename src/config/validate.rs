@@ -252,6 +252,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         routes.push(RouteSpec {
             route: Route {
                 name: r.name.as_str().into(),
+                index: i,
                 rules,
             },
             hosts,

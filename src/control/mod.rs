@@ -236,6 +236,7 @@ impl Control {
                     errors: Vec::new(),
                 });
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.count_reload("ok");
                 if pruned {
                     self.persist(&mut st).await;
                 }
@@ -250,6 +251,7 @@ impl Control {
                     errors: lines,
                 });
                 self.reloads_error.fetch_add(1, Ordering::Relaxed);
+                self.count_reload("error");
                 Err(ChangeError::Config(errors))
             }
         }
@@ -259,6 +261,14 @@ impl Control {
     pub async fn state(&self) -> state::StateView {
         let st = self.state.lock().await;
         state::view(self, &st)
+    }
+
+    fn count_reload(&self, result: &'static str) {
+        let hub = self.runtime.load().hub.clone();
+        hub.own
+            .reloads
+            .get_or_create(&crate::metrics::hub::ResultLabel { result })
+            .inc();
     }
 
     fn check_generation(&self, if_match: Option<u64>) -> Result<(), ChangeError> {

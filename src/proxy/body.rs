@@ -1,29 +1,103 @@
-//! The response body the gateway sends: an upstream's stream, or a short fixed text.
+//! The response body the gateway sends: an upstream's stream or a short fixed text, and the
+//! recording of the request in metrics once its last byte has gone out.
 
+use crate::metrics::analysis::{now_secs, Window};
+use crate::metrics::istio::{DestinationMetrics, Sample};
 use crate::upstream::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-/// Response body to the client. An enum rather than a box, so a response costs no allocation.
+/// Response body to the client. No box: a response costs no allocation.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    recorder: Option<Recorder>,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// Streamed from the upstream.
     Upstream(PooledBody),
     /// A fixed body (errors, local answers); `None` once sent.
     Fixed(Option<Bytes>),
 }
 
+/// Records one request when its response ends: in the destination's Istio series and in the
+/// route's analysis window.
+#[derive(Debug)]
+pub struct Recorder {
+    /// The destination's series.
+    pub metrics: Arc<DestinationMetrics>,
+    /// The route's window for that destination.
+    pub window: Option<Arc<Window>>,
+    /// When the request arrived.
+    pub start: Instant,
+    /// Status sent.
+    pub code: u16,
+    /// Request head and body size.
+    pub request_bytes: u64,
+    /// Response head size so far; body bytes are added as they are sent.
+    pub response_bytes: u64,
+}
+
+impl Recorder {
+    /// Records the request with `flags` (`-` when it went well).
+    pub fn finish(self, flags: &'static str) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.record(&Sample {
+            code: self.code,
+            flags,
+            protocol: "http",
+            duration_ms,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+        });
+        if let Some(w) = &self.window {
+            w.record(now_secs(), self.code >= 500, duration_ms);
+        }
+    }
+}
+
 impl ProxyBody {
+    /// A stream from the upstream, recorded by `recorder` when it ends.
+    pub fn upstream(body: PooledBody, recorder: Option<Recorder>) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream(body),
+            recorder,
+        }
+    }
+
     /// A fixed body.
     pub fn fixed(b: impl Into<Bytes>) -> Self {
-        Self::Fixed(Some(b.into()))
+        ProxyBody {
+            kind: Kind::Fixed(Some(b.into())),
+            recorder: None,
+        }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        Self::Fixed(None)
+        ProxyBody {
+            kind: Kind::Fixed(None),
+            recorder: None,
+        }
+    }
+
+    fn finish(&mut self, flags: &'static str) {
+        if let Some(r) = self.recorder.take() {
+            r.finish(flags);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (Envoy's DC).
+        self.finish("DC");
     }
 }
 
@@ -35,23 +109,39 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Upstream(b) => Pin::new(b).poll_frame(cx),
-            Self::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(r), Some(data)) = (&mut this.recorder, frame.data_ref()) {
+                    r.response_bytes += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish("-");
+                }
+            }
+            Poll::Ready(None) => this.finish("-"),
+            // The upstream broke off mid-body.
+            Poll::Ready(Some(Err(_))) => this.finish("UC"),
+            Poll::Pending => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Upstream(b) => b.is_end_stream(),
-            Self::Fixed(b) => b.is_none(),
+        match &self.kind {
+            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Fixed(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Upstream(b) => b.size_hint(),
-            Self::Fixed(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        match &self.kind {
+            Kind::Upstream(b) => b.size_hint(),
+            Kind::Fixed(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

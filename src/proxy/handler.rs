@@ -1,16 +1,21 @@
 //! One request, start to end: route → split → forward → answer.
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, Recorder};
 use super::error::ProxyError;
 use super::headers::{self, ConnInfo};
 use super::mirror;
+use crate::metrics::istio::Sample;
+use crate::routing::router::strip_port;
+use crate::routing::{request_authority, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
 use crate::upstream::{PooledBody, SendError, UpstreamBody};
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Endpoints of a subset tried in turn when connecting fails (Istio retries connect failures).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -22,12 +27,56 @@ pub async fn handle(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let start = Instant::now();
     let rt = shared.load_full();
-    match proxy(&rt, conn, req).await {
-        Ok(resp) => resp,
+    let (parts, body) = req.into_parts();
+    let request_bytes = if rt.metrics_enabled {
+        request_size(&parts)
+    } else {
+        0
+    };
+    let Some(hit) = rt.router.find(&parts) else {
+        let resp = error_response(&ProxyError::NoRoute);
+        if rt.metrics_enabled {
+            let host = request_authority(&parts).map(strip_port);
+            rt.hub
+                .record_no_route(host, &immediate_sample(&resp, "NR", start, request_bytes));
+        }
+        return resp;
+    };
+    let target = hit.rule.split.pick(&mut rand::rng());
+    let subset = rt.subset(target);
+    let result = proxy(&rt, conn, parts, body, hit.rule, subset).await;
+    let recorder = rt.metrics_enabled.then(|| Recorder {
+        metrics: subset.metrics.clone(),
+        window: rt.window(hit.route.index, target).cloned(),
+        start,
+        code: 0,
+        request_bytes,
+        response_bytes: 0,
+    });
+    match result {
+        Ok((parts, body)) => {
+            let recorder = recorder.map(|r| Recorder {
+                code: parts.status.as_u16(),
+                response_bytes: head_size(parts.status, &parts.headers),
+                ..r
+            });
+            Response::from_parts(parts, ProxyBody::upstream(body, recorder))
+        }
         Err(e) => {
             tracing::debug!(flag = e.flag(), error = %e, "request failed");
-            error_response(&e)
+            let resp = error_response(&e);
+            if let Some(r) = recorder {
+                let s = immediate_sample(&resp, e.flag(), start, request_bytes);
+                Recorder {
+                    code: s.code,
+                    response_bytes: s.response_bytes,
+                    ..r
+                }
+                .finish(e.flag());
+            }
+            resp
         }
     }
 }
@@ -35,11 +84,11 @@ pub async fn handle(
 async fn proxy(
     rt: &Arc<Runtime>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    let hit = rt.router.find(&parts).ok_or(ProxyError::NoRoute)?;
-    let subset = rt.subset(hit.rule.split.pick(&mut rand::rng()));
+    mut parts: http::request::Parts,
+    body: Incoming,
+    rule: &Rule,
+    subset: &Subset,
+) -> Result<(http::response::Parts, PooledBody), ProxyError> {
     let upgrade = headers::is_upgrade(&parts);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<OnUpgrade>()
@@ -47,8 +96,7 @@ async fn proxy(
         None
     };
     headers::prepare_request(&mut parts, conn, upgrade);
-    let sampled = hit
-        .rule
+    let sampled = rule
         .mirror
         .filter(|m| !upgrade && m.sampled(&mut rand::rng()));
     let body = match sampled {
@@ -62,13 +110,58 @@ async fn proxy(
         }
     };
     let sent = forward(subset, Request::from_parts(parts, body));
-    let resp = match hit.rule.timeout {
+    let resp = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
         None => sent.await?,
     };
     Ok(respond(resp, client_upgrade))
+}
+
+/// Size of a request as HTTP/1.1 text: request line, headers, and the declared body length.
+fn request_size(parts: &http::request::Parts) -> u64 {
+    let line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 11;
+    let body = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (line + headers_size(&parts.headers)) as u64 + body
+}
+
+/// Size of a response head as HTTP/1.1 text.
+fn head_size(status: StatusCode, headers: &http::HeaderMap) -> u64 {
+    let line = 13 + status.canonical_reason().map_or(0, str::len) + 2;
+    (line + headers_size(headers)) as u64
+}
+
+fn headers_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + 2
+}
+
+/// The sample of an answer the gateway made itself, complete at once.
+fn immediate_sample(
+    resp: &Response<ProxyBody>,
+    flags: &'static str,
+    start: Instant,
+    request_bytes: u64,
+) -> Sample {
+    Sample {
+        code: resp.status().as_u16(),
+        flags,
+        protocol: "http",
+        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+        request_bytes,
+        response_bytes: head_size(resp.status(), resp.headers())
+            + resp.body().size_hint().exact().unwrap_or(0),
+    }
 }
 
 /// Sends to an endpoint of the subset, moving to the next endpoint when a connection can't be made.
@@ -101,7 +194,10 @@ pub(crate) async fn forward(
     Err(ProxyError::ConnectFailure(last_error))
 }
 
-fn respond(resp: Response<PooledBody>, client_upgrade: Option<OnUpgrade>) -> Response<ProxyBody> {
+fn respond(
+    resp: Response<PooledBody>,
+    client_upgrade: Option<OnUpgrade>,
+) -> (http::response::Parts, PooledBody) {
     let (mut parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -112,7 +208,7 @@ fn respond(resp: Response<PooledBody>, client_upgrade: Option<OnUpgrade>) -> Res
         }
     }
     headers::prepare_response(&mut parts.headers, switching);
-    Response::from_parts(parts, ProxyBody::Upstream(body))
+    (parts, body)
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (websocket and the like).

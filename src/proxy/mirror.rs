@@ -3,6 +3,7 @@
 
 use super::error::ProxyError;
 use super::handler::forward;
+use crate::metrics::hub::ResultLabel;
 use crate::runtime::Runtime;
 use crate::split::Target;
 use crate::upstream::UpstreamBody;
@@ -74,10 +75,21 @@ pub fn spawn(rt: Arc<Runtime>, target: Target, parts: &Parts, body: UpstreamBody
             let _ = resp.into_body().collect().await;
             Ok::<_, ProxyError>(())
         };
-        match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "mirrored request failed"),
-            Err(_) => tracing::debug!("mirrored request timed out"),
-        }
+        let result = match tokio::time::timeout(MIRROR_TIMEOUT, exchange).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "mirrored request failed");
+                "failed"
+            }
+            Err(_) => {
+                tracing::debug!("mirrored request timed out");
+                "timeout"
+            }
+        };
+        rt.hub
+            .own
+            .mirror_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
     });
 }

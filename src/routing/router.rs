@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Route {
     /// The route's name in the config.
     pub name: Box<str>,
+    /// Position in the config (set by `Router::new`).
+    pub index: usize,
     /// First match wins.
     pub rules: Vec<Rule>,
 }
@@ -80,7 +82,8 @@ impl Router {
     /// Builds the host index. Hosts must be lowercase and unique across routes (validation checks).
     pub fn new(routes: Vec<(Route, Vec<String>)>) -> Self {
         let mut router = Router::default();
-        for (idx, (route, hosts)) in routes.into_iter().enumerate() {
+        for (idx, (mut route, hosts)) in routes.into_iter().enumerate() {
+            route.index = idx;
             for host in hosts {
                 if host == "*" {
                     router.catch_all = Some(idx);
@@ -146,7 +149,8 @@ pub fn request_authority(req: &Parts) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host without its port (`[v6]` loses its brackets).
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
@@ -171,6 +175,7 @@ mod tests {
         )]);
         Route {
             name: name.into(),
+            index: 0,
             rules: vec![Rule {
                 name: "r".into(),
                 matches: vec![],

@@ -143,6 +143,7 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        let active = runtime.load().hub.own.active_connections.clone();
         let conn = Arc::new(ConnInfo {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a valid header value"),
@@ -156,6 +157,7 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut stop = shutdown.subscribe();
         tokio::spawn(async move {
+            active.inc();
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -168,6 +170,7 @@ async fn accept_loop(
             if let Err(e) = result {
                 tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
+            active.dec();
             drop(stop);
         });
     }

@@ -370,7 +370,8 @@ impl Drop for ChildGateway {
     }
 }
 
-/// Runs `splitgate run` on `yaml`, in which `{listen}` is replaced by a free loopback address,
+/// Runs `splitgate run` on `yaml` (admin, readiness and metrics on free ports unless set), in
+/// which `{listen}` is replaced by a free loopback address,
 /// and waits until the port accepts connections.
 pub async fn spawn_binary_gateway(yaml: &str) -> ChildGateway {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -379,7 +380,8 @@ pub async fn spawn_binary_gateway(yaml: &str) -> ChildGateway {
     std::fs::create_dir_all(&dir).unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let path = dir.join("config.yaml");
-    std::fs::write(&path, fill(yaml, &[("listen", addr.to_string())])).unwrap();
+    let yaml = with_free_admin(&fill(yaml, &[("listen", addr.to_string())]));
+    std::fs::write(&path, yaml).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_splitgate"))
         .args(["run", "-c"])
         .arg(&path)
@@ -436,7 +438,7 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-/// Adds free-port admin and readiness sections when the YAML has none.
+/// Adds free-port admin, readiness and metrics sections when the YAML has none.
 pub fn with_free_admin(yaml: &str) -> String {
     let mut y = yaml.to_string();
     if !y.contains("\nadmin:") && !y.starts_with("admin:") {
@@ -444,6 +446,9 @@ pub fn with_free_admin(yaml: &str) -> String {
     }
     if !y.contains("\nreadiness:") && !y.starts_with("readiness:") {
         y.push_str("\nreadiness: { address: \"127.0.0.1:0\" }\n");
+    }
+    if !y.contains("\nmetrics:") && !y.starts_with("metrics:") {
+        y.push_str("\nmetrics: { address: \"127.0.0.1:0\" }\n");
     }
     y
 }

@@ -1,0 +1,316 @@
+//! The metrics registry and everything that outlives one runtime snapshot: per-destination
+//! handles and analysis windows (kept across reloads, retired with their subset), and
+//! splitgate's own metrics. Metric names live here and in `istio.rs`, nowhere else.
+
+use super::analysis::Window;
+use super::istio::{DestinationMetrics, IstioFamilies, IstioLabels, Sample};
+use crate::config::model::RawMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+/// Distinct hosts of unrouted requests that get their own series; the rest share `unknown`.
+const MAX_NO_ROUTE_HOSTS: usize = 64;
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, `error`, `sent`, `failed`, …
+    pub result: &'static str,
+}
+
+/// `state` label of upstream connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `idle` or `active`.
+    pub state: &'static str,
+}
+
+/// splitgate's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SelfMetrics {
+    /// `splitgate_config_generation`.
+    pub generation: Gauge,
+    /// `splitgate_config_reloads_total{result}`.
+    pub reloads: Family<ResultLabel, Counter>,
+    /// `splitgate_downstream_connections_active`.
+    pub active_connections: Gauge,
+    /// `splitgate_upstream_connections{state}` (set at scrape time).
+    pub upstream_connections: Family<StateLabel, Gauge>,
+    /// `splitgate_mirror_requests_total{result}`.
+    pub mirror_requests: Family<ResultLabel, Counter>,
+}
+
+/// Label values that come from the `metrics` config section.
+#[derive(Debug, Clone, PartialEq)]
+struct Identity {
+    reporters: Vec<&'static str>,
+    cluster: Arc<str>,
+    workload: Arc<str>,
+    namespace: Arc<str>,
+    app: Arc<str>,
+    version: Arc<str>,
+}
+
+impl Identity {
+    fn from_config(m: &RawMetrics) -> Self {
+        let reporters = match m.reporter.as_str() {
+            "destination" => vec!["destination"],
+            "both" => vec!["source", "destination"],
+            _ => vec!["source"],
+        };
+        Identity {
+            reporters,
+            cluster: m.cluster.as_str().into(),
+            workload: m.workload.name.as_str().into(),
+            namespace: m.workload.namespace.as_str().into(),
+            app: m.workload.app.as_str().into(),
+            version: m.workload.version.as_str().into(),
+        }
+    }
+}
+
+/// What the labels of one destination are made of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DestinationInfo {
+    /// Service key.
+    pub service: String,
+    /// Service namespace.
+    pub namespace: String,
+    /// Service FQDN.
+    pub host: String,
+    /// Subset name.
+    pub subset: String,
+    /// Subset workload.
+    pub workload: String,
+    /// Subset labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Metrics shared by every runtime snapshot.
+#[derive(Debug)]
+pub struct MetricsHub {
+    registry: Registry,
+    families: IstioFamilies,
+    /// splitgate's own metrics.
+    pub own: SelfMetrics,
+    identity: Mutex<Identity>,
+    destinations: Mutex<HashMap<DestinationInfo, Arc<DestinationMetrics>>>,
+    windows: Mutex<HashMap<(String, String, String), Arc<Window>>>,
+    no_route: Mutex<HashMap<String, Arc<DestinationMetrics>>>,
+    /// Mirror copies started but not finished (for tests and shutdown).
+    pub mirrors_in_flight: AtomicU64,
+}
+
+impl MetricsHub {
+    /// A hub with the families registered and label values from `metrics`.
+    pub fn new(metrics: &RawMetrics) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let families = IstioFamilies::register(&mut registry);
+        let own = SelfMetrics::default();
+        registry.register(
+            "splitgate_config_generation",
+            "Generation of the config now live",
+            own.generation.clone(),
+        );
+        registry.register(
+            "splitgate_config_reloads",
+            "Config file reloads, by result",
+            own.reloads.clone(),
+        );
+        registry.register(
+            "splitgate_downstream_connections_active",
+            "Client connections open now",
+            own.active_connections.clone(),
+        );
+        registry.register(
+            "splitgate_upstream_connections",
+            "Upstream connections, idle in the pools or carrying a request",
+            own.upstream_connections.clone(),
+        );
+        registry.register(
+            "splitgate_mirror_requests",
+            "Mirrored request copies, by result",
+            own.mirror_requests.clone(),
+        );
+        Arc::new(MetricsHub {
+            registry,
+            families,
+            own,
+            identity: Mutex::new(Identity::from_config(metrics)),
+            destinations: Mutex::new(HashMap::new()),
+            windows: Mutex::new(HashMap::new()),
+            no_route: Mutex::new(HashMap::new()),
+            mirrors_in_flight: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes the label values of a new config's `metrics` section. Destinations built from
+    /// then on use them; existing series are rebuilt at the next `destination` call.
+    pub fn set_identity(&self, metrics: &RawMetrics) {
+        let next = Identity::from_config(metrics);
+        if let Ok(mut id) = self.identity.lock() {
+            if *id != next {
+                *id = next;
+                // Label values changed: old series are stale.
+                if let Ok(mut d) = self.destinations.lock() {
+                    d.drain().for_each(|(_, m)| m.remove_series());
+                }
+                if let Ok(mut n) = self.no_route.lock() {
+                    n.drain().for_each(|(_, m)| m.remove_series());
+                }
+            }
+        }
+    }
+
+    fn labels(&self, d: &DestinationInfo) -> Vec<IstioLabels> {
+        let id = self
+            .identity
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let app: Arc<str> = d
+            .labels
+            .get("app")
+            .map_or(d.service.as_str(), String::as_str)
+            .into();
+        let version: Arc<str> = d
+            .labels
+            .get("version")
+            .map_or(d.subset.as_str(), String::as_str)
+            .into();
+        let canonical_service = d
+            .labels
+            .get("service.istio.io/canonical-name")
+            .map_or(app.clone(), |s| s.as_str().into());
+        let canonical_revision = d
+            .labels
+            .get("service.istio.io/canonical-revision")
+            .map_or(version.clone(), |s| s.as_str().into());
+        let namespace: Arc<str> = d.namespace.as_str().into();
+        id.reporters
+            .iter()
+            .map(|&reporter| IstioLabels {
+                reporter,
+                source_workload: id.workload.clone(),
+                source_canonical_service: id.app.clone(),
+                source_canonical_revision: id.version.clone(),
+                source_workload_namespace: id.namespace.clone(),
+                source_principal: "unknown",
+                source_app: id.app.clone(),
+                source_version: id.version.clone(),
+                source_cluster: id.cluster.clone(),
+                destination_workload: d.workload.as_str().into(),
+                destination_workload_namespace: namespace.clone(),
+                destination_principal: "unknown",
+                destination_app: app.clone(),
+                destination_version: version.clone(),
+                destination_service: d.host.as_str().into(),
+                destination_canonical_service: canonical_service.clone(),
+                destination_canonical_revision: canonical_revision.clone(),
+                destination_service_name: d.service.as_str().into(),
+                destination_service_namespace: namespace.clone(),
+                destination_cluster: id.cluster.clone(),
+                request_protocol: "http",
+                response_code: 0,
+                grpc_response_status: "",
+                response_flags: "-",
+                connection_security_policy: if reporter == "source" {
+                    "unknown"
+                } else {
+                    "none"
+                },
+            })
+            .collect()
+    }
+
+    /// The metrics of a destination, reused across reloads while its labels stay the same.
+    pub fn destination(&self, d: &DestinationInfo) -> Arc<DestinationMetrics> {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(d) {
+            return m.clone();
+        }
+        let m = Arc::new(DestinationMetrics::new(
+            self.families.clone(),
+            self.labels(d),
+        ));
+        map.insert(d.clone(), m.clone());
+        m
+    }
+
+    /// The analysis window of a subset within a route, reused across reloads.
+    pub fn window(&self, route: &str, service: &str, subset: &str) -> Arc<Window> {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((route.to_string(), service.to_string(), subset.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Drops the destinations and windows a new runtime no longer uses; their series disappear.
+    pub fn retain(
+        &self,
+        destinations: &HashSet<DestinationInfo>,
+        windows: &HashSet<(String, String, String)>,
+    ) {
+        if let Ok(mut map) = self.destinations.lock() {
+            map.retain(|k, m| {
+                let keep = destinations.contains(k);
+                if !keep {
+                    m.remove_series();
+                }
+                keep
+            });
+        }
+        if let Ok(mut map) = self.windows.lock() {
+            map.retain(|k, _| windows.contains(k));
+        }
+    }
+
+    /// Records a request that matched no route, under `destination_service` = its host.
+    pub fn record_no_route(&self, host: Option<&str>, sample: &Sample) {
+        let host = host.unwrap_or("unknown");
+        let metrics = {
+            let mut map = self.no_route.lock().unwrap_or_else(|p| p.into_inner());
+            let key = if map.len() < MAX_NO_ROUTE_HOSTS || map.contains_key(host) {
+                host
+            } else {
+                "unknown"
+            };
+            match map.get(key) {
+                Some(m) => m.clone(),
+                None => {
+                    let mut labels = self.labels(&DestinationInfo {
+                        service: "unknown".into(),
+                        namespace: "unknown".into(),
+                        host: key.into(),
+                        subset: "unknown".into(),
+                        workload: "unknown".into(),
+                        labels: BTreeMap::new(),
+                    });
+                    for l in &mut labels {
+                        l.destination_app = "unknown".into();
+                        l.destination_version = "unknown".into();
+                        l.destination_canonical_service = "unknown".into();
+                        l.destination_canonical_revision = "unknown".into();
+                    }
+                    let m = Arc::new(DestinationMetrics::new(self.families.clone(), labels));
+                    map.insert(key.to_string(), m.clone());
+                    m
+                }
+            }
+        };
+        metrics.record(sample);
+    }
+
+    /// The exposition, in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,7 @@
+//! Metrics: Istio's standard families (`istio`), splitgate's own, and the sliding windows behind
+//! `/v1/analysis` (`analysis`).
+
+pub mod analysis;
+pub mod hub;
+pub mod istio;
+pub mod server;

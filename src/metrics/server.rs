@@ -1,0 +1,84 @@
+//! The metrics endpoint: `GET /stats/prometheus` (Istio's path) and `GET /metrics`.
+
+use crate::control::Control;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::hub::StateLabel;
+
+/// The exposition, with the gauges that are read at scrape time brought up to date.
+pub fn scrape(control: &Control) -> String {
+    let rt = control.runtime().load();
+    let (mut idle, mut active) = (0i64, 0i64);
+    for ep in rt
+        .services
+        .iter()
+        .flat_map(|s| &s.subsets)
+        .flat_map(|s| s.balancer.endpoints())
+    {
+        idle += i64::try_from(ep.idle_count()).unwrap_or(0);
+        active += i64::try_from(ep.in_flight()).unwrap_or(0);
+    }
+    let own = &rt.hub.own;
+    own.upstream_connections
+        .get_or_create(&StateLabel { state: "idle" })
+        .set(idle);
+    own.upstream_connections
+        .get_or_create(&StateLabel { state: "active" })
+        .set(active);
+    rt.hub.encode()
+}
+
+fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/stats/prometheus" | "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(scrape(control))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        _ => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(
+                b"not found: try /stats/prometheus\n",
+            )));
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            resp
+        }
+    }
+}
+
+/// Serves metrics on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = answer(&control, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
