@@ -38,6 +38,8 @@ pub struct ApiError {
     error: String,
     field: String,
     extra: Option<serde_json::Value>,
+    /// For 405: the methods the path takes.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -47,6 +49,7 @@ impl ApiError {
             error: error.into(),
             field: field.into(),
             extra: None,
+            allow: None,
         }
     }
 
@@ -62,6 +65,10 @@ impl ApiError {
             }
         }
         let mut resp = json(self.status, &body);
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -82,6 +89,7 @@ impl From<ChangeError> for ApiError {
                 error: format!("stale generation: {expected} was expected, {current} is live"),
                 field: "If-Match".into(),
                 extra: Some(serde_json::json!({ "generation": current })),
+                allow: None,
             },
             ChangeError::Config(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
@@ -90,6 +98,7 @@ impl From<ChangeError> for ApiError {
                 extra: Some(
                     serde_json::json!({ "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
                 ),
+                allow: None,
             },
         }
     }
@@ -170,7 +179,11 @@ async fn route(
             StatusCode::OK,
             &api::analysis(control, req.uri().query())?,
         )),
-        (&Method::POST, ["v1", "reload"]) => generation(control.reload(if_match).await?),
+        (&Method::POST, ["v1", "reload"]) => {
+            let outcome = control.reload(if_match).await?;
+            let body = serde_json::json!({ "generation": outcome.generation, "dropped_overrides": outcome.dropped });
+            Ok(json(StatusCode::OK, &body))
+        }
         (&Method::PUT, ["v1", "routes", route, "weights"]) => {
             let body = read_json(req).await?;
             generation(api::set_weights(control, if_match, route, body).await?)
@@ -192,23 +205,33 @@ async fn route(
         (&Method::DELETE, ["v1", "routes", route, "overrides"]) => {
             generation(api::clear_overrides(control, if_match, route).await?)
         }
-        (
-            _,
-            ["v1", "state"]
-            | ["v1", "reload"]
-            | ["v1", "analysis"]
-            | ["v1", "routes", _, "weights" | "overrides"],
-        )
-        | (_, ["v1", "routes", _, "header-routes" | "mirror-routes", _]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method",
-            format!("{method} is not allowed on {path}"),
-        )),
+        (_, segments) if allowed_methods(segments).is_some() => {
+            let allow = allowed_methods(segments).unwrap_or_default();
+            let mut e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                format!("{method} is not allowed on {path}"),
+            );
+            e.allow = Some(allow);
+            Err(e)
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "path",
             format!("no admin endpoint at {path}"),
         )),
+    }
+}
+
+/// The methods a known admin path takes (`None`: no such path).
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["v1", "state"] | ["v1", "analysis"] => Some("GET"),
+        ["v1", "reload"] => Some("POST"),
+        ["v1", "routes", _, "weights"] => Some("PUT"),
+        ["v1", "routes", _, "overrides"] => Some("DELETE"),
+        ["v1", "routes", _, "header-routes" | "mirror-routes", _] => Some("PUT, DELETE"),
+        _ => None,
     }
 }
 
@@ -266,15 +289,29 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         })?
         .to_bytes();
     let mut de = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." {
-            "body".to_string()
-        } else {
-            field
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let text = inner.to_string();
+        // A missing field is reported at its parent: name the field itself.
+        let missing = text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(m)) => m.to_string(),
+            (p, Some(m)) => format!("{p}.{m}"),
+            (".", None) => "body".to_string(),
+            (p, None) => p.to_string(),
         };
-        ApiError::bad(field, format!("invalid JSON body: {}", e.into_inner()))
-    })
+        ApiError::bad(field, format!("invalid JSON body: {text}"))
+    })?;
+    de.end().map_err(|e| {
+        ApiError::bad(
+            "body",
+            format!("invalid JSON body: trailing data after the value ({e})"),
+        )
+    })?;
+    Ok(value)
 }
 
 #[cfg(test)]

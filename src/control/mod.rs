@@ -14,6 +14,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::Mutex;
 
+/// How many dropped overrides `/v1/state` keeps listing.
+const MAX_DROPPED_LISTED: usize = 50;
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    /// The generation now live.
+    pub generation: u64,
+    /// API overrides this reload could not keep.
+    pub dropped: Vec<Dropped>,
+}
+
 /// Why a change was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeError {
@@ -192,8 +204,18 @@ impl Control {
         let route = edit(&mut overlay, &st.file)?;
         overlay::check(&st.file, &overlay, &route)?;
         overlay.routes.retain(|_, ro| !ro.is_empty());
+        // The overlay check above catches what the API can get wrong; this is the backstop.
         let (effective, dropped) =
-            effective_config(&st.file, &overlay).map_err(ChangeError::Config)?;
+            effective_config(&st.file, &overlay).map_err(|errors| ChangeError::Invalid {
+                field: "body".into(),
+                message: format!(
+                    "the change does not validate: {}",
+                    errors
+                        .first()
+                        .map(|e| e.message.as_str())
+                        .unwrap_or("unknown error")
+                ),
+            })?;
         let generation = self.commit(&mut st, effective, overlay, dropped);
         self.persist(&mut st).await;
         Ok(generation)
@@ -201,7 +223,7 @@ impl Control {
 
     /// Re-reads the config file and applies it with the overlay on top. A file that fails to
     /// parse or validate changes nothing.
-    pub async fn reload(&self, if_match: Option<u64>) -> Result<u64, ChangeError> {
+    pub async fn reload(&self, if_match: Option<u64>) -> Result<ReloadOutcome, ChangeError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ChangeError::Invalid {
                 field: "config".into(),
@@ -241,7 +263,16 @@ impl Control {
                     self.persist(&mut st).await;
                 }
                 tracing::info!(generation, "config file reloaded");
-                Ok(generation)
+                let dropped = st
+                    .dropped
+                    .iter()
+                    .filter(|d| d.generation == generation)
+                    .cloned()
+                    .collect();
+                Ok(ReloadOutcome {
+                    generation,
+                    dropped,
+                })
             }
             Err(errors) => {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -295,7 +326,11 @@ impl Control {
         self.generation.store(generation, Ordering::SeqCst);
         st.effective = effective;
         st.overlay = overlay;
-        st.dropped = dropped;
+        // Drops are history: they stay listed (the latest ones) until later changes push them out.
+        st.dropped
+            .extend(dropped.into_iter().map(|d| Dropped { generation, ..d }));
+        let excess = st.dropped.len().saturating_sub(MAX_DROPPED_LISTED);
+        st.dropped.drain(..excess);
         generation
     }
 

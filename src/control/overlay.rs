@@ -153,6 +153,8 @@ pub struct Dropped {
     pub what: Overridden,
     /// Why.
     pub reason: String,
+    /// The generation that no longer has it.
+    pub generation: u64,
 }
 
 /// One override of a route.
@@ -340,12 +342,13 @@ fn header_rule(
     check_subset(config, &service, &hr.subset, "subset")?;
     let mut block = RawMatchBlock::default();
     for (i, m) in hr.matches.iter().enumerate() {
-        if m.header.is_empty() {
+        if http::HeaderName::from_bytes(m.header.as_bytes()).is_err() {
             return Err(OverlayError::new(
                 format!("match[{i}].header"),
-                "must not be empty",
+                format!("invalid header name {:?}", m.header),
             ));
         }
+        check_condition(m, &format!("match[{i}]"))?;
         block
             .headers
             .insert(m.header.to_ascii_lowercase(), m.value());
@@ -364,6 +367,35 @@ fn header_rule(
         mirror: None,
         mirror_percentage: None,
     })
+}
+
+/// One header condition must have exactly one test, a usable regex, and `present` only as true.
+fn check_condition(m: &HeaderMatch, field: &str) -> Result<(), OverlayError> {
+    let set = [
+        m.exact.is_some(),
+        m.prefix.is_some(),
+        m.suffix.is_some(),
+        m.regex.is_some(),
+        m.present.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        return Err(OverlayError::new(
+            field,
+            "exactly one of exact, prefix, suffix, regex or present is required",
+        ));
+    }
+    if let Some(r) = &m.regex {
+        regex::Regex::new(r).map_err(|_| {
+            OverlayError::new(format!("{field}.regex"), format!("invalid regex {r:?}"))
+        })?;
+    }
+    if m.present == Some(false) {
+        return Err(OverlayError::new(
+            format!("{field}.present"),
+            "only `present: true` is allowed",
+        ));
+    }
+    Ok(())
 }
 
 fn mirror_rule(
@@ -407,6 +439,7 @@ pub fn apply(file: &RawConfig, overlay: &Overlay) -> (RawConfig, Vec<Dropped>) {
                 route: route_name.clone(),
                 what: Overridden::AllOverrides,
                 reason: "the route no longer exists".into(),
+                generation: 0,
             });
             continue;
         };
@@ -417,6 +450,7 @@ pub fn apply(file: &RawConfig, overlay: &Overlay) -> (RawConfig, Vec<Dropped>) {
                     route: route_name.clone(),
                     what: Overridden::Weights(rule.clone()),
                     reason: e.message,
+                    generation: 0,
                 });
             }
         }
@@ -428,6 +462,7 @@ pub fn apply(file: &RawConfig, overlay: &Overlay) -> (RawConfig, Vec<Dropped>) {
                     route: route_name.clone(),
                     what: Overridden::HeaderRoute(hr.name.clone()),
                     reason: e.message,
+                    generation: 0,
                 }),
             }
         }
@@ -438,6 +473,7 @@ pub fn apply(file: &RawConfig, overlay: &Overlay) -> (RawConfig, Vec<Dropped>) {
                     route: route_name.clone(),
                     what: Overridden::MirrorRoute(mr.name.clone()),
                     reason: e.message,
+                    generation: 0,
                 }),
             }
         }
