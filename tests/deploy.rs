@@ -15,11 +15,16 @@ fn manifests(file: &str) -> Vec<serde_yaml_ng::Value> {
 fn configmap_config_validates() {
     let cm = &manifests("configmap.yaml")[0];
     assert_eq!(cm["kind"], "ConfigMap");
-    let yaml = cm["data"]["splitgate.yaml"].as_str().expect("the ConfigMap carries splitgate.yaml");
+    let yaml = cm["data"]["splitgate.yaml"]
+        .as_str()
+        .expect("the ConfigMap carries splitgate.yaml");
     let config = splitgate::config::from_str(yaml, "configmap").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.readiness_addr.port(), 15021);
     assert_eq!(config.metrics_addr.port(), 15090);
-    assert!(config.raw.admin.token_file.is_some(), "an admin API open to the cluster must require a token");
+    assert!(
+        config.raw.admin.token_file.is_some(),
+        "an admin API open to the cluster must require a token"
+    );
 }
 
 #[test]
@@ -29,10 +34,19 @@ fn deployment_probes_and_mounts_match_the_config() {
     let c = &pod["spec"]["containers"][0];
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz/ready");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 15021);
-    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "15090");
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        "15090"
+    );
     let mounts = c["volumeMounts"].as_sequence().unwrap();
-    let config_mount = mounts.iter().find(|m| m["name"] == "config").expect("the config volume is mounted");
-    assert!(config_mount.get("subPath").is_none(), "a subPath mount never sees ConfigMap updates");
+    let config_mount = mounts
+        .iter()
+        .find(|m| m["name"] == "config")
+        .expect("the config volume is mounted");
+    assert!(
+        config_mount.get("subPath").is_none(),
+        "a subPath mount never sees ConfigMap updates"
+    );
     assert_eq!(c["args"][2], "/etc/splitgate/splitgate.yaml");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
 }
