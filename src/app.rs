@@ -57,7 +57,6 @@ pub struct App {
     pub metrics_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 async fn bind(
@@ -122,14 +121,9 @@ impl App {
                 stop.subscribe(),
             )),
         ];
-        let watcher = match &config_path {
-            Some(p) => Some(config::watch::spawn(
-                control.clone(),
-                p.clone(),
-                stop.subscribe(),
-            )?),
-            None => None,
-        };
+        if let Some(p) = &config_path {
+            config::watch::spawn(control.clone(), p.clone(), stop.subscribe())?;
+        }
         tracing::info!(
             admin = %admin_addr,
             readiness = %readiness_addr,
@@ -145,7 +139,6 @@ impl App {
             metrics_addr,
             stop,
             tasks,
-            _watcher: watcher,
         })
     }
 

@@ -2,12 +2,14 @@
 //!
 //! Watching the directory (not the file) catches every way a file gets replaced: an in-place
 //! write, an editor's write-to-temp-and-rename, and a Kubernetes ConfigMap update, where the
-//! kubelet swaps the `..data` symlink to a new directory. Events are debounced, and a reload
+//! kubelet swaps the `..data` symlink to a new directory. When the path is a symlink into another
+//! directory, that directory is watched too. Events are debounced, and a reload
 //! happens only when the bytes behind the path differ from the last ones seen. A slow poll backs
 //! up the events in case one is missed.
 
 use crate::control::Control;
 use notify::{RecursiveMode, Watcher};
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,24 +28,46 @@ fn content_hash(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Starts watching `path`; the returned watcher must be kept alive.
+/// The directory holding `path`.
+fn dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Watches the directory of `path` and, when `path` is a symlink into another directory (as
+/// with stow, Nix or Ansible links), that directory too. Called again after each change, since a
+/// swapped link may point somewhere new.
+fn watch_dirs(
+    watcher: &mut impl Watcher,
+    watched: &mut HashSet<PathBuf>,
+    path: &Path,
+) -> notify::Result<()> {
+    let target = std::fs::canonicalize(path).ok();
+    for dir in std::iter::once(dir_of(path)).chain(target.as_deref().map(dir_of)) {
+        if !watched.contains(&dir) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            watched.insert(dir);
+        }
+    }
+    Ok(())
+}
+
+/// Starts watching `path` until `stop` turns true.
 pub fn spawn(
     control: Arc<Control>,
     path: PathBuf,
     mut stop: watch::Receiver<bool>,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = tx.send(());
         }
     })?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut watched = HashSet::new();
+    watch_dirs(&mut watcher, &mut watched, &path)?;
     let mut last = content_hash(&path);
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(POLL);
@@ -59,6 +83,10 @@ pub fn spawn(
                 _ = poll.tick() => {}
                 _ = stop.changed() => return,
             }
+            // A directory that disappeared (an old ConfigMap generation) just stops reporting.
+            if let Err(e) = watch_dirs(&mut watcher, &mut watched, &path) {
+                tracing::debug!(error = %e, "cannot watch the config file's new location; polling covers it");
+            }
             let now = content_hash(&path);
             if now.is_none() || now == last {
                 continue;
@@ -68,5 +96,5 @@ pub fn spawn(
             let _ = control.reload(None).await;
         }
     });
-    Ok(watcher)
+    Ok(())
 }
