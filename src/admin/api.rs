@@ -2,7 +2,7 @@
 
 use crate::config::duration::parse_duration;
 use crate::config::model::{RawConfig, RawRoute};
-use crate::control::overlay::{self, HeaderRoute, MirrorRoute, Overlay};
+use crate::control::overlay::{self, HeaderRoute, MirrorRoute, Overlay, RouteOverlay};
 use crate::control::{ChangeError, Control};
 use crate::metrics::analysis::{now_secs, Summary, MAX_WINDOW_SECS};
 use crate::routing::matcher::percent_decode;
@@ -59,24 +59,58 @@ pub async fn set_weights(
         .await
 }
 
-/// Sets (adds or replaces) a header route.
-pub async fn put_header_route(
+/// An override kept in a named list of a route (header routes, mirror routes).
+pub trait NamedOverride: Sized {
+    /// What it is called in messages.
+    const KIND: &'static str;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// Names it.
+    fn set_name(&mut self, name: &str);
+    /// The route's list of this kind.
+    fn list(ro: &mut RouteOverlay) -> &mut Vec<Self>;
+}
+
+impl NamedOverride for HeaderRoute {
+    const KIND: &'static str = "header route";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+    fn list(ro: &mut RouteOverlay) -> &mut Vec<Self> {
+        &mut ro.header_routes
+    }
+}
+
+impl NamedOverride for MirrorRoute {
+    const KIND: &'static str = "mirror route";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+    fn list(ro: &mut RouteOverlay) -> &mut Vec<Self> {
+        &mut ro.mirror_routes
+    }
+}
+
+/// Sets (adds, or replaces in place) a header or mirror route; the name comes from the URL.
+pub async fn put_named<T: NamedOverride>(
     control: &Control,
     if_match: Option<u64>,
     route: &str,
     name: &str,
-    mut body: HeaderRoute,
+    mut body: T,
 ) -> Result<u64, ChangeError> {
-    body.name = name.to_string();
+    body.set_name(name);
     control
         .change(if_match, |overlay, file| {
             find_route(file, route)?;
-            let list = &mut overlay
-                .routes
-                .entry(route.to_string())
-                .or_default()
-                .header_routes;
-            match list.iter_mut().find(|h| h.name == name) {
+            let list = T::list(overlay.routes.entry(route.to_string()).or_default());
+            match list.iter_mut().find(|x| x.name() == name) {
                 Some(existing) => *existing = body,
                 None => list.push(body),
             }
@@ -85,8 +119,8 @@ pub async fn put_header_route(
         .await
 }
 
-/// Removes a header route.
-pub async fn delete_header_route(
+/// Removes a header or mirror route.
+pub async fn delete_named<T: NamedOverride>(
     control: &Control,
     if_match: Option<u64>,
     route: &str,
@@ -95,66 +129,11 @@ pub async fn delete_header_route(
     control
         .change(if_match, |overlay, file| {
             find_route(file, route)?;
-            let list = &mut overlay
-                .routes
-                .entry(route.to_string())
-                .or_default()
-                .header_routes;
+            let list = T::list(overlay.routes.entry(route.to_string()).or_default());
             let before = list.len();
-            list.retain(|h| h.name != name);
+            list.retain(|x| x.name() != name);
             if list.len() == before {
-                return Err(not_found("header route", name, route));
-            }
-            Ok(route.to_string())
-        })
-        .await
-}
-
-/// Sets (adds or replaces) a mirror route.
-pub async fn put_mirror_route(
-    control: &Control,
-    if_match: Option<u64>,
-    route: &str,
-    name: &str,
-    mut body: MirrorRoute,
-) -> Result<u64, ChangeError> {
-    body.name = name.to_string();
-    control
-        .change(if_match, |overlay, file| {
-            find_route(file, route)?;
-            let list = &mut overlay
-                .routes
-                .entry(route.to_string())
-                .or_default()
-                .mirror_routes;
-            match list.iter_mut().find(|m| m.name == name) {
-                Some(existing) => *existing = body,
-                None => list.push(body),
-            }
-            Ok(route.to_string())
-        })
-        .await
-}
-
-/// Removes a mirror route.
-pub async fn delete_mirror_route(
-    control: &Control,
-    if_match: Option<u64>,
-    route: &str,
-    name: &str,
-) -> Result<u64, ChangeError> {
-    control
-        .change(if_match, |overlay, file| {
-            find_route(file, route)?;
-            let list = &mut overlay
-                .routes
-                .entry(route.to_string())
-                .or_default()
-                .mirror_routes;
-            let before = list.len();
-            list.retain(|m| m.name != name);
-            if list.len() == before {
-                return Err(not_found("mirror route", name, route));
+                return Err(not_found(T::KIND, name, route));
             }
             Ok(route.to_string())
         })

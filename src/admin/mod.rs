@@ -4,18 +4,14 @@
 mod api;
 pub mod client;
 
+use crate::control::overlay::{HeaderRoute, MirrorRoute};
 use crate::control::{ChangeError, Control};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -116,30 +112,12 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, ctx: AdminContext, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+pub async fn serve(listener: TcpListener, ctx: AdminContext, stop: watch::Receiver<bool>) {
+    crate::server::endpoint::serve(listener, stop, move |req| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { handle(&ctx, req).await }
+    })
+    .await;
 }
 
 /// Answers one admin request.
@@ -190,17 +168,17 @@ async fn route(
         }
         (&Method::PUT, ["v1", "routes", route, "header-routes", name]) => {
             let body = read_json(req).await?;
-            generation(api::put_header_route(control, if_match, route, name, body).await?)
+            generation(api::put_named::<HeaderRoute>(control, if_match, route, name, body).await?)
         }
         (&Method::DELETE, ["v1", "routes", route, "header-routes", name]) => {
-            generation(api::delete_header_route(control, if_match, route, name).await?)
+            generation(api::delete_named::<HeaderRoute>(control, if_match, route, name).await?)
         }
         (&Method::PUT, ["v1", "routes", route, "mirror-routes", name]) => {
             let body = read_json(req).await?;
-            generation(api::put_mirror_route(control, if_match, route, name, body).await?)
+            generation(api::put_named::<MirrorRoute>(control, if_match, route, name, body).await?)
         }
         (&Method::DELETE, ["v1", "routes", route, "mirror-routes", name]) => {
-            generation(api::delete_mirror_route(control, if_match, route, name).await?)
+            generation(api::delete_named::<MirrorRoute>(control, if_match, route, name).await?)
         }
         (&Method::DELETE, ["v1", "routes", route, "overrides"]) => {
             generation(api::clear_overrides(control, if_match, route).await?)

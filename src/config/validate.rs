@@ -522,6 +522,23 @@ fn match_block(errs: &mut Errors, p: &str, b: &RawMatchBlock) -> MatchBlock {
 }
 
 fn string_match(errs: &mut Errors, p: &str, m: &RawStringMatch) -> Option<StringMatch> {
+    parse_string_match(m)
+        .map_err(|(sub, message)| {
+            errs.add(
+                if sub.is_empty() {
+                    p.to_string()
+                } else {
+                    format!("{p}.{sub}")
+                },
+                message,
+            )
+        })
+        .ok()
+}
+
+/// Turns one `{exact|prefix|suffix|regex|present}` into a matcher. On failure, returns the
+/// sub-field at fault (`regex`, `present`, or empty for the whole condition) and why.
+pub fn parse_string_match(m: &RawStringMatch) -> Result<StringMatch, (&'static str, String)> {
     let set = [
         m.exact.is_some(),
         m.prefix.is_some(),
@@ -530,42 +547,39 @@ fn string_match(errs: &mut Errors, p: &str, m: &RawStringMatch) -> Option<String
         m.present.is_some(),
     ];
     if set.iter().filter(|s| **s).count() != 1 {
-        errs.add(
-            p,
-            "exactly one of exact, prefix, suffix, regex or present is required",
-        );
-        return None;
+        return Err((
+            "",
+            "exactly one of exact, prefix, suffix, regex or present is required".into(),
+        ));
     }
     if let Some(e) = &m.exact {
-        return Some(StringMatch::Exact(e.as_str().into()));
+        return Ok(StringMatch::Exact(e.as_str().into()));
     }
     if let Some(e) = &m.prefix {
-        return Some(StringMatch::Prefix(e.as_str().into()));
+        return Ok(StringMatch::Prefix(e.as_str().into()));
     }
     if let Some(e) = &m.suffix {
-        return Some(StringMatch::Suffix(e.as_str().into()));
+        return Ok(StringMatch::Suffix(e.as_str().into()));
     }
     if let Some(r) = &m.regex {
         // Check the pattern as written, so the error points into what the user wrote; then anchor it.
-        return match Regex::new(r).and_then(|_| Regex::new(&format!("^(?:{r})$"))) {
-            Ok(re) => Some(StringMatch::Regex(re)),
-            Err(e) => {
-                errs.add(
-                    format!("{p}.regex"),
+        return Regex::new(r)
+            .and_then(|_| Regex::new(&format!("^(?:{r})$")))
+            .map(StringMatch::Regex)
+            .map_err(|e| {
+                (
+                    "regex",
                     format!("invalid regex {r:?}: {}", regex_reason(&e)),
-                );
-                None
-            }
-        };
+                )
+            });
     }
     if m.present == Some(true) {
-        Some(StringMatch::Present)
+        Ok(StringMatch::Present)
     } else {
-        errs.add(
-            format!("{p}.present"),
-            "only `present: true` is allowed (use without_headers for absence)",
-        );
-        None
+        Err((
+            "present",
+            "only `present: true` is allowed (use without_headers for absence)".into(),
+        ))
     }
 }
 

@@ -369,33 +369,20 @@ fn header_rule(
     })
 }
 
-/// One header condition must have exactly one test, a usable regex, and `present` only as true.
+/// One header condition must be a valid test (the same rules as in the config file).
 fn check_condition(m: &HeaderMatch, field: &str) -> Result<(), OverlayError> {
-    let set = [
-        m.exact.is_some(),
-        m.prefix.is_some(),
-        m.suffix.is_some(),
-        m.regex.is_some(),
-        m.present.is_some(),
-    ];
-    if set.iter().filter(|s| **s).count() != 1 {
-        return Err(OverlayError::new(
-            field,
-            "exactly one of exact, prefix, suffix, regex or present is required",
-        ));
-    }
-    if let Some(r) = &m.regex {
-        regex::Regex::new(r).map_err(|_| {
-            OverlayError::new(format!("{field}.regex"), format!("invalid regex {r:?}"))
-        })?;
-    }
-    if m.present == Some(false) {
-        return Err(OverlayError::new(
-            format!("{field}.present"),
-            "only `present: true` is allowed",
-        ));
-    }
-    Ok(())
+    crate::config::validate::parse_string_match(&m.value())
+        .map(drop)
+        .map_err(|(sub, message)| {
+            OverlayError::new(
+                if sub.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{field}.{sub}")
+                },
+                message,
+            )
+        })
 }
 
 fn mirror_rule(

@@ -5,10 +5,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,24 +57,9 @@ fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// Serves metrics on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-            _ = stop.changed() => return,
-        };
-        let control = control.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = answer(&control, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Receiver<bool>) {
+    crate::server::endpoint::serve(listener, stop, move |req| {
+        std::future::ready(answer(&control, &req))
+    })
+    .await;
 }

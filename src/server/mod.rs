@@ -1,5 +1,6 @@
 //! Listening sockets and connection serving.
 
+pub mod endpoint;
 pub mod listener;
 pub mod readiness;
 

@@ -5,10 +5,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,24 +24,9 @@ fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Serves readiness on `listener` until `stop` turns true. It is bound only once the first
 /// config is live, so before that the probe's connection is refused (not ready).
-pub async fn serve(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-            _ = stop.changed() => return,
-        };
-        let control = control.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = answer(&control, &req);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Receiver<bool>) {
+    super::endpoint::serve(listener, stop, move |req| {
+        std::future::ready(answer(&control, &req))
+    })
+    .await;
 }
