@@ -38,43 +38,43 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         let resp = error_response(&ProxyError::NoRoute);
         if rt.metrics_enabled {
-            let host = request_authority(&parts).map(strip_port);
+            let sample = Sample {
+                code: resp.status().as_u16(),
+                flags: ProxyError::NoRoute.flag(),
+                protocol: "http",
+                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+                request_bytes,
+                response_bytes: answer_size(&resp),
+            };
             rt.hub
-                .record_no_route(host, &immediate_sample(&resp, "NR", start, request_bytes));
+                .record_no_route(request_authority(&parts).map(strip_port), &sample);
         }
         return resp;
     };
     let target = hit.rule.split.pick(&mut rand::rng());
     let subset = rt.subset(target);
     let result = proxy(&rt, conn, parts, body, hit.rule, subset).await;
-    let recorder = rt.metrics_enabled.then(|| Recorder {
-        metrics: subset.metrics.clone(),
-        window: rt.window(hit.route.index, target).cloned(),
-        start,
-        code: 0,
-        request_bytes,
-        response_bytes: 0,
-    });
+    // What the metrics need, once the status and head are known.
+    let recorder = |code: StatusCode, head_bytes: u64| {
+        rt.metrics_enabled.then(|| Recorder {
+            metrics: subset.metrics.clone(),
+            window: rt.window(hit.route.index, target).cloned(),
+            start,
+            code: code.as_u16(),
+            request_bytes,
+            response_bytes: head_bytes,
+        })
+    };
     match result {
         Ok((parts, body)) => {
-            let recorder = recorder.map(|r| Recorder {
-                code: parts.status.as_u16(),
-                response_bytes: head_size(parts.status, &parts.headers),
-                ..r
-            });
+            let recorder = recorder(parts.status, head_size(parts.status, &parts.headers));
             Response::from_parts(parts, ProxyBody::upstream(body, recorder))
         }
         Err(e) => {
             tracing::debug!(flag = e.flag(), error = %e, "request failed");
             let resp = error_response(&e);
-            if let Some(r) = recorder {
-                let s = immediate_sample(&resp, e.flag(), start, request_bytes);
-                Recorder {
-                    code: s.code,
-                    response_bytes: s.response_bytes,
-                    ..r
-                }
-                .finish(e.flag());
+            if let Some(r) = recorder(resp.status(), answer_size(&resp)) {
+                r.finish(e.flag());
             }
             resp
         }
@@ -146,22 +146,9 @@ fn headers_size(headers: &http::HeaderMap) -> usize {
         + 2
 }
 
-/// The sample of an answer the gateway made itself, complete at once.
-fn immediate_sample(
-    resp: &Response<ProxyBody>,
-    flags: &'static str,
-    start: Instant,
-    request_bytes: u64,
-) -> Sample {
-    Sample {
-        code: resp.status().as_u16(),
-        flags,
-        protocol: "http",
-        duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-        request_bytes,
-        response_bytes: head_size(resp.status(), resp.headers())
-            + resp.body().size_hint().exact().unwrap_or(0),
-    }
+/// Size of an answer the gateway made itself: head and fixed body.
+fn answer_size(resp: &Response<ProxyBody>) -> u64 {
+    head_size(resp.status(), resp.headers()) + resp.body().size_hint().exact().unwrap_or(0)
 }
 
 /// Sends to an endpoint of the subset, moving to the next endpoint when a connection can't be made.
