@@ -101,7 +101,6 @@ pub struct ControlState {
 pub struct Control {
     runtime: SharedRuntime,
     state: Mutex<ControlState>,
-    generation: AtomicU64,
     config_path: Option<PathBuf>,
     state_file: Option<PathBuf>,
     reloads_ok: AtomicU64,
@@ -125,7 +124,13 @@ impl Control {
             None => (Overlay::default(), None),
         };
         let (overlay, effective, dropped) = match effective_config(&file.raw, &overlay) {
-            Ok((eff, dropped)) => (prune(overlay, &dropped), eff, dropped),
+            Ok((eff, dropped)) => {
+                let dropped: Vec<Dropped> = dropped
+                    .into_iter()
+                    .map(|d| Dropped { generation: 1, ..d })
+                    .collect();
+                (prune(overlay, &dropped), eff, dropped)
+            }
             Err(errors) => {
                 tracing::error!(
                     ?errors,
@@ -150,7 +155,6 @@ impl Control {
                 last_reload: None,
                 state_file_error,
             }),
-            generation: AtomicU64::new(1),
             config_path,
             state_file,
             reloads_ok: AtomicU64::new(0),
@@ -164,9 +168,9 @@ impl Control {
         &self.runtime
     }
 
-    /// The generation now live.
+    /// The generation now live (the live snapshot's).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.runtime.load().generation
     }
 
     /// File reloads so far: (accepted, rejected).
@@ -319,11 +323,10 @@ impl Control {
         overlay: Overlay,
         dropped: Vec<Dropped>,
     ) -> u64 {
-        let generation = self.generation() + 1;
         let previous: Arc<Runtime> = self.runtime.load_full();
+        let generation = previous.generation + 1;
         let next = config::compile(&effective, Some(&previous), generation);
         self.runtime.store(Arc::new(next));
-        self.generation.store(generation, Ordering::SeqCst);
         st.effective = effective;
         st.overlay = overlay;
         // Drops are history: they stay listed (the latest ones) until later changes push them out.
