@@ -81,13 +81,35 @@ pub fn from_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_hashed(path).1
+}
+
+/// Reads, parses and validates a config file, and returns the hash of the bytes read (`None`
+/// when it could not be read), so a watcher can tell later whether the file changed.
+pub fn load_hashed(path: &Path) -> (Option<u64>, Result<Config, ConfigError>) {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        source_name: name.clone(),
-        errors: vec![FieldError {
-            path: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }],
-    })?;
-    from_str(&text, &name)
+    match std::fs::read_to_string(path) {
+        Ok(text) => (Some(content_hash(text.as_bytes())), from_str(&text, &name)),
+        Err(e) => {
+            let message = format!("cannot read the file: {e}");
+            (
+                None,
+                Err(ConfigError {
+                    source_name: name,
+                    errors: vec![FieldError {
+                        path: String::new(),
+                        message,
+                    }],
+                }),
+            )
+        }
+    }
+}
+
+/// A hash of a config file's bytes.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }

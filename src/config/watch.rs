@@ -4,13 +4,12 @@
 //! write, an editor's write-to-temp-and-rename, and a Kubernetes ConfigMap update, where the
 //! kubelet swaps the `..data` symlink to a new directory. When the path is a symlink into another
 //! directory, that directory is watched too. Events are debounced, and a reload
-//! happens only when the bytes behind the path differ from the last ones seen. A slow poll backs
-//! up the events in case one is missed.
+//! happens only when the bytes behind the path differ from the last ones the control plane
+//! read. A slow poll backs up the events in case one is missed.
 
 use crate::control::Control;
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +20,8 @@ const DEBOUNCE: Duration = Duration::from_millis(25);
 /// Fallback poll interval.
 const POLL: Duration = Duration::from_secs(2);
 
-fn content_hash(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    Some(h.finish())
+fn file_hash(path: &Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|b| super::content_hash(&b))
 }
 
 /// The directory holding `path`.
@@ -68,7 +64,6 @@ pub fn spawn(
     })?;
     let mut watched = HashSet::new();
     watch_dirs(&mut watcher, &mut watched, &path)?;
-    let mut last = content_hash(&path);
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(POLL);
         loop {
@@ -87,11 +82,10 @@ pub fn spawn(
             if let Err(e) = watch_dirs(&mut watcher, &mut watched, &path) {
                 tracing::debug!(error = %e, "cannot watch the config file's new location; polling covers it");
             }
-            let now = content_hash(&path);
-            if now.is_none() || now == last {
+            // Skip content already loaded, whoever loaded it (this watcher or `POST /v1/reload`).
+            if file_hash(&path).is_none_or(|h| h == control.file_hash()) {
                 continue;
             }
-            last = now;
             // A rejected file is logged, counted and shown in /v1/state by `reload` itself.
             let _ = control.reload(None).await;
         }

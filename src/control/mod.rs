@@ -101,6 +101,9 @@ pub struct ControlState {
 pub struct Control {
     runtime: SharedRuntime,
     state: Mutex<ControlState>,
+    /// Hash of the config file bytes last read (0: none yet), so the watcher skips content that
+    /// was already loaded (e.g. by `POST /v1/reload`).
+    file_hash: AtomicU64,
     config_path: Option<PathBuf>,
     state_file: Option<PathBuf>,
     reloads_ok: AtomicU64,
@@ -155,6 +158,12 @@ impl Control {
                 last_reload: None,
                 state_file_error,
             }),
+            file_hash: AtomicU64::new(
+                config_path
+                    .as_deref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .map_or(0, |b| config::content_hash(&b)),
+            ),
             config_path,
             state_file,
             reloads_ok: AtomicU64::new(0),
@@ -179,6 +188,11 @@ impl Control {
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_error.load(Ordering::Relaxed),
         )
+    }
+
+    /// Hash of the config file bytes last read (see `config::content_hash`).
+    pub fn file_hash(&self) -> u64 {
+        self.file_hash.load(Ordering::SeqCst)
     }
 
     /// The config file this control plane reloads, if any.
@@ -236,7 +250,11 @@ impl Control {
         };
         let mut st = self.state.lock().await;
         self.check_generation(if_match)?;
-        let result = config::load(&path).map_err(|e| e.errors).and_then(|file| {
+        let (hash, loaded) = config::load_hashed(&path);
+        if let Some(h) = hash {
+            self.file_hash.store(h, Ordering::SeqCst);
+        }
+        let result = loaded.map_err(|e| e.errors).and_then(|file| {
             let (effective, dropped) = effective_config(&file.raw, &st.overlay)?;
             Ok((file, effective, dropped))
         });

@@ -138,6 +138,14 @@ impl MetricsHub {
             "Mirrored request copies, by result",
             own.mirror_requests.clone(),
         );
+        // Every result is exposed from the start, so `increase()` sees the first one.
+        for result in ["ok", "error"] {
+            own.reloads.get_or_create_owned(&ResultLabel { result });
+        }
+        for result in ["ok", "failed", "timeout"] {
+            own.mirror_requests
+                .get_or_create_owned(&ResultLabel { result });
+        }
         Arc::new(MetricsHub {
             registry,
             families,
@@ -297,6 +305,7 @@ impl MetricsHub {
                         l.destination_version = "unknown".into();
                         l.destination_canonical_service = "unknown".into();
                         l.destination_canonical_revision = "unknown".into();
+                        l.destination_cluster = "unknown".into();
                     }
                     let m = Arc::new(DestinationMetrics::new(self.families.clone(), labels));
                     map.insert(key.to_string(), m.clone());

@@ -96,8 +96,10 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away (Envoy's DC).
-        self.finish("DC");
+        // A body already complete may be dropped unread (204, HEAD, empty); anything else
+        // dropped before its end means the client went away (Envoy's DC).
+        let flags = if self.is_end_stream() { "-" } else { "DC" };
+        self.finish(flags);
     }
 }
 

@@ -53,30 +53,51 @@ pub async fn handle(
     };
     let target = hit.rule.split.pick(&mut rand::rng());
     let subset = rt.subset(target);
+    // Recorded as code 0 / DC if the client goes away before the answer (this future is dropped).
+    let mut pending = Pending(rt.metrics_enabled.then(|| Recorder {
+        metrics: subset.metrics.clone(),
+        window: rt.window(hit.route.index, target).cloned(),
+        start,
+        code: 0,
+        request_bytes,
+        response_bytes: 0,
+    }));
     let result = proxy(&rt, conn, parts, body, hit.rule, subset).await;
-    // What the metrics need, once the status and head are known.
-    let recorder = |code: StatusCode, head_bytes: u64| {
-        rt.metrics_enabled.then(|| Recorder {
-            metrics: subset.metrics.clone(),
-            window: rt.window(hit.route.index, target).cloned(),
-            start,
-            code: code.as_u16(),
-            request_bytes,
-            response_bytes: head_bytes,
-        })
-    };
+    let recorder = pending.0.take();
     match result {
         Ok((parts, body)) => {
-            let recorder = recorder(parts.status, head_size(parts.status, &parts.headers));
+            let recorder = recorder.map(|r| Recorder {
+                code: parts.status.as_u16(),
+                response_bytes: head_size(parts.status, &parts.headers),
+                ..r
+            });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder))
         }
         Err(e) => {
             tracing::debug!(flag = e.flag(), error = %e, "request failed");
             let resp = error_response(&e);
-            if let Some(r) = recorder(resp.status(), answer_size(&resp)) {
-                r.finish(e.flag());
+            if let Some(r) = recorder {
+                let (code, response_bytes) = (resp.status().as_u16(), answer_size(&resp));
+                Recorder {
+                    code,
+                    response_bytes,
+                    ..r
+                }
+                .finish(e.flag());
             }
             resp
+        }
+    }
+}
+
+/// Holds a request's recorder while the upstream is asked; dropped with it (client gone), it
+/// records code 0 and `DC`.
+struct Pending(Option<Recorder>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.finish("DC");
         }
     }
 }
