@@ -1490,11 +1490,16 @@ async fn an_edit_loaded_through_the_api_is_not_reloaded_again_by_the_watcher() {
     let (app, stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
     rewrite(&app.config_path, &stable_only_config(stable.addr));
-    // Straight away, inside the watcher's debounce, so the API reads the edit first.
+    // Straight away, inside the watcher's debounce, so the API usually reads the edit first. (On
+    // a loaded machine the watcher may read it first; the explicit POST then reloads again, as
+    // asked. Either way, nothing may reload after the API has answered.)
     let generation = reload(admin).await.generation();
     // Nothing signals that nothing happens: wait out the debounce and one fallback poll.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let s = state(admin).await;
-    assert_eq!(s["generation"].as_u64(), Some(generation), "{s:#}");
-    assert_eq!(s["reloads"]["ok"].as_u64(), Some(1), "{s:#}");
+    assert_eq!(
+        s["generation"].as_u64(),
+        Some(generation),
+        "reloaded again after the API: {s:#}"
+    );
 }
