@@ -37,35 +37,6 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for something that gives no signal (the file watcher, a closed connection).
 const EVENTUALLY: Duration = Duration::from_secs(10);
 
-/// The 25 Istio labels, in SPEC §5's order.
-const ISTIO_LABELS: [&str; 25] = [
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
-
 /// The three Istio histograms.
 const ISTIO_HISTOGRAMS: [&str; 3] = [
     "istio_request_duration_milliseconds",

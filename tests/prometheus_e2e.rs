@@ -36,35 +36,8 @@ const PACE: Duration = Duration::from_millis(40);
 /// The service's host, i.e. `destination_service`.
 const HOST: &str = "svc.default.svc.cluster.local";
 
-/// The 25 Istio labels of SPEC §5. Prometheus drops labels whose value is empty, so
-/// `grpc_response_status` (`""` for plain HTTP) is not expected in what it stores.
-const ISTIO_LABELS: [&str; 25] = [
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
+// Prometheus drops labels whose value is empty, so of `ISTIO_LABELS` (tests/common),
+// `grpc_response_status` (`""` for plain HTTP) is not expected in what it stores.
 
 // ---------------------------------------------------------------------------------------------
 // The canary upstream: a fixed delay, and 500 for exactly every 4th request.

@@ -476,3 +476,33 @@ pub async fn spawn_app_in(dir: std::path::PathBuf, yaml: &str) -> TestApp {
 pub async fn spawn_app(yaml: &str) -> TestApp {
     spawn_app_in(temp_dir("app"), yaml).await
 }
+
+/// The 25 labels of every `istio_*` series, in SPEC §5's order. Written out here rather than
+/// taken from the crate, so the tests check the code against the contract.
+pub const ISTIO_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
