@@ -53,17 +53,30 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
+    // Most messages carry none or only `Connection: keep-alive`: one pass over the names is
+    // cheaper than a hashed removal per hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
+    // Custom headers that Connection names are hop-by-hop too. Its usual tokens name no header.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let token = token.trim();
+        let usual = ["keep-alive", "close", "upgrade"]
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
+            .any(|u| token.eq_ignore_ascii_case(u));
+        if !usual && !token.is_empty() {
+            // `from_bytes` lowercases as it parses.
+            named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
         }
+    }
+    for n in named {
+        headers.remove(n);
     }
     for h in &HOP_BY_HOP {
         if *h == header::TE && is_te_trailers(headers) {
@@ -210,6 +223,27 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-request-id"].len(), 36);
         assert_eq!(parts.uri, "/a?b=c");
+    }
+
+    #[test]
+    fn connection_tokens_name_headers_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        prepare_response(&mut h, false);
+        assert!(
+            h.get("connection").is_none() && h.get("x-secret").is_none(),
+            "{h:?}"
+        );
+        assert_eq!(h["content-type"], "text/plain");
+        let mut plain = HeaderMap::new();
+        plain.insert("content-length", HeaderValue::from_static("3"));
+        prepare_response(&mut plain, false);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]
