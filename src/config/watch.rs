@@ -8,6 +8,7 @@
 //! read. A slow poll backs up the events in case one is missed.
 
 use crate::control::Control;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,16 @@ pub fn spawn(
 ) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Opening and reading are reported too, and the watcher itself reads the file: only a
+        // change (or a writer closing the file) may wake it, or each read would set off the next.
+        let wakes = |kind: &EventKind| {
+            !kind.is_access()
+                || matches!(
+                    kind,
+                    EventKind::Access(AccessKind::Close(AccessMode::Write))
+                )
+        };
+        if event.is_ok_and(|e| wakes(&e.kind)) {
             let _ = tx.send(());
         }
     })?;
