@@ -416,62 +416,63 @@ fn mirror_rule(
     })
 }
 
+/// One route with its overrides applied (API rules first), and the overrides that could not be.
+fn apply_route(
+    file: &RawConfig,
+    route: &RawRoute,
+    ro: &RouteOverlay,
+) -> (RawRoute, Vec<(Overridden, OverlayError)>) {
+    let mut route = route.clone();
+    let mut failed = Vec::new();
+    for (rule, weights) in &ro.weights {
+        if let Err(e) = apply_weights(file, &mut route, rule, weights) {
+            failed.push((Overridden::Weights(rule.clone()), e));
+        }
+    }
+    let mut managed = Vec::new();
+    for hr in &ro.header_routes {
+        match header_rule(file, &route, hr) {
+            Ok(r) => managed.push(r),
+            Err(e) => failed.push((Overridden::HeaderRoute(hr.name.clone()), e)),
+        }
+    }
+    for mr in &ro.mirror_routes {
+        match mirror_rule(file, &route, mr) {
+            Ok(r) => managed.push(r),
+            Err(e) => failed.push((Overridden::MirrorRoute(mr.name.clone()), e)),
+        }
+    }
+    route.http.splice(0..0, managed);
+    (route, failed)
+}
+
 /// The file config with `overlay` applied, and the overrides that could not be applied.
 pub fn apply(file: &RawConfig, overlay: &Overlay) -> (RawConfig, Vec<Dropped>) {
     let mut out = file.clone();
     let mut dropped = Vec::new();
     for (route_name, ro) in &overlay.routes {
+        let drop = |what, reason| Dropped {
+            route: route_name.clone(),
+            what,
+            reason,
+            generation: 0,
+        };
         let Some(idx) = out.routes.iter().position(|r| &r.name == route_name) else {
-            dropped.push(Dropped {
-                route: route_name.clone(),
-                what: Overridden::AllOverrides,
-                reason: "the route no longer exists".into(),
-                generation: 0,
-            });
+            dropped.push(drop(
+                Overridden::AllOverrides,
+                "the route no longer exists".into(),
+            ));
             continue;
         };
-        let mut route = out.routes[idx].clone();
-        for (rule, weights) in &ro.weights {
-            if let Err(e) = apply_weights(file, &mut route, rule, weights) {
-                dropped.push(Dropped {
-                    route: route_name.clone(),
-                    what: Overridden::Weights(rule.clone()),
-                    reason: e.message,
-                    generation: 0,
-                });
-            }
-        }
-        let mut managed = Vec::new();
-        for hr in &ro.header_routes {
-            match header_rule(file, &route, hr) {
-                Ok(r) => managed.push(r),
-                Err(e) => dropped.push(Dropped {
-                    route: route_name.clone(),
-                    what: Overridden::HeaderRoute(hr.name.clone()),
-                    reason: e.message,
-                    generation: 0,
-                }),
-            }
-        }
-        for mr in &ro.mirror_routes {
-            match mirror_rule(file, &route, mr) {
-                Ok(r) => managed.push(r),
-                Err(e) => dropped.push(Dropped {
-                    route: route_name.clone(),
-                    what: Overridden::MirrorRoute(mr.name.clone()),
-                    reason: e.message,
-                    generation: 0,
-                }),
-            }
-        }
-        route.http.splice(0..0, managed);
+        let (route, failed) = apply_route(file, &out.routes[idx], ro);
+        dropped.extend(failed.into_iter().map(|(what, e)| drop(what, e.message)));
         out.routes[idx] = route;
     }
     (out, dropped)
 }
 
-/// Checks that one more override can be applied on top of `file` + `overlay`, naming the field at
-/// fault if not. Used by the API before it commits anything.
+/// Checks that the overrides of `route` can all be applied to the file, naming the field at
+/// fault if not. The API runs it before it commits anything.
 pub fn check(file: &RawConfig, overlay: &Overlay, route: &str) -> Result<(), OverlayError> {
     let route_cfg = file
         .routes
@@ -481,15 +482,8 @@ pub fn check(file: &RawConfig, overlay: &Overlay, route: &str) -> Result<(), Ove
     let Some(ro) = overlay.routes.get(route) else {
         return Ok(());
     };
-    let mut scratch = route_cfg.clone();
-    for (rule, weights) in &ro.weights {
-        apply_weights(file, &mut scratch, rule, weights)?;
+    match apply_route(file, route_cfg, ro).1.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
     }
-    for hr in &ro.header_routes {
-        header_rule(file, &scratch, hr)?;
-    }
-    for mr in &ro.mirror_routes {
-        mirror_rule(file, &scratch, mr)?;
-    }
-    Ok(())
 }
