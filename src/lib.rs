@@ -19,15 +19,12 @@ pub mod server;
 pub mod split;
 pub mod upstream;
 
-use arc_swap::ArcSwap;
-use std::sync::Arc;
-
-/// Validates nothing further: builds the first runtime for `config` and starts its listeners.
+/// Starts the data plane alone (no admin API, readiness, metrics endpoint or watcher): the
+/// runtime is built as `app::App` builds it, and its listeners are bound.
 pub async fn start(
     config: &config::Config,
 ) -> Result<(server::Gateway, runtime::SharedRuntime), server::ServeError> {
-    let runtime: runtime::SharedRuntime =
-        Arc::new(ArcSwap::from_pointee(config::compile(config, None, 1)));
-    let gateway = server::Gateway::start(config, runtime.clone()).await?;
-    Ok((gateway, runtime))
+    let control = control::Control::new(config.clone(), None);
+    let gateway = server::Gateway::start(config, control.runtime().clone()).await?;
+    Ok((gateway, control.runtime().clone()))
 }

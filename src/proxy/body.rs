@@ -79,14 +79,6 @@ impl ProxyBody {
         }
     }
 
-    /// No body.
-    pub fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Fixed(None),
-            recorder: None,
-        }
-    }
-
     fn finish(&mut self, flags: &'static str) {
         if let Some(r) = self.recorder.take() {
             r.finish(flags);

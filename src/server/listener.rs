@@ -81,14 +81,6 @@ impl Gateway {
         self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
-    /// Downstream connections open now.
-    pub fn active_connections(&self) -> usize {
-        // Each accept loop holds one receiver; each connection holds one.
-        self.shutdown
-            .receiver_count()
-            .saturating_sub(self.accept_tasks.len())
-    }
-
     /// Stops accepting, asks open connections to finish their current requests, and waits for
     /// them up to `grace`.
     pub async fn shutdown(self, grace: Duration) {
