@@ -6,6 +6,7 @@ pub mod persist;
 pub mod state;
 
 use crate::config::{self, model::RawConfig, Config, FieldError};
+use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
@@ -106,8 +107,6 @@ pub struct Control {
     file_hash: AtomicU64,
     config_path: Option<PathBuf>,
     state_file: Option<PathBuf>,
-    reloads_ok: AtomicU64,
-    reloads_error: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -166,8 +165,6 @@ impl Control {
             ),
             config_path,
             state_file,
-            reloads_ok: AtomicU64::new(0),
-            reloads_error: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         })
     }
@@ -182,12 +179,11 @@ impl Control {
         self.runtime.load().generation
     }
 
-    /// File reloads so far: (accepted, rejected).
+    /// File reloads so far: (accepted, rejected), as `splitgate_config_reloads_total` counts them.
     pub fn reload_counts(&self) -> (u64, u64) {
-        (
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_error.load(Ordering::Relaxed),
-        )
+        let reloads = &self.runtime.load().hub.own.reloads;
+        let count = |result| reloads.get_or_create(&ResultLabel { result }).get();
+        (count("ok"), count("error"))
     }
 
     /// Hash of the config file bytes last read (see `config::content_hash`).
@@ -279,7 +275,6 @@ impl Control {
                     at: SystemTime::now(),
                     errors: Vec::new(),
                 });
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.count_reload("ok");
                 if pruned {
                     self.persist(&mut st).await;
@@ -303,7 +298,6 @@ impl Control {
                     at: SystemTime::now(),
                     errors: lines,
                 });
-                self.reloads_error.fetch_add(1, Ordering::Relaxed);
                 self.count_reload("error");
                 Err(ChangeError::Config(errors))
             }
@@ -317,10 +311,12 @@ impl Control {
     }
 
     fn count_reload(&self, result: &'static str) {
-        let hub = self.runtime.load().hub.clone();
-        hub.own
+        self.runtime
+            .load()
+            .hub
+            .own
             .reloads
-            .get_or_create(&crate::metrics::hub::ResultLabel { result })
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 
