@@ -4,12 +4,9 @@ use crate::config::{self, Config, ConfigError};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// The embedded demo config (`config/demo.yaml`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -23,27 +20,20 @@ pub async fn spawn_named_upstream(
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let body = Bytes::from(format!("{name}\n"));
+    let answer = move |_req| {
+        let resp = Response::builder()
+            .status(StatusCode::OK)
+            .header("x-subset", name)
+            .header("content-type", "text/plain")
+            .body(Full::new(body.clone()))
+            .expect("static response parts are valid");
+        std::future::ready(resp)
+    };
+    // The demo's upstreams live as long as the process: the stop signal never fires.
+    let (keep, stop) = watch::channel(false);
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    let resp = Response::builder()
-                        .status(StatusCode::OK)
-                        .header("x-subset", name)
-                        .header("content-type", "text/plain")
-                        .body(Full::new(body.clone()))
-                        .expect("static response parts are valid");
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        let _keep = keep;
+        crate::server::endpoint::serve(listener, stop, answer).await;
     });
     Ok(local)
 }
