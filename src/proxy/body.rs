@@ -6,6 +6,7 @@ use crate::metrics::istio::{DestinationMetrics, Sample};
 use crate::upstream::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +24,7 @@ enum Kind {
     /// Streamed from the upstream.
     Upstream(PooledBody),
     /// A fixed body (errors, local answers); `None` once sent.
-    Fixed(Option<Bytes>),
+    Fixed(Full<Bytes>),
 }
 
 /// Records one request when its response ends: in the destination's Istio series and in the
@@ -74,7 +75,7 @@ impl ProxyBody {
     /// A fixed body.
     pub fn fixed(b: impl Into<Bytes>) -> Self {
         ProxyBody {
-            kind: Kind::Fixed(Some(b.into())),
+            kind: Kind::Fixed(Full::new(b.into())),
             recorder: None,
         }
     }
@@ -106,7 +107,9 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
-            Kind::Fixed(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Fixed(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -128,14 +131,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Fixed(b) => b.is_none(),
+            Kind::Fixed(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(b) => b.size_hint(),
-            Kind::Fixed(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Fixed(b) => b.size_hint(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -203,7 +204,7 @@ pub enum UpstreamBody {
     /// Streamed from the client as it arrives.
     Stream(Incoming),
     /// Held in memory; `None` once sent.
-    Buffered(Option<Bytes>),
+    Buffered(Full<Bytes>),
 }
 
 impl Body for UpstreamBody {
@@ -216,21 +217,23 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Stream(b) => Pin::new(b).poll_frame(cx),
-            Self::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Buffered(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Stream(b) => b.is_end_stream(),
-            Self::Buffered(b) => b.is_none(),
+            Self::Buffered(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Stream(b) => b.size_hint(),
-            Self::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Buffered(b) => b.size_hint(),
         }
     }
 }
