@@ -103,6 +103,7 @@ impl App {
         let (metrics_listener, metrics_addr) = bind("metrics", config.metrics_addr).await?;
         let control = Control::new(config.clone(), config_path.clone());
         let gateway = Gateway::start(&config, control.runtime().clone()).await?;
+        control.attach_cert_stores(gateway.cert_stores());
         let (stop, _) = watch::channel(false);
         let ctx = AdminContext {
             control: control.clone(),

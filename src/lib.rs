@@ -17,6 +17,7 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod split;
+pub mod tls;
 pub mod upstream;
 
 /// Starts the data plane alone (no admin API, readiness, metrics endpoint or watcher): the

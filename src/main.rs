@@ -122,8 +122,9 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
-        Command::Validate { config } => match config::load(&config) {
-            Ok(c) => {
+        Command::Validate { config } => match config::load_for_start(&config) {
+            Ok((c, warnings)) => {
+                print_warnings(&warnings);
                 println!(
                     "{}: ok ({} listener(s), {} service(s), {} route(s))",
                     config.display(),
@@ -141,8 +142,13 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             concurrency,
-        } => match config::load(&config) {
-            Ok(c) => exit(runtime(concurrency).and_then(|rt| rt.block_on(serve(c, config)))),
+        } => match config::load_for_start(&config) {
+            Ok((c, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(warning = %w, "config");
+                }
+                exit(runtime(concurrency).and_then(|rt| rt.block_on(serve(c, config))))
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(1)
@@ -152,6 +158,12 @@ fn main() -> ExitCode {
             exit(runtime(None).and_then(|rt| rt.block_on(demo(listen, admin))))
         }
         Command::Weights { action } => weights(action),
+    }
+}
+
+fn print_warnings(warnings: &[config::FieldError]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
 }
 

@@ -13,6 +13,9 @@ use std::sync::Arc;
 /// settings are unchanged (with their pooled connections) and the metrics hub, whose series and
 /// analysis windows continue; those of subsets that are gone are removed.
 pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> Runtime {
+    // `PoolSettings` holds a rustls config, which has interior mutability (its session cache),
+    // but its `Hash` and `Eq` look only at what the settings were built from.
+    #[allow(clippy::mutable_key_type)]
     let mut reusable: HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>> = HashMap::new();
     for ep in previous
         .into_iter()
@@ -20,7 +23,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
         .flat_map(|s| &s.subsets)
         .flat_map(|s| s.balancer.endpoints())
     {
-        reusable.insert((ep.addr().clone(), ep.settings()), ep.clone());
+        reusable.insert((ep.addr().clone(), ep.settings().clone()), ep.clone());
     }
     let hub = previous.map_or_else(|| MetricsHub::new(&config.raw.metrics), |p| p.hub.clone());
     hub.set_identity(&config.raw.metrics);
@@ -36,41 +39,42 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
             let settings = PoolSettings {
                 connect_timeout: s.connect_timeout,
                 max_idle: s.max_idle,
+                protocol: s.protocol,
+                tls: s.tls.clone(),
             };
-            let subsets = s
-                .subsets
-                .iter()
-                .map(|sub| {
-                    let endpoints = sub
-                        .endpoints
-                        .iter()
-                        .map(|a| {
-                            let key = (a.clone(), settings);
-                            reusable
-                                .get(&key)
-                                .cloned()
-                                .unwrap_or_else(|| Endpoint::new(a.clone(), settings))
-                        })
-                        .collect();
-                    let info = DestinationInfo {
-                        service: s.name.clone(),
-                        namespace: s.namespace.clone(),
-                        host: s.host.clone(),
-                        subset: sub.name.clone(),
-                        workload: sub.workload.clone(),
-                        labels: sub.labels.clone(),
-                    };
-                    let metrics = hub.destination(&info);
-                    destinations.insert(info);
-                    Subset {
-                        name: sub.name.as_str().into(),
-                        labels: sub.labels.clone(),
-                        workload: sub.workload.as_str().into(),
-                        balancer: Balancer::new(endpoints, s.load_balancer),
-                        metrics,
-                    }
-                })
-                .collect();
+            let subsets =
+                s.subsets
+                    .iter()
+                    .map(|sub| {
+                        let endpoints =
+                            sub.endpoints
+                                .iter()
+                                .map(|a| {
+                                    let key = (a.clone(), settings.clone());
+                                    reusable.get(&key).cloned().unwrap_or_else(|| {
+                                        Endpoint::new(a.clone(), settings.clone())
+                                    })
+                                })
+                                .collect();
+                        let info = DestinationInfo {
+                            service: s.name.clone(),
+                            namespace: s.namespace.clone(),
+                            host: s.host.clone(),
+                            subset: sub.name.clone(),
+                            workload: sub.workload.clone(),
+                            labels: sub.labels.clone(),
+                        };
+                        let metrics = hub.destination(&info);
+                        destinations.insert(info);
+                        Subset {
+                            name: sub.name.as_str().into(),
+                            labels: sub.labels.clone(),
+                            workload: sub.workload.as_str().into(),
+                            balancer: Balancer::new(endpoints, s.load_balancer),
+                            metrics,
+                        }
+                    })
+                    .collect();
             Service {
                 name: s.name.as_str().into(),
                 namespace: s.namespace.as_str().into(),

@@ -84,6 +84,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_hashed(path).1
 }
 
+/// [`load`], then the checks on disk that only starting needs (listener certificates, see
+/// [`validate::check_files`]). Returns the config and its warnings.
+pub fn load_for_start(path: &Path) -> Result<(Config, Vec<FieldError>), ConfigError> {
+    let config = load(path)?;
+    let (errors, warnings) = validate::check_files(&config);
+    if errors.is_empty() {
+        Ok((config, warnings))
+    } else {
+        Err(ConfigError {
+            source_name: path.display().to_string(),
+            errors,
+        })
+    }
+}
+
 /// Reads, parses and validates a config file, and returns the hash of the bytes read (`None`
 /// when it could not be read), so a watcher can tell later whether the file changed.
 pub fn load_hashed(path: &Path) -> (Option<u64>, Result<Config, ConfigError>) {

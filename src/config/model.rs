@@ -35,7 +35,7 @@ pub struct RawListener {
     pub name: String,
     /// `ip:port`.
     pub address: String,
-    /// TLS termination (not yet available).
+    /// TLS termination: with it, the listener speaks HTTPS only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
 }
@@ -191,6 +191,27 @@ pub struct RawPolicy {
     /// Idle keep-alive connections kept per endpoint; default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<usize>,
+    /// `http1` (default) or `http2` (for gRPC upstreams): what is spoken to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// TLS to the endpoints (DestinationRule `tls.mode: SIMPLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// TLS to a service's endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle that signs the endpoints' certificates; default: the system bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and verified in the certificate; default: the service's `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Accept any certificate (the connection is still encrypted). For tests only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A route: a set of hosts and its ordered rules.

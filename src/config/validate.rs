@@ -5,7 +5,8 @@ use super::model::*;
 use super::FieldError;
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::split::{Split, Target};
-use crate::upstream::{EndpointAddr, LoadBalancer};
+use crate::tls::{CertPaths, UpstreamTls};
+use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +43,8 @@ pub struct ListenerSpec {
     pub name: String,
     /// Where it binds.
     pub addr: SocketAddr,
+    /// Its certificates, when it terminates TLS.
+    pub tls: Option<Vec<CertPaths>>,
 }
 
 /// A service and its subsets.
@@ -59,6 +62,10 @@ pub struct ServiceSpec {
     pub load_balancer: LoadBalancer,
     /// Idle connections kept per endpoint.
     pub max_idle: usize,
+    /// What is spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints.
+    pub tls: Option<UpstreamTls>,
     /// Subsets in name order; `Target::subset` indexes this.
     pub subsets: Vec<SubsetSpec>,
 }
@@ -126,15 +133,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
-            if l.tls.is_some() {
-                errs.add(
-                    format!("{p}.tls"),
-                    "TLS termination is not available in this version yet",
-                );
-            }
+            let tls = l.tls.as_ref().map(|t| listener_tls(&mut errs, &p, t));
             ListenerSpec {
                 name: l.name.clone(),
                 addr: errs.addr(&format!("{p}.address"), &l.address),
+                tls,
             }
         })
         .collect();
@@ -306,6 +309,23 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
             LoadBalancer::default()
         }),
     };
+    let protocol = match s.policy.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("http2") => UpstreamProtocol::Http2,
+        Some(other) => {
+            errs.add(
+                format!("{p}.policy.protocol"),
+                format!("must be http1 or http2, not {other:?}"),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    let tls = s.policy.tls.as_ref().and_then(|t| {
+        let tp = format!("{p}.policy.tls");
+        upstream_tls(t, &s.host, protocol)
+            .map_err(|(field, m)| errs.add(format!("{tp}.{field}"), m))
+            .ok()
+    });
     let subsets = s
         .subsets
         .iter()
@@ -339,8 +359,85 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
         connect_timeout,
         load_balancer,
         max_idle: s.policy.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE),
+        protocol,
+        tls,
         subsets,
     }
+}
+
+/// A listener's `tls`: the pairs it names. Their files are checked by [`check_files`], not
+/// here, so that a certificate mid-rotation never holds back a config reload.
+fn listener_tls(errs: &mut Errors, p: &str, t: &RawTls) -> Vec<CertPaths> {
+    if t.certificates.is_empty() {
+        errs.add(
+            format!("{p}.tls.certificates"),
+            "at least one certificate is required",
+        );
+    }
+    t.certificates
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let cp = format!("{p}.tls.certificates[{j}]");
+            for (field, value) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                if value.is_empty() {
+                    errs.add(format!("{cp}.{field}"), "must not be empty");
+                }
+            }
+            CertPaths {
+                cert_file: c.cert_file.clone().into(),
+                key_file: c.key_file.clone().into(),
+            }
+        })
+        .collect()
+}
+
+/// A service's `policy.tls`, its CA file read now: a reload that names an unreadable CA is
+/// rejected whole.
+fn upstream_tls(
+    t: &RawUpstreamTls,
+    host: &str,
+    protocol: UpstreamProtocol,
+) -> Result<UpstreamTls, (&'static str, String)> {
+    let ca = if t.insecure_skip_verify {
+        Vec::new()
+    } else {
+        let path = t
+            .ca_file
+            .as_deref()
+            .unwrap_or(crate::tls::client::SYSTEM_CA_FILE);
+        std::fs::read(path).map_err(|e| ("ca_file", format!("cannot read {path}: {e}")))?
+    };
+    let sni = t.sni.as_deref().unwrap_or(host);
+    UpstreamTls::new(
+        &ca,
+        sni,
+        t.insecure_skip_verify,
+        protocol == UpstreamProtocol::Http2,
+    )
+    .map_err(|e| (e.field, e.message))
+}
+
+/// What `splitgate validate` and `splitgate run` check on disk beyond [`validate`]: that each
+/// listener certificate and key can serve. An expired certificate is a warning.
+pub fn check_files(config: &Config) -> (Vec<FieldError>, Vec<FieldError>) {
+    let mut errors = Errors::default();
+    let mut warnings = Errors::default();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(pairs) = &l.tls else { continue };
+        let found = crate::tls::server::check_pairs(pairs);
+        let p = format!("listeners[{i}].tls.certificates");
+        for (j, e) in found.errors {
+            errors.add(
+                format!("{p}[{j}].{}", e.field),
+                format!("{}: {}", e.path, e.message),
+            );
+        }
+        for (j, m) in found.expired {
+            warnings.add(format!("{p}[{j}].cert_file"), m);
+        }
+    }
+    (errors.0, warnings.0)
 }
 
 /// Finds a destination's service and subset, or records why it can't.

@@ -1,4 +1,5 @@
-//! Hot reload: watches the config file's directory and reloads when the file's content changes.
+//! Hot reload: watches a file's directory and acts when the file's content changes (the config
+//! file here; listener certificates in `tls::server`).
 //!
 //! Watching the directory (not the file) catches every way a file gets replaced: an in-place
 //! write, an editor's write-to-temp-and-rename, and a Kubernetes ConfigMap update, where the
@@ -11,6 +12,7 @@ use crate::control::Control;
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,16 +53,43 @@ fn watch_dirs(
     Ok(())
 }
 
-/// Starts watching `path` until `stop` turns true.
+/// Starts watching the config file at `path` until `stop` turns true.
 pub fn spawn(
     control: Arc<Control>,
     path: PathBuf,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> notify::Result<()> {
+    let file = path.clone();
+    watch_files(vec![path], POLL, stop, move || {
+        let control = control.clone();
+        let changed = file_hash(&file).is_some_and(|h| h != control.file_hash());
+        async move {
+            // Skip content already loaded, whoever loaded it (this watcher or `POST /v1/reload`).
+            // A rejected file is logged, counted and shown in /v1/state by `reload` itself.
+            if changed {
+                let _ = control.reload(None).await;
+            }
+        }
+    })
+}
+
+/// Calls `on_change` after each settled burst of changes in the directories of `paths` (and of
+/// their symlinks' targets), and every `poll` in case an event was missed, until `stop` turns
+/// true. `on_change` decides whether anything it cares about really changed.
+pub fn watch_files<F, Fut>(
+    paths: Vec<PathBuf>,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut on_change: F,
+) -> notify::Result<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Opening and reading are reported too, and the watcher itself reads the file: only a
-        // change (or a writer closing the file) may wake it, or each read would set off the next.
+        // Opening and reading are reported too, and the watcher itself reads the files: only a
+        // change (or a writer closing a file) may wake it, or each read would set off the next.
         let wakes = |kind: &EventKind| {
             !kind.is_access()
                 || matches!(
@@ -73,9 +102,11 @@ pub fn spawn(
         }
     })?;
     let mut watched = HashSet::new();
-    watch_dirs(&mut watcher, &mut watched, &path)?;
+    for p in &paths {
+        watch_dirs(&mut watcher, &mut watched, p)?;
+    }
     tokio::spawn(async move {
-        let mut poll = tokio::time::interval(POLL);
+        let mut poll = tokio::time::interval(poll);
         loop {
             tokio::select! {
                 event = rx.recv() => {
@@ -89,15 +120,12 @@ pub fn spawn(
                 _ = stop.changed() => return,
             }
             // A directory that disappeared (an old ConfigMap generation) just stops reporting.
-            if let Err(e) = watch_dirs(&mut watcher, &mut watched, &path) {
-                tracing::debug!(error = %e, "cannot watch the config file's new location; polling covers it");
+            for p in &paths {
+                if let Err(e) = watch_dirs(&mut watcher, &mut watched, p) {
+                    tracing::debug!(path = %p.display(), error = %e, "cannot watch a file's new location; polling covers it");
+                }
             }
-            // Skip content already loaded, whoever loaded it (this watcher or `POST /v1/reload`).
-            if file_hash(&path).is_none_or(|h| h == control.file_hash()) {
-                continue;
-            }
-            // A rejected file is logged, counted and shown in /v1/state by `reload` itself.
-            let _ = control.reload(None).await;
+            on_change().await;
         }
     });
     Ok(())

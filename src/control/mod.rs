@@ -8,10 +8,11 @@ pub mod state;
 use crate::config::{self, model::RawConfig, Config, FieldError};
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
+use crate::tls::CertStore;
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 use tokio::sync::Mutex;
 
@@ -108,6 +109,8 @@ pub struct Control {
     config_path: Option<PathBuf>,
     state_file: Option<PathBuf>,
     draining: AtomicBool,
+    /// The TLS listeners' certificates, for `/v1/state`.
+    cert_stores: OnceLock<Vec<Arc<CertStore>>>,
 }
 
 impl Control {
@@ -166,6 +169,7 @@ impl Control {
             config_path,
             state_file,
             draining: AtomicBool::new(false),
+            cert_stores: OnceLock::new(),
         })
     }
 
@@ -194,6 +198,16 @@ impl Control {
     /// The config file this control plane reloads, if any.
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.config_path.as_ref()
+    }
+
+    /// Shows the TLS listeners' certificates in `/v1/state` (set once, at start).
+    pub fn attach_cert_stores(&self, stores: &[Arc<CertStore>]) {
+        let _ = self.cert_stores.set(stores.to_vec());
+    }
+
+    /// The TLS listeners' certificates.
+    pub fn cert_stores(&self) -> &[Arc<CertStore>] {
+        self.cert_stores.get().map_or(&[], Vec::as_slice)
     }
 
     /// Marks the gateway as shutting down (readiness turns 503).

@@ -3,6 +3,7 @@
 use super::overlay::{self, Dropped, HeaderRoute, MirrorRoute};
 use super::{Control, ControlState};
 use crate::config::model::{RawMatchBlock, RawRule};
+use crate::tls::server::ListenerTlsView;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
@@ -24,6 +25,9 @@ pub struct StateView {
     pub routes: BTreeMap<String, RouteView>,
     /// API overrides that the last reload (or restore) could not keep.
     pub dropped_overrides: Vec<Dropped>,
+    /// TLS listeners: the certificate each pair serves, and the last rejected rotation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<ListenerTlsView>,
 }
 
 /// Reload counters.
@@ -185,5 +189,6 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
         state_file_error: st.state_file_error.clone(),
         routes,
         dropped_overrides: st.dropped.clone(),
+        tls: control.cert_stores().iter().map(|s| s.view()).collect(),
     }
 }

@@ -44,6 +44,10 @@ pub struct SelfMetrics {
     pub upstream_connections: Family<StateLabel, Gauge>,
     /// `splitgate_mirror_requests_total{result}`.
     pub mirror_requests: Family<ResultLabel, Counter>,
+    /// `splitgate_tls_certificate_reloads_total{result}`.
+    pub cert_reloads: Family<ResultLabel, Counter>,
+    /// `splitgate_tls_handshake_errors_total`.
+    pub tls_handshake_errors: Counter,
 }
 
 /// Label values that come from the `metrics` config section.
@@ -138,9 +142,21 @@ impl MetricsHub {
             "Mirrored request copies, by result",
             own.mirror_requests.clone(),
         );
+        registry.register(
+            "splitgate_tls_certificate_reloads",
+            "Listener certificate files re-read after a change, by result",
+            own.cert_reloads.clone(),
+        );
+        registry.register(
+            "splitgate_tls_handshake_errors",
+            "Client connections to a TLS listener whose handshake failed or timed out",
+            own.tls_handshake_errors.clone(),
+        );
         // Every result is exposed from the start, so `increase()` sees the first one.
         for result in ["ok", "error"] {
             own.reloads.get_or_create_owned(&ResultLabel { result });
+            own.cert_reloads
+                .get_or_create_owned(&ResultLabel { result });
         }
         for result in ["ok", "failed", "timeout"] {
             own.mirror_requests

@@ -140,12 +140,26 @@ pub struct Sample {
     pub flags: &'static str,
     /// `http` or `grpc`.
     pub protocol: &'static str,
+    /// gRPC status code from the response's trailers (or headers); empty if none.
+    pub grpc_status: &'static str,
     /// Arrival to last response byte.
     pub duration_ms: f64,
     /// Request headers and body.
     pub request_bytes: u64,
     /// Response headers and body.
     pub response_bytes: u64,
+}
+
+/// The gRPC status codes (0–16) as label values; anything else is left empty.
+pub fn grpc_status_label(value: &[u8]) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES
+        .iter()
+        .find(|c| c.as_bytes() == value)
+        .copied()
+        .unwrap_or("")
 }
 
 /// Response codes whose handles are cached in a slot (with flags `-` and protocol `http`).
@@ -189,6 +203,7 @@ impl DestinationMetrics {
                 response_code: s.code,
                 response_flags: s.flags,
                 request_protocol: s.protocol,
+                grpc_response_status: s.grpc_status,
                 ..b.clone()
             })
             .collect()

@@ -2,7 +2,7 @@
 //! recording of the request in metrics once its last byte has gone out.
 
 use crate::metrics::analysis::{now_secs, Window};
-use crate::metrics::istio::{DestinationMetrics, Sample};
+use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
 use crate::upstream::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -43,6 +43,10 @@ pub struct Recorder {
     pub request_bytes: u64,
     /// Response head size so far; body bytes are added as they are sent.
     pub response_bytes: u64,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// gRPC status, once the response's headers or trailers have given it.
+    pub grpc_status: &'static str,
 }
 
 impl Recorder {
@@ -52,7 +56,8 @@ impl Recorder {
         self.metrics.record(&Sample {
             code: self.code,
             flags,
-            protocol: "http",
+            protocol: self.protocol,
+            grpc_status: self.grpc_status,
             duration_ms,
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
@@ -61,6 +66,13 @@ impl Recorder {
             w.record(now_secs(), self.code >= 500, duration_ms);
         }
     }
+}
+
+/// The `grpc-status` of a header block (trailers, or the headers of a trailers-only answer).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
+    headers
+        .get("grpc-status")
+        .map(|v| grpc_status_label(v.as_bytes()))
 }
 
 impl ProxyBody {
@@ -113,8 +125,12 @@ impl Body for ProxyBody {
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(r), Some(data)) = (&mut this.recorder, frame.data_ref()) {
-                    r.response_bytes += data.len() as u64;
+                if let Some(r) = &mut this.recorder {
+                    if let Some(data) = frame.data_ref() {
+                        r.response_bytes += data.len() as u64;
+                    } else if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+                        r.grpc_status = status;
+                    }
                 }
                 if this.is_end_stream() {
                     this.finish("-");

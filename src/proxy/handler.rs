@@ -1,6 +1,6 @@
 //! One request, start to end: route → split → forward → answer.
 
-use super::body::{ProxyBody, Recorder};
+use super::body::{self, ProxyBody, Recorder};
 use super::error::ProxyError;
 use super::headers::{self, ConnInfo};
 use super::mirror;
@@ -30,10 +30,10 @@ pub async fn handle(
     let start = Instant::now();
     let rt = shared.load_full();
     let (parts, body) = req.into_parts();
-    let request_bytes = if rt.metrics_enabled {
-        request_size(&parts)
+    let (request_bytes, protocol) = if rt.metrics_enabled {
+        (request_size(&parts), request_protocol(&parts.headers))
     } else {
-        0
+        (0, "http")
     };
     let Some(hit) = rt.router.find(&parts) else {
         let resp = error_response(&ProxyError::NoRoute);
@@ -41,7 +41,8 @@ pub async fn handle(
             let sample = Sample {
                 code: resp.status().as_u16(),
                 flags: ProxyError::NoRoute.flag(),
-                protocol: "http",
+                protocol,
+                grpc_status: "",
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,
                 response_bytes: answer_size(&resp),
@@ -61,6 +62,8 @@ pub async fn handle(
         code: 0,
         request_bytes,
         response_bytes: 0,
+        protocol,
+        grpc_status: "",
     }));
     let result = proxy(&rt, conn, parts, body, hit.rule, subset).await;
     let recorder = pending.0.take();
@@ -69,6 +72,7 @@ pub async fn handle(
             let recorder = recorder.map(|r| Recorder {
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
+                grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
                 ..r
             });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder))
@@ -138,6 +142,18 @@ async fn proxy(
         None => sent.await?,
     };
     Ok(respond(resp, client_upgrade))
+}
+
+/// `grpc` for gRPC requests (Istio's `request_protocol`), else `http`.
+fn request_protocol(headers: &http::HeaderMap) -> &'static str {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        "grpc"
+    } else {
+        "http"
+    }
 }
 
 /// Size of a request as HTTP/1.1 text: request line, headers, and the declared body length.

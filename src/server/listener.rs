@@ -1,9 +1,12 @@
-//! Binds the listeners, accepts connections and serves HTTP/1.1 and h2c on each.
+//! Binds the listeners, accepts connections and serves HTTP/1.1 and h2c on each; on a TLS
+//! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
 use crate::config::Config;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::SharedRuntime;
+use crate::tls::{self, CertStore};
 use http::HeaderValue;
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -14,6 +17,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// Longest wait for a client's TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often certificate files are re-read when no change event came.
+const CERT_POLL: Duration = Duration::from_secs(1);
 
 /// Failure to start serving.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +38,24 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// A listener's certificate or key cannot serve.
+    #[error("listener {name:?}: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// What is wrong with which file.
+        #[source]
+        source: tls::server::CertError,
+    },
+    /// A listener's certificate files cannot be watched.
+    #[error("listener {name:?}: cannot watch the certificate files: {source}")]
+    Watch {
+        /// Listener name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: notify::Error,
+    },
 }
 
 /// A running gateway: its listeners' tasks and the means to drain them.
@@ -37,6 +64,7 @@ pub struct Gateway {
     addrs: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
+    cert_stores: Vec<Arc<CertStore>>,
 }
 
 impl Gateway {
@@ -46,7 +74,16 @@ impl Gateway {
         let builder = Arc::new(server_builder());
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
+        let mut cert_stores = Vec::new();
         for l in &config.listeners {
+            let tls = match &l.tls {
+                None => None,
+                Some(pairs) => {
+                    let store = listener_certs(&l.name, pairs, &runtime, &shutdown)?;
+                    cert_stores.push(store.clone());
+                    Some(TlsAcceptor::from(tls::server::server_config(store)))
+                }
+            };
             let listener = TcpListener::bind(l.addr)
                 .await
                 .map_err(|source| ServeError::Bind {
@@ -61,14 +98,26 @@ impl Gateway {
             })?;
             tracing::info!(listener = %l.name, address = %local, "listening");
             addrs.push((l.name.clone(), local));
-            let task = accept_loop(listener, builder.clone(), runtime.clone(), shutdown.clone());
+            let task = accept_loop(
+                listener,
+                tls,
+                builder.clone(),
+                runtime.clone(),
+                shutdown.clone(),
+            );
             accept_tasks.push(tokio::spawn(task));
         }
         Ok(Gateway {
             addrs,
             shutdown,
             accept_tasks,
+            cert_stores,
         })
+    }
+
+    /// The certificates of the TLS listeners.
+    pub fn cert_stores(&self) -> &[Arc<CertStore>] {
+        &self.cert_stores
     }
 
     /// Bound addresses by listener name (useful when binding port 0).
@@ -114,8 +163,33 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Loads a TLS listener's certificates and re-reads them whenever their files change.
+fn listener_certs(
+    name: &str,
+    pairs: &[tls::CertPaths],
+    runtime: &SharedRuntime,
+    shutdown: &watch::Sender<bool>,
+) -> Result<Arc<CertStore>, ServeError> {
+    let metrics = runtime.load().hub.own.clone();
+    let store = CertStore::load(name, pairs, metrics).map_err(|source| ServeError::Tls {
+        name: name.to_string(),
+        source,
+    })?;
+    let watched = store.clone();
+    crate::config::watch::watch_files(store.files(), CERT_POLL, shutdown.subscribe(), move || {
+        watched.refresh();
+        std::future::ready(())
+    })
+    .map_err(|source| ServeError::Watch {
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(store)
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     runtime: SharedRuntime,
     shutdown: watch::Sender<bool>,
@@ -135,35 +209,91 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let active = runtime.load().hub.own.active_connections.clone();
+        let own = runtime.load().hub.own.clone();
         let conn = Arc::new(ConnInfo {
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a valid header value"),
-            proto: HeaderValue::from_static("http"),
+            proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         });
         let runtime = runtime.clone();
-        let service = service_fn(move |req| {
-            let (runtime, conn) = (runtime.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(proxy::handle(&runtime, &conn, req).await) }
-        });
         let builder = builder.clone();
+        let tls = tls.clone();
         let mut stop = shutdown.subscribe();
         tokio::spawn(async move {
-            active.inc();
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            own.active_connections.inc();
+            match tls {
+                None => {
+                    serve(
+                        TokioIo::new(stream),
+                        peer,
+                        &builder,
+                        runtime,
+                        conn,
+                        &mut stop,
+                    )
+                    .await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let accepted = tokio::select! {
+                        r = handshake => r,
+                        _ = stop.changed() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
+                    };
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            serve(
+                                TokioIo::new(stream),
+                                peer,
+                                &builder,
+                                runtime,
+                                conn,
+                                &mut stop,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            own.tls_handshake_errors.inc();
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            own.tls_handshake_errors.inc();
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
-            active.dec();
+            own.active_connections.dec();
             drop(stop);
         });
+    }
+}
+
+/// Serves one connection until it ends; on shutdown, lets its current requests finish.
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    runtime: SharedRuntime,
+    conn: Arc<ConnInfo>,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (runtime, conn) = (runtime.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy::handle(&runtime, &conn, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
     }
 }

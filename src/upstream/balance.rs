@@ -85,12 +85,14 @@ mod tests {
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
             max_idle: 1,
+            protocol: Default::default(),
+            tls: None,
         };
         (0..n)
             .map(|i| {
                 Endpoint::new(
                     EndpointAddr::Ip(([127, 0, 0, 1], 9000 + i).into()),
-                    settings,
+                    settings.clone(),
                 )
             })
             .collect()

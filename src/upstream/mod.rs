@@ -4,4 +4,6 @@ pub mod balance;
 pub mod pool;
 
 pub use balance::{Balancer, LoadBalancer};
-pub use pool::{Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody};
+pub use pool::{
+    Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody, UpstreamProtocol,
+};

@@ -1,16 +1,21 @@
-//! One endpoint's pool of kept-alive HTTP/1.1 connections.
+//! One endpoint's connections: a pool of kept-alive HTTP/1.1 connections, or one multiplexed
+//! HTTP/2 connection, in the clear or over TLS.
 //!
-//! Requests keep the origin-form URI they arrived with, so nothing is rebuilt per request. A
-//! connection goes back to the pool when its response body ends; a request that an idle
-//! connection closed under it (it was never written) is retried on another connection.
+//! HTTP/1.1 requests keep the origin-form URI they arrived with, so nothing is rebuilt per
+//! request. A connection goes back to the pool when its response body ends; a request that an
+//! idle connection closed under it (it was never written) is retried on another connection.
 
+use crate::tls::UpstreamTls;
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{header, Uri, Version};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,21 +60,68 @@ pub enum SendError {
     Reset(#[source] hyper::Error),
 }
 
+/// What a service's endpoints are spoken to in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a pool of kept-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c in the clear, h2 by ALPN over TLS), one multiplexed connection.
+    Http2,
+}
+
 /// Pool settings shared by a service's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolSettings {
-    /// Bound on TCP connect (and DNS lookup).
+    /// Bound on TCP connect (and DNS lookup) and the TLS handshake.
     pub connect_timeout: Duration,
     /// Idle connections kept; more are closed when they come back.
     pub max_idle: usize,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// TLS settings, when the endpoints speak TLS.
+    pub tls: Option<UpstreamTls>,
 }
 
-/// One upstream address and its idle connections.
+/// A connection's request sender.
+#[derive(Debug)]
+enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn try_send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// One upstream address and its idle connections (for HTTP/2: its one shared connection).
 #[derive(Debug)]
 pub struct Endpoint {
     addr: EndpointAddr,
     settings: PoolSettings,
-    idle: Mutex<Vec<SendRequest<UpstreamBody>>>,
+    idle: Mutex<Vec<Sender>>,
     in_flight: AtomicUsize,
 }
 
@@ -90,8 +142,8 @@ impl Endpoint {
     }
 
     /// The pool settings.
-    pub fn settings(&self) -> PoolSettings {
-        self.settings
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
     }
 
     /// Requests sent and not yet finished (for least_request).
@@ -104,17 +156,29 @@ impl Endpoint {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    fn take_idle(&self) -> Option<SendRequest<UpstreamBody>> {
+    /// An idle HTTP/1.1 connection, taken out of the pool; or a handle on the shared HTTP/2 one.
+    fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => {
+                while let Some(s) = idle.pop() {
+                    if !s.is_closed() {
+                        return Some(s);
+                    }
+                }
+                None
             }
+            UpstreamProtocol::Http2 => match idle.first() {
+                Some(Sender::H2(s)) if !s.is_closed() => Some(Sender::H2(s.clone())),
+                _ => {
+                    idle.clear();
+                    None
+                }
+            },
         }
-        None
     }
 
-    fn put_idle(&self, sender: SendRequest<UpstreamBody>) {
+    fn put_idle(&self, sender: Sender) {
         if sender.is_closed() {
             return;
         }
@@ -125,35 +189,82 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, String> {
+    async fn connect(&self) -> Result<Sender, String> {
+        let timeout = self.settings.connect_timeout;
         let connect = async {
             let stream = match &self.addr {
                 EndpointAddr::Ip(a) => TcpStream::connect(a).await,
                 EndpointAddr::Dns(d) => TcpStream::connect(&**d).await,
-            }?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => {
-                return Err(format!(
-                    "timed out after {:?}",
-                    self.settings.connect_timeout
-                ))
             }
-        };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
             .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            match &self.settings.tls {
+                None => self.handshake(TokioIo::new(stream)).await,
+                Some(tls) => {
+                    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                    let stream = connector
+                        .connect(tls.server_name.clone(), stream)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                    self.handshake(TokioIo::new(stream)).await
+                }
             }
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Sender, String>
+    where
+        I: Read + Write + Unpin + Send + 'static,
+    {
+        let ended = |e: hyper::Error| {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        };
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move { conn.with_upgrades().await.unwrap_or_else(ended) });
+                Ok(Sender::H1(sender))
+            }
+            UpstreamProtocol::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move { conn.await.unwrap_or_else(ended) });
+                let sender = Sender::H2(sender);
+                if let (Ok(mut idle), Sender::H2(s)) = (self.idle.lock(), &sender) {
+                    idle.clear();
+                    idle.push(Sender::H2(s.clone()));
+                }
+                Ok(sender)
+            }
+        }
+    }
+
+    /// HTTP/2 carries the scheme and host in the request's URI (`:scheme`, `:authority`).
+    fn to_h2(&self, req: &mut Request<UpstreamBody>) {
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| Authority::try_from(self.addr.to_string()).ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(match self.settings.tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
         });
-        Ok(sender)
+        parts.authority = authority;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        *req.version_mut() = Version::HTTP_2;
     }
 
     /// Sends a request on a pooled or new connection and returns the response with a body that
@@ -163,6 +274,9 @@ impl Endpoint {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
+        if self.settings.protocol == UpstreamProtocol::Http2 {
+            self.to_h2(&mut req);
+        }
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(s) => (s, true),
@@ -181,16 +295,23 @@ impl Endpoint {
             if reused && sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(req).await {
+            match sender.try_send(req).await {
                 Ok(resp) => {
-                    let keep = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    // An HTTP/2 connection stays shared; an HTTP/1.1 one comes back at the end.
+                    let keep = matches!(sender, Sender::H1(_))
+                        && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
                     return Ok(
                         resp.map(|body| PooledBody::new(body, keep.then_some(sender), guard))
                     );
                 }
                 Err(mut e) => match e.take_message() {
                     // Never written: the idle connection closed under us; safe to try another.
-                    Some(back) if reused => req = back,
+                    Some(back) if reused => {
+                        if matches!(sender, Sender::H2(_)) {
+                            self.idle.lock().map(|mut i| i.clear()).ok();
+                        }
+                        req = back
+                    }
                     _ => return Err(SendError::Reset(e.into_error())),
                 },
             }
@@ -259,12 +380,12 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
-    sender: Option<SendRequest<UpstreamBody>>,
+    sender: Option<Sender>,
     guard: InFlight,
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, sender: Option<SendRequest<UpstreamBody>>, guard: InFlight) -> Self {
+    fn new(inner: Incoming, sender: Option<Sender>, guard: InFlight) -> Self {
         let mut body = PooledBody {
             inner,
             sender,

@@ -1,6 +1,8 @@
 //! Test harness: real upstream servers and the gateway on 127.0.0.1:0, and HTTP clients.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, StreamBody};
