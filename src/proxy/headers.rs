@@ -53,33 +53,41 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none or only `Connection: keep-alive`: one pass over the names is
-    // cheaper than a hashed removal per hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names finds which hop-by-hop headers are there; most messages carry
+    // none, or only `Connection: keep-alive`, so only those are removed by hashed lookup.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // Custom headers that Connection names are hop-by-hop too. Its usual tokens name no header.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let token = token.trim();
-        let usual = ["keep-alive", "close", "upgrade"]
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
             .iter()
-            .any(|u| token.eq_ignore_ascii_case(u));
-        if !usual && !token.is_empty() {
-            // `from_bytes` lowercases as it parses.
-            named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            let usual = ["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|u| token.eq_ignore_ascii_case(u));
+            if !usual && !token.is_empty() {
+                // `from_bytes` lowercases as it parses.
+                named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+            }
+        }
+        for n in named {
+            headers.remove(n);
         }
     }
-    for n in named {
-        headers.remove(n);
-    }
-    for h in &HOP_BY_HOP {
-        if *h == header::TE && is_te_trailers(headers) {
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 || (*h == header::TE && is_te_trailers(headers)) {
             continue;
         }
         headers.remove(h);
