@@ -1,8 +1,9 @@
 //! TLS termination on a listener, against the whole gateway in this process (and the real binary
 //! for `validate` / `run`): HTTP/1.1 and HTTP/2 chosen by ALPN, the certificate chosen by SNI,
 //! certificate rotation under load (rename, and a Kubernetes Secret `..data` symlink swap), a
-//! rejected rotation that keeps the old certificate, clients that do not speak TLS, the command
-//! line's checks of certificate files, and the `tls` section of `/v1/state`.
+//! rejected rotation that keeps the old certificate, clients that do not speak TLS (and probes that
+//! say nothing), a reload that changes the `tls` section, the command line's checks of
+//! certificate files, and the `tls` section of `/v1/state`.
 //!
 //! Every test checks what a user sees: status, body, the certificate's serial, the HTTP version,
 //! a metric line, a `/v1/state` field, an error text. Every wait is bounded.
@@ -950,6 +951,29 @@ async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Connects, sends `bytes`, half-closes (the gateway reads the end of the stream, as when the
+/// client closes), and reads until the gateway closes its side too (bounded): the gateway is
+/// then done with the connection. Returns what it sent back.
+async fn sent_and_left(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut tcp = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut got)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the gateway did not close the connection within 3 s ({closed:?}); it sent {} bytes",
+        got.len()
+    );
+    got
+}
+
+/// What a health check or a port probe does: connect, and leave without sending a byte.
+async fn probe(addr: SocketAddr) {
+    let answer = sent_and_left(addr, b"").await;
+    assert!(answer.is_empty(), "a silent probe got {answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_and_garbage_are_closed_and_counted() {
     let ca = TestCa::new("test ca");
@@ -958,6 +982,12 @@ async fn plain_http_and_garbage_are_closed_and_counted() {
     let addr = gw.app.addr;
     let mut established = Conn::open(addr, "a.example.com", ca_client(&ca, H1)).await;
     established.expect_ok("/first").await;
+    assert_eq!(gw.metric(HANDSHAKE_ERRORS).await, Some(0.0));
+
+    // Probes that connect and leave without a word have not failed a handshake.
+    for _ in 0..3 {
+        probe(addr).await;
+    }
     assert_eq!(gw.metric(HANDSHAKE_ERRORS).await, Some(0.0));
 
     let plain = closed_after(addr, b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").await;
@@ -972,11 +1002,86 @@ async fn plain_http_and_garbage_are_closed_and_counted() {
     garbage.extend([0xff; 0x20]);
     closed_after(addr, &garbage).await;
 
+    // Exactly the two failures: the probes before them were not counted late.
     gw.wait_metric(HANDSHAKE_ERRORS, 2.0).await;
+    for _ in 0..3 {
+        probe(addr).await;
+    }
     established.expect_ok("/second").await;
     let r = https_get(addr, "a.example.com", ca_client(&ca, H2), "/").await;
     assert_eq!(r.status, 200);
     assert_eq!(gw.metric(HANDSHAKE_ERRORS).await, Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_the_client_abandons_midway_is_counted() {
+    let ca = TestCa::new("test ca");
+    let a = ca.leaf(&["a.example.com"]);
+    let gw = Tls::start("tls-abandoned", &[("a", &a)], false).await;
+    let addr = gw.app.addr;
+    probe(addr).await;
+    assert_eq!(gw.metric(HANDSHAKE_ERRORS).await, Some(0.0));
+
+    // The start of a ClientHello record (it announces 0x20 bytes), then the client leaves.
+    let answer = sent_and_left(addr, &[0x16, 0x03, 0x01, 0x00, 0x20, 0x01, 0x00]).await;
+    assert!(answer.is_empty(), "{answer:?}");
+    // A whole ClientHello; the gateway answers it, and the client leaves without a reply.
+    let name = ServerName::try_from("a.example.com").unwrap();
+    let mut client = rustls::ClientConnection::new(ca_client(&ca, H1), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let answer = sent_and_left(addr, &hello).await;
+    assert_eq!(
+        answer.first(),
+        Some(&0x16),
+        "a ServerHello record: {answer:?}"
+    );
+
+    gw.wait_metric(HANDSHAKE_ERRORS, 2.0).await;
+    let r = https_get(addr, "a.example.com", ca_client(&ca, H1), "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.metric(HANDSHAKE_ERRORS).await, Some(2.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config reloads
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_tls_section_keeps_the_running_certificates() {
+    let ca = TestCa::new("test ca");
+    let a = ca.leaf(&["a.example.com"]);
+    let b = ca.leaf(&["b.example.com"]);
+    let gw = Tls::start("tls-reload", &[("a", &a)], false).await;
+    let addr = gw.app.addr;
+    let b_pair = certs::write_pair(&gw.app.dir.join("certs"), "b", &b);
+    let before = gw.state().await;
+    assert_eq!(before["reloads"]["ok"], 0, "{before}");
+
+    // The file gains a second pair for b.example.com.
+    let pairs = [gw.pairs[0].clone(), b_pair];
+    let yaml = with_free_admin(&tls_yaml(gw.upstream.addr, &pairs, false));
+    write_by_rename(&gw.app.config_path, &yaml);
+    let after = wait_for("the config file reload", NOTICE, || async {
+        let s = gw.state().await;
+        (s["reloads"]["ok"] != 0 || s["reloads"]["error"] != 0).then_some(s)
+    })
+    .await;
+    assert_eq!(after["reloads"]["ok"], 1, "the reload is accepted: {after}");
+    assert_eq!(after["reloads"]["error"], 0, "{after}");
+    assert_eq!(after["last_reload"]["result"], "ok", "{after}");
+
+    // The listener keeps the certificates it started with, until the next restart.
+    let certificates = after["tls"][0]["certificates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{after}"));
+    assert_eq!(certificates.len(), 1, "{after}");
+    assert_eq!(certificates[0]["serving"]["serial"], a.serial.as_str());
+    assert_eq!(served_serial(addr, "b.example.com").await, a.serial);
+    let r = https_get(addr, "a.example.com", ca_client(&ca, H1), "/").await;
+    assert_eq!((r.status, r.serial.as_str()), (200, a.serial.as_str()));
+    assert_eq!(gw.metric(&reloads("ok")).await, Some(0.0));
+    assert_eq!(gw.metric(&reloads("error")).await, Some(0.0));
 }
 
 // ---------------------------------------------------------------------------------------------

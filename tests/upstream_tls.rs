@@ -12,7 +12,8 @@ mod common;
 use bytes::Bytes;
 use common::certs::{Pair, TestCa};
 use common::{
-    get, http1_client, send, spawn_app, temp_dir, with_free_admin, Answer, TestApp, ISTIO_LABELS,
+    dead_addr, get, http1_client, send, spawn_app, temp_dir, with_free_admin, Answer, TestApp,
+    ISTIO_LABELS,
 };
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
@@ -881,12 +882,16 @@ fn validate_checks_upstream_tls_and_protocol() {
     assert!(message.starts_with("must be http1 or http2"), "{v:?}");
     assert!(message.contains("http3"), "{v:?}");
 
+    // Each message names the file at fault, then what is wrong with it.
+    let key_only = pki.leaf(&["echo.internal"]).key_pem;
     for (name, text, expected) in [
         (
             "plain-text.pem",
             "this is not a certificate\n",
             "holds no CERTIFICATE block",
         ),
+        // A private key given where the CA belongs.
+        ("key.pem", key_only.as_str(), "holds no CERTIFICATE block"),
         (
             "broken.pem",
             "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n",
@@ -897,7 +902,8 @@ fn validate_checks_upstream_tls_and_protocol() {
         std::fs::write(&bad, text).unwrap();
         let v = with(&tls_with_ca(&bad));
         let message = v.problem("services.echo.policy.tls.ca_file");
-        assert!(message.starts_with(expected), "{name}: {v:?}");
+        let want = format!("{} {expected}", bad.display());
+        assert!(message.starts_with(&want), "{name}: want {want:?}: {v:?}");
     }
 }
 
@@ -1053,4 +1059,274 @@ async fn the_client_host_becomes_the_h2_authority_with_no_host_header() {
         assert_eq!(s.headers["x-forwarded-host"], authority, "{s:?}");
         assert!(s.headers.contains_key("x-request-id"), "{s:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The gateway's own answers to gRPC calls (as Envoy gives them), and upgrades to an HTTP/2
+//    upstream.
+// ---------------------------------------------------------------------------------------------
+
+/// An answer the gateway made itself for a gRPC call: HTTP 200, `content-type:
+/// application/grpc`, no body and no trailers (a trailers-only answer), and the failure in
+/// `grpc-status` and `grpc-message` (the flag, then the sentence of the plain answer).
+fn assert_grpc_failure(a: &GrpcAnswer, grpc_status: &str, message: &str) {
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.headers[CONTENT_TYPE], "application/grpc", "{a:?}");
+    assert_eq!(a.headers["grpc-status"], grpc_status, "{a:?}");
+    assert_eq!(a.headers["grpc-message"], message, "{a:?}");
+    assert!(a.body.is_empty(), "{a:?}");
+    assert!(a.trailers.is_none(), "a trailers-only answer: {a:?}");
+}
+
+/// The same, for a gRPC-typed request that came over HTTP/1.1.
+fn assert_grpc_failure_h1(a: &Answer, grpc_status: &str, message: &str) {
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    assert_eq!(a.headers[CONTENT_TYPE], "application/grpc", "{a:?}");
+    assert_eq!(a.headers["grpc-status"], grpc_status, "{a:?}");
+    assert_eq!(a.headers["grpc-message"], message, "{a:?}");
+    assert_eq!(a.body, "", "{a:?}");
+}
+
+/// A plain answer made by the gateway: `status`, `text/plain`, `body`, no gRPC headers.
+fn assert_plain_failure(a: &Answer, status: StatusCode, body: &str) {
+    assert_eq!(a.status, status, "{a:?}");
+    let content_type = a.headers[CONTENT_TYPE].to_str().unwrap();
+    assert!(content_type.starts_with("text/plain"), "{a:?}");
+    assert_eq!(a.body, body, "{a:?}");
+    assert!(a.headers.get("grpc-status").is_none(), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_to_a_dead_upstream_get_unavailable_and_plain_http_still_gets_503() {
+    let dead = dead_addr().await;
+    let policy = Policy {
+        protocol: Some("http2"),
+        ..Policy::default()
+    };
+    let app = spawn_app(&config(dead, &policy)).await;
+    let uf = UF_BODY.trim_end();
+
+    let h2 = h2_to(&app).await;
+    for _ in 0..2 {
+        let a = grpc_call(&h2, "trailers=0", &[], b"ping").await;
+        assert_grpc_failure(&a, "14", uf);
+    }
+    // Any `application/grpc…` content type, over HTTP/1.1 too.
+    let a = http_get(
+        &app,
+        "/echo.Echo/Call",
+        &[(CONTENT_TYPE.as_str(), "application/grpc+proto")],
+    )
+    .await;
+    assert_grpc_failure_h1(&a, "14", uf);
+    // A plain request to the same dead upstream.
+    let a = http_get(&app, "/hello", &[]).await;
+    assert_plain_failure(&a, StatusCode::SERVICE_UNAVAILABLE, UF_BODY);
+
+    let series = scrape(&app).await;
+    let ours = [
+        ("destination_service_name", "echo"),
+        ("destination_version", "stable"),
+        ("response_flags", "UF"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let filter: Vec<(&str, &str)> = ours.iter().chain(extra).copied().collect();
+        count(&series, &filter)
+    };
+    assert_eq!(
+        with(&[
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", "14"),
+        ]),
+        3.0,
+        "{series:#?}"
+    );
+    assert_eq!(
+        with(&[
+            ("request_protocol", "http"),
+            ("response_code", "503"),
+            ("grpc_response_status", ""),
+        ]),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(count(&series, &[]), 4.0, "no other requests: {series:#?}");
+
+    // Canary analysis counts the gRPC failures as failures, although they came in an HTTP 200.
+    let analysis = get(
+        &http1_client(),
+        &app.admin_url("/v1/analysis?route=main&window=60s"),
+        &[],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&analysis.body).expect("analysis JSON");
+    let stable = &v["subsets"]["stable"];
+    assert_eq!(stable["requests"], 4, "{v}");
+    assert_eq!(stable["success_rate"], 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_that_match_no_route_get_unimplemented() {
+    let server = spawn_server(Proto::H2, None).await;
+    let policy = Policy {
+        protocol: Some("http2"),
+        ..Policy::default()
+    };
+    let every_host = config(server.addr, &policy);
+    let yaml = every_host.replace("hosts: [\"*\"]", "hosts: [\"other.example.com\"]");
+    assert_ne!(yaml, every_host);
+    let app = spawn_app(&yaml).await;
+    let nr = "NR: no route matched this request";
+
+    let a = grpc_call(&h2_to(&app).await, "trailers=0", &[], b"ping").await;
+    assert_grpc_failure(&a, "12", nr);
+    let a = http_get(&app, "/hello", &[]).await;
+    assert_plain_failure(&a, StatusCode::NOT_FOUND, &format!("{nr}\n"));
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    let series = scrape(&app).await;
+    let nr_with = |extra: &[(&'static str, &'static str)]| {
+        let filter: Vec<(&str, &str)> = [("response_flags", "NR")]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        count(&series, &filter)
+    };
+    assert_eq!(
+        nr_with(&[
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", "12"),
+        ]),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(
+        nr_with(&[
+            ("request_protocol", "http"),
+            ("response_code", "404"),
+            ("grpc_response_status", ""),
+        ]),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(count(&series, &[]), 2.0, "no other requests: {series:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_past_the_route_timeout_get_deadline_exceeded() {
+    const ROUTE_TIMEOUT: Duration = Duration::from_millis(300);
+    let server = spawn_server(Proto::H2, None).await;
+    let policy = Policy {
+        protocol: Some("http2"),
+        ..Policy::default()
+    };
+    // The rule of the one route gets a timeout.
+    let yaml = config(server.addr, &policy) + "        timeout: 300ms\n";
+    let app = spawn_app(&yaml).await;
+    let ut = "UT: the upstream did not answer in time";
+    // The upstream holds each of these until 1000 have arrived: it never answers.
+    let hold = [("x-wait-for", "1000")];
+
+    let started = Instant::now();
+    let a = grpc_call(&h2_to(&app).await, "trailers=0", &hold, b"ping").await;
+    let took = started.elapsed();
+    assert_grpc_failure(&a, "4", ut);
+    assert!(took >= ROUTE_TIMEOUT, "answered after {took:?}");
+    let a = http_get(&app, "/hello", &hold).await;
+    assert_plain_failure(&a, StatusCode::GATEWAY_TIMEOUT, &format!("{ut}\n"));
+    assert_eq!(server.requests().len(), 2, "both reached the upstream");
+
+    let series = scrape(&app).await;
+    let ut_with = |extra: &[(&'static str, &'static str)]| {
+        let filter: Vec<(&str, &str)> = [
+            ("destination_service_name", "echo"),
+            ("response_flags", "UT"),
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+        count(&series, &filter)
+    };
+    assert_eq!(
+        ut_with(&[
+            ("request_protocol", "grpc"),
+            ("response_code", "200"),
+            ("grpc_response_status", "4"),
+        ]),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(
+        ut_with(&[
+            ("request_protocol", "http"),
+            ("response_code", "504"),
+            ("grpc_response_status", ""),
+        ]),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(count(&series, &[]), 2.0, "no other requests: {series:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_to_an_http2_service_is_refused_with_502_upe() {
+    let server = spawn_server(Proto::H2, None).await;
+    let app = gateway(
+        &server,
+        &Policy {
+            protocol: Some("http2"),
+            ..Policy::default()
+        },
+    )
+    .await;
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+    let a = http_get(&app, "/chat", &upgrade).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{a:?}");
+    assert!(
+        a.body
+            .starts_with("UPE: protocol upgrades (websocket) need an HTTP/1.1 upstream"),
+        "{a:?}"
+    );
+    let content_type = a.headers[CONTENT_TYPE].to_str().unwrap();
+    assert!(content_type.starts_with("text/plain"), "{a:?}");
+    assert!(a.headers.get("upgrade").is_none(), "{a:?}");
+    assert_eq!(
+        server.connections(),
+        0,
+        "the upstream was not even connected to"
+    );
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    // The same path without the upgrade goes through.
+    let a = http_get(&app, "/chat", &[]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::OK, "upstream /chat")
+    );
+    assert_eq!(server.requests().len(), 1);
+
+    let series = scrape(&app).await;
+    assert_eq!(
+        count(
+            &series,
+            &[
+                ("destination_service_name", "echo"),
+                ("response_code", "502"),
+                ("response_flags", "UPE"),
+                ("request_protocol", "http"),
+            ]
+        ),
+        1.0,
+        "{series:#?}"
+    );
+    assert_eq!(count(&series, &[]), 2.0, "no other requests: {series:#?}");
 }

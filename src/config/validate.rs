@@ -409,13 +409,20 @@ fn upstream_tls(
         std::fs::read(path).map_err(|e| ("ca_file", format!("cannot read {path}: {e}")))?
     };
     let sni = t.sni.as_deref().unwrap_or(host);
+    let ca_file = t
+        .ca_file
+        .as_deref()
+        .unwrap_or(crate::tls::client::SYSTEM_CA_FILE);
     UpstreamTls::new(
         &ca,
         sni,
         t.insecure_skip_verify,
         protocol == UpstreamProtocol::Http2,
     )
-    .map_err(|e| (e.field, e.message))
+    .map_err(|e| match e.field {
+        "ca_file" => (e.field, format!("{ca_file} {}", e.message)),
+        _ => (e.field, e.message),
+    })
 }
 
 /// What `splitgate validate` and `splitgate run` check on disk beyond [`validate`]: that each

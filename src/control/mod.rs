@@ -270,12 +270,7 @@ impl Control {
         });
         match result {
             Ok((file, effective, dropped)) => {
-                if file.listeners.iter().map(|l| l.addr).ne(st
-                    .effective
-                    .listeners
-                    .iter()
-                    .map(|l| l.addr))
-                {
+                if file.raw.listeners != st.file.listeners {
                     tracing::warn!("listener changes take effect at the next restart");
                 }
                 st.file = file.raw;

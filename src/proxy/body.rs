@@ -50,6 +50,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A failure for canary analysis: a 5xx, or a gRPC status that maps to one (UNKNOWN,
+    /// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), since a gRPC
+    /// failure travels in an HTTP 200.
+    fn failed(&self) -> bool {
+        self.code >= 500 || matches!(self.grpc_status, "2" | "4" | "12" | "13" | "14" | "15")
+    }
+
     /// Records the request with `flags` (`-` when it went well).
     pub fn finish(self, flags: &'static str) {
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
@@ -63,7 +70,7 @@ impl Recorder {
             response_bytes: self.response_bytes,
         });
         if let Some(w) = &self.window {
-            w.record(now_secs(), self.code >= 500, duration_ms);
+            w.record(now_secs(), self.failed(), duration_ms);
         }
     }
 }

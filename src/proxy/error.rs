@@ -23,6 +23,9 @@ pub enum ProxyError {
     /// The client's request body broke off while the gateway was reading it.
     #[error("client body: {0}")]
     ClientBody(#[source] hyper::Error),
+    /// A protocol upgrade (websocket) asked of a service spoken to in HTTP/2.
+    #[error("protocol upgrade to an HTTP/2 upstream")]
+    UpgradeToHttp2,
 }
 
 impl ProxyError {
@@ -35,6 +38,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -47,6 +51,18 @@ impl ProxyError {
             Self::UpstreamTimeout => "UT",
             Self::UpstreamReset(_) => "UC",
             Self::ClientBody(_) => "DC",
+            Self::UpgradeToHttp2 => "UPE",
+        }
+    }
+
+    /// The gRPC status a gRPC client gets (Envoy's mapping of the HTTP status).
+    pub fn grpc_status(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "12",        // UNIMPLEMENTED
+            Self::UpstreamTimeout => "4", // DEADLINE_EXCEEDED
+            Self::ClientBody(_) => "13",  // INTERNAL
+            Self::UpgradeToHttp2 => "13", // INTERNAL
+            _ => "14",                    // UNAVAILABLE
         }
     }
 
@@ -59,6 +75,9 @@ impl ProxyError {
             Self::UpstreamTimeout => "UT: the upstream did not answer in time\n",
             Self::UpstreamReset(_) => "UC: the upstream connection closed before answering\n",
             Self::ClientBody(_) => "DC: the request body broke off\n",
+            Self::UpgradeToHttp2 => {
+                "UPE: protocol upgrades (websocket) need an HTTP/1.1 upstream; this one speaks HTTP/2\n"
+            }
         }
     }
 }

@@ -8,7 +8,8 @@ use crate::metrics::istio::Sample;
 use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
-use crate::upstream::{PooledBody, SendError, UpstreamBody};
+use crate::upstream::{PooledBody, SendError, UpstreamBody, UpstreamProtocol};
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -30,19 +31,21 @@ pub async fn handle(
     let start = Instant::now();
     let rt = shared.load_full();
     let (parts, body) = req.into_parts();
-    let (request_bytes, protocol) = if rt.metrics_enabled {
-        (request_size(&parts), request_protocol(&parts.headers))
+    let protocol = request_protocol(&parts.headers);
+    let request_bytes = if rt.metrics_enabled {
+        request_size(&parts)
     } else {
-        (0, "http")
+        0
     };
+    let grpc = protocol == "grpc";
     let Some(hit) = rt.router.find(&parts) else {
-        let resp = error_response(&ProxyError::NoRoute);
+        let resp = error_response(&ProxyError::NoRoute, grpc);
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
                 flags: ProxyError::NoRoute.flag(),
                 protocol,
-                grpc_status: "",
+                grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,
                 response_bytes: answer_size(&resp),
@@ -79,12 +82,13 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::debug!(flag = e.flag(), error = %e, "request failed");
-            let resp = error_response(&e);
+            let resp = error_response(&e, grpc);
             if let Some(r) = recorder {
                 let (code, response_bytes) = (resp.status().as_u16(), answer_size(&resp));
                 Recorder {
                     code,
                     response_bytes,
+                    grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                     ..r
                 }
                 .finish(e.flag());
@@ -115,6 +119,14 @@ async fn proxy(
     subset: &Subset,
 ) -> Result<(http::response::Parts, PooledBody), ProxyError> {
     let upgrade = headers::is_upgrade(&parts);
+    let h2_upstream = subset
+        .balancer
+        .endpoints()
+        .first()
+        .is_some_and(|e| e.settings().protocol == UpstreamProtocol::Http2);
+    if upgrade && h2_upstream {
+        return Err(ProxyError::UpgradeToHttp2);
+    }
     let client_upgrade = if upgrade {
         parts.extensions.remove::<OnUpgrade>()
     } else {
@@ -249,7 +261,21 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
 }
 
 /// The gateway's own answer for a failure.
-pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+/// The gateway's own answer for a failure. A gRPC client gets it in gRPC form, as Envoy sends
+/// it: HTTP 200, no body, and the failure in `grpc-status` and `grpc-message`.
+pub fn error_response(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {
+    if grpc {
+        let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(e.grpc_status()));
+        let message = e.body().trim_end();
+        h.insert("grpc-message", HeaderValue::from_static(message));
+        return resp;
+    }
     let mut resp = Response::new(ProxyBody::fixed(e.body()));
     *resp.status_mut() = e.status();
     resp.headers_mut().insert(

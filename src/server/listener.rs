@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -233,39 +233,55 @@ async fn accept_loop(
                     )
                     .await
                 }
+                // Boxed: a TLS stream is large, and plain connections need not reserve room
+                // for it.
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    let accepted = tokio::select! {
-                        r = handshake => r,
-                        _ = stop.changed() => Ok(Err(std::io::ErrorKind::Interrupted.into())),
-                    };
-                    match accepted {
-                        Ok(Ok(stream)) => {
-                            serve(
-                                TokioIo::new(stream),
-                                peer,
-                                &builder,
-                                runtime,
-                                conn,
-                                &mut stop,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => {
-                            own.tls_handshake_errors.inc();
-                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            own.tls_handshake_errors.inc();
-                            tracing::debug!(client = %peer, "TLS handshake timed out");
-                        }
-                    }
+                    let tls = serve_tls(acceptor, stream, peer, &builder, runtime, conn, &mut stop);
+                    Box::pin(tls).await
                 }
             }
             own.active_connections.dec();
             drop(stop);
         });
+    }
+}
+
+/// Completes a client's TLS handshake, then serves the connection.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    runtime: SharedRuntime,
+    conn: Arc<ConnInfo>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let own = runtime.load().hub.own.clone();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        // A client that connects and leaves without a byte (a TCP health check, a port probe,
+        // closing or resetting) has not tried a handshake.
+        match stream.peek(&mut [0u8; 1]).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(acceptor.accept(stream).await),
+        }
+    });
+    let accepted = tokio::select! {
+        r = handshake => r,
+        _ = stop.changed() => return,
+    };
+    match accepted {
+        Ok(None) => {}
+        Ok(Some(Ok(stream))) => {
+            serve(TokioIo::new(stream), peer, builder, runtime, conn, stop).await
+        }
+        Ok(Some(Err(e))) => {
+            own.tls_handshake_errors.inc();
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            own.tls_handshake_errors.inc();
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+        }
     }
 }
 

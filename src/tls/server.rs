@@ -304,6 +304,9 @@ impl CertStore {
             match parse_pair(&slot.paths, &cert, &key) {
                 Ok(loaded) => {
                     tracing::info!(listener = %self.listener, cert_file, serial = %loaded.info.serial, not_after = %loaded.info.not_after, "certificate reloaded");
+                    if loaded.info.expired() {
+                        tracing::warn!(listener = %self.listener, cert_file, not_after = %loaded.info.not_after, "the new certificate has expired; serving it anyway");
+                    }
                     slot.serving = loaded;
                     slot.last_error = None;
                     replaced += 1;

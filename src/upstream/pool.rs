@@ -280,7 +280,9 @@ impl Endpoint {
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(s) => (s, true),
-                None => match self.connect().await {
+                // Boxed: connecting (TCP, TLS, handshake) is rare and its future is large, and
+                // every request's future would otherwise reserve room for it, idle or not.
+                None => match Box::pin(self.connect()).await {
                     Ok(s) => (s, false),
                     Err(reason) => {
                         return Err(SendError::Connect {
