@@ -67,7 +67,7 @@ impl UpstreamTls {
         let mut config = if insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate::new()))
                 .with_no_client_auth()
         } else {
             builder
@@ -114,9 +114,23 @@ fn roots(ca_pem: &[u8]) -> Result<RootCertStore, TlsSettingError> {
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but the handshake's signatures are
-/// still checked, so the connection is encrypted to whoever holds the presented key.
+/// still checked, so the connection is encrypted to whoever holds the presented key. (Tests
+/// use it too, to see which certificate a server presents.)
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub struct AnyCertificate(Arc<CryptoProvider>);
+
+impl AnyCertificate {
+    /// A verifier on the same provider as every TLS config here.
+    pub fn new() -> Self {
+        AnyCertificate(Arc::new(provider()))
+    }
+}
+
+impl Default for AnyCertificate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

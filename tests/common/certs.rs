@@ -82,13 +82,7 @@ impl TestCa {
 /// A self-signed certificate for `names`.
 pub fn self_signed(names: &[&str]) -> Pair {
     let (p, serial) = params(names, names.first().copied().unwrap_or("self"));
-    let key = KeyPair::generate().expect("key");
-    let cert = p.self_signed(&key).expect("cert");
-    Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        serial,
-    }
+    sign_self(p, serial)
 }
 
 /// A self-signed certificate for `names` whose validity ended in 2020.
@@ -96,6 +90,10 @@ pub fn expired(names: &[&str]) -> Pair {
     let (mut p, serial) = params(names, names.first().copied().unwrap_or("expired"));
     p.not_before = rcgen::date_time_ymd(2019, 1, 1);
     p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    sign_self(p, serial)
+}
+
+fn sign_self(p: CertificateParams, serial: String) -> Pair {
     let key = KeyPair::generate().expect("key");
     let cert = p.self_signed(&key).expect("cert");
     Pair {
