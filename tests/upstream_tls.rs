@@ -1061,6 +1061,32 @@ async fn the_client_host_becomes_the_h2_authority_with_no_host_header() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_moved_on_from_a_dead_endpoint_keeps_the_client_host_as_authority() {
+    let server = spawn_server(Proto::H2, None).await;
+    let dead = dead_addr().await;
+    let policy = Policy {
+        protocol: Some("http2"),
+        ..Policy::default()
+    };
+    // Round robin starts every other request at the dead endpoint; those move on to the live one.
+    let yaml = config(server.addr, &policy).replace(
+        &format!("[\"{}\"]", server.addr),
+        &format!("[\"{dead}\", \"{}\"]", server.addr),
+    );
+    let app = spawn_app(&yaml).await;
+    let host = "api.example.com";
+    for _ in 0..4 {
+        let a = http_get(&app, "/moved", &[("host", host)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    }
+    let seen = server.requests();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.uri.authority().map(|a| a.as_str()), Some(host), "{s:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 9. The gateway's own answers to gRPC calls (as Envoy gives them), and upgrades to an HTTP/2
 //    upstream.

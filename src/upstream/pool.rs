@@ -249,17 +249,19 @@ impl Endpoint {
 
     /// HTTP/2 carries the scheme and host in the request's URI (`:scheme`, `:authority`).
     fn to_h2(&self, req: &mut Request<UpstreamBody>) {
-        let authority = req
-            .headers_mut()
-            .remove(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .or_else(|| Authority::try_from(self.addr.to_string()).ok());
+        let host = req.headers_mut().remove(header::HOST);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        // A request handed on from an endpoint that could not be reached is already in this
+        // form: its authority stays the client's host.
+        if parts.authority.is_none() {
+            parts.authority = host
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .or_else(|| Authority::try_from(self.addr.to_string()).ok());
+        }
         parts.scheme = Some(match self.settings.tls {
             Some(_) => Scheme::HTTPS,
             None => Scheme::HTTP,
         });
-        parts.authority = authority;
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
