@@ -154,7 +154,10 @@ fn server_builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_headers(128);
+        .max_headers(128)
+        // One buffer per write (head and body together) rather than a gather write: measured
+        // 7% more requests per CPU second on small answers (BENCHMARKS.md).
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)

@@ -224,7 +224,9 @@ impl Endpoint {
         };
         match self.settings.protocol {
             UpstreamProtocol::Http1 => {
+                // One buffer per write, as on the listener side.
                 let (sender, conn) = http1::Builder::new()
+                    .writev(false)
                     .handshake(io)
                     .await
                     .map_err(|e| e.to_string())?;
