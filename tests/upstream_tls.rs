@@ -364,6 +364,15 @@ async fn gateway(server: &Server, policy: &Policy<'_>) -> TestApp {
     spawn_app(&config(server.addr, policy)).await
 }
 
+/// A gateway speaking h2c to `server`.
+async fn h2c_gateway(server: &Server) -> TestApp {
+    let policy = Policy {
+        protocol: Some("http2"),
+        ..Policy::default()
+    };
+    gateway(server, &policy).await
+}
+
 /// Rewrites `app`'s config file for `server` with `policy` and reloads it through the admin API
 /// (which answers once the new config is live).
 async fn reload(app: &TestApp, server: &Server, policy: &Policy<'_>) {
@@ -914,14 +923,7 @@ fn validate_checks_upstream_tls_and_protocol() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_h2c_upstream_keeps_bodies_and_trailers_on_one_connection() {
     let server = spawn_server(Proto::H2, None).await;
-    let app = gateway(
-        &server,
-        &Policy {
-            protocol: Some("http2"),
-            ..Policy::default()
-        },
-    )
-    .await;
+    let app = h2c_gateway(&server).await;
     let h2 = h2_to(&app).await;
     assert_grpc_echo(&h2).await;
     assert_multiplexed(&h2, &server).await;
@@ -961,14 +963,7 @@ async fn grpc_over_h2_tls_upstream_negotiates_h2_by_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_counted_with_protocol_grpc_and_their_grpc_status() {
     let server = spawn_server(Proto::H2, None).await;
-    let app = gateway(
-        &server,
-        &Policy {
-            protocol: Some("http2"),
-            ..Policy::default()
-        },
-    )
-    .await;
+    let app = h2c_gateway(&server).await;
     let h2 = h2_to(&app).await;
     for reply in [
         "trailers=0",
@@ -1022,14 +1017,7 @@ async fn grpc_calls_are_counted_with_protocol_grpc_and_their_grpc_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_host_becomes_the_h2_authority_with_no_host_header() {
     let server = spawn_server(Proto::H2, None).await;
-    let app = gateway(
-        &server,
-        &Policy {
-            protocol: Some("http2"),
-            ..Policy::default()
-        },
-    )
-    .await;
+    let app = h2c_gateway(&server).await;
 
     // HTTP/1.1 client: its Host header.
     let host = "api.example.com:8443";
@@ -1301,14 +1289,7 @@ async fn grpc_calls_past_the_route_timeout_get_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_to_an_http2_service_is_refused_with_502_upe() {
     let server = spawn_server(Proto::H2, None).await;
-    let app = gateway(
-        &server,
-        &Policy {
-            protocol: Some("http2"),
-            ..Policy::default()
-        },
-    )
-    .await;
+    let app = h2c_gateway(&server).await;
     let upgrade = [
         ("connection", "Upgrade"),
         ("upgrade", "websocket"),
