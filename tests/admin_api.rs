@@ -833,24 +833,12 @@ async fn api_weights_survive_a_reload_of_new_file_weights() {
 
 /// A config whose service `svc` has only the `stable` subset.
 fn stable_only_config(stable: SocketAddr) -> String {
-    format!(
-        "listeners:
-  - name: http
-    address: 127.0.0.1:0
-services:
-  svc:
-    namespace: default
-    host: svc.default.svc.cluster.local
-    subsets:
-      stable: {{ labels: {{ version: v1 }}, endpoints: [\"{stable}\"] }}
-routes:
-  - name: main
-    hosts: [\"*\"]
-    http:
-      - name: primary
+    svc_config(
+        &format!("      stable: {{ labels: {{ version: v1 }}, endpoints: [\"{stable}\"] }}\n"),
+        "      - name: primary
         route:
-          - {{ destination: {{ service: svc, subset: stable }}, weight: 100 }}
-"
+          - { destination: { service: svc, subset: stable }, weight: 100 }
+",
     )
 }
 

@@ -437,25 +437,8 @@ struct FileVersion {
 
 fn churn_yaml(stable: SocketAddr, canary: SocketAddr, v: FileVersion) -> String {
     let lane_subset = if v.broken { "nonexistent" } else { "canary" };
-    format!(
-        "listeners:
-  - name: http
-    address: 127.0.0.1:0
-admin: {{ address: \"127.0.0.1:0\" }}
-readiness: {{ address: \"127.0.0.1:0\" }}
-metrics: {{ address: \"127.0.0.1:0\" }}
-services:
-  svc:
-    namespace: default
-    host: svc.default.svc.cluster.local
-    subsets:
-      stable: {{ labels: {{ version: v1 }}, endpoints: [\"{stable}\"] }}
-      canary: {{ labels: {{ version: v2 }}, endpoints: [\"{canary}\"] }}
-routes:
-  - name: main
-    hosts: [\"*\"]
-    http:
-      - name: lane-b
+    let rules = format!(
+        "      - name: lane-b
         match:
           - headers: {{ x-lane: {{ exact: b }} }}
         route:
@@ -473,7 +456,8 @@ routes:
         ps = 100 - v.primary_canary,
         pc = v.primary_canary,
         t = v.timeout_s,
-    )
+    );
+    with_free_admin(&two_subset_config(stable, canary, &rules))
 }
 
 /// 200 API weight changes, one `DELETE …/overrides` and 20 file rewrites (10 editor-style
@@ -702,46 +686,23 @@ async fn zero_failures_under_churn() {
 
 fn alpha_beta_yaml(alpha: Option<SocketAddr>, beta: SocketAddr, alpha_weight: u32) -> String {
     match alpha {
-        Some(alpha) => format!(
-            "listeners:
-  - name: http
-    address: 127.0.0.1:0
-services:
-  svc:
-    namespace: default
-    host: svc.default.svc.cluster.local
-    subsets:
-      alpha: {{ endpoints: [\"{alpha}\"] }}
-      beta: {{ endpoints: [\"{beta}\"] }}
-routes:
-  - name: main
-    hosts: [\"*\"]
-    http:
-      - name: primary
+        Some(alpha) => svc_config(
+            &(subset("alpha", alpha) + &subset("beta", beta)),
+            &format!(
+                "      - name: primary
         route:
           - {{ destination: {{ service: svc, subset: alpha }}, weight: {alpha_weight} }}
           - {{ destination: {{ service: svc, subset: beta }}, weight: {bw} }}
 ",
-            bw = 100 - alpha_weight
+                bw = 100 - alpha_weight
+            ),
         ),
-        None => format!(
-            "listeners:
-  - name: http
-    address: 127.0.0.1:0
-services:
-  svc:
-    namespace: default
-    host: svc.default.svc.cluster.local
-    subsets:
-      beta: {{ endpoints: [\"{beta}\"] }}
-routes:
-  - name: main
-    hosts: [\"*\"]
-    http:
-      - name: primary
+        None => svc_config(
+            &subset("beta", beta),
+            "      - name: primary
         route:
-          - destination: {{ service: svc, subset: beta }}
-"
+          - destination: { service: svc, subset: beta }
+",
         ),
     }
 }
@@ -875,15 +836,7 @@ async fn conn_get(conn: &mut Conn, authority: &str) -> (StatusCode, String) {
 async fn keepalive_connection_uses_new_config_next_request() {
     let stable = spawn_upstream("stable", Behavior::Name).await;
     let canary = spawn_upstream("canary", Behavior::Name).await;
-    let rules = |s: u32, c: u32| {
-        format!(
-            "      - name: primary
-        route:
-          - {{ destination: {{ service: svc, subset: stable }}, weight: {s} }}
-          - {{ destination: {{ service: svc, subset: canary }}, weight: {c} }}
-"
-        )
-    };
+    let rules = primary_rule;
     let app = spawn_app(&two_subset_config(stable.addr, canary.addr, &rules(100, 0))).await;
     let admin_client = http1_client();
 
@@ -952,13 +905,7 @@ async fn file_change_applies_quickly() {
         with_free_admin(&two_subset_config(
             stable.addr,
             canary.addr,
-            &format!(
-                "      - name: primary
-        route:
-          - {{ destination: {{ service: svc, subset: stable }}, weight: {s} }}
-          - {{ destination: {{ service: svc, subset: canary }}, weight: {c} }}
-"
-            ),
+            &primary_rule(s, c),
         ))
     };
     let app = spawn_app(&yaml(100, 0)).await;
@@ -1215,13 +1162,7 @@ async fn invalid_file_under_load_is_rejected_and_traffic_unchanged() {
         with_free_admin(&two_subset_config(
             stable.addr,
             canary.addr,
-            &format!(
-                "      - name: primary
-        route:
-          - {{ destination: {{ service: svc, subset: stable }}, weight: {s} }}
-          - {{ destination: {{ service: svc, subset: canary }}, weight: {c} }}
-"
-            ),
+            &primary_rule(s, c),
         ))
     };
     let app = spawn_app(&yaml(100, 0)).await;
@@ -1298,13 +1239,7 @@ async fn edit_behind_a_symlink_into_another_directory_applies_quickly() {
         with_free_admin(&two_subset_config(
             stable.addr,
             canary.addr,
-            &format!(
-                "      - name: primary
-        route:
-          - {{ destination: {{ service: svc, subset: stable }}, weight: {s} }}
-          - {{ destination: {{ service: svc, subset: canary }}, weight: {c} }}
-"
-            ),
+            &primary_rule(s, c),
         ))
     };
     let dir = temp_dir("symlinked");

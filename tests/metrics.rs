@@ -1892,18 +1892,7 @@ async fn analysis_agrees_with_the_traffic_sent() {
     let idle = spawn_upstream("idle", Behavior::Name).await;
     let spare = spawn_upstream("spare", Behavior::Name).await;
     let dead = dead_addr().await;
-    let mut yaml = String::from(
-        "listeners:
-  - name: http
-    address: 127.0.0.1:0
-services:
-  svc:
-    namespace: default
-    host: svc.default.svc.cluster.local
-    subsets:
-",
-    );
-    for (name, addr) in [
+    let subsets: String = [
         ("stable", stable.addr),
         ("canary", canary.addr),
         ("slow", slow.addr),
@@ -1911,12 +1900,13 @@ services:
         ("idle", idle.addr),
         ("spare", spare.addr),
         ("dead", dead),
-    ] {
-        yaml.push_str(&format!("      {name}: {{ endpoints: [\"{addr}\"] }}\n"));
-    }
-    yaml.push_str("routes:\n  - name: main\n    hosts: [\"*\"]\n    http:\n");
+    ]
+    .iter()
+    .map(|(name, addr)| subset(name, *addr))
+    .collect();
+    let mut rules = String::new();
     for to in ["canary", "slow", "mixed", "spare", "dead"] {
-        yaml.push_str(&format!(
+        rules.push_str(&format!(
             "      - name: {to}
         match: [ {{ headers: {{ x-to: {{ exact: {to} }} }} }} ]
         route: [ {{ destination: {{ service: svc, subset: {to} }} }} ]
@@ -1924,13 +1914,14 @@ services:
         ));
     }
     // `idle` has weight 0: part of the route, never picked.
-    yaml.push_str(
+    rules.push_str(
         "      - name: primary
         route:
           - { destination: { service: svc, subset: stable }, weight: 100 }
           - { destination: { service: svc, subset: idle }, weight: 0 }
 ",
     );
+    let yaml = svc_config(&subsets, &rules);
     let app = spawn_app(&yaml).await;
     let client = http1_client();
     let sent = [

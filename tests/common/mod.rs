@@ -266,9 +266,10 @@ pub async fn spawn_gateway(yaml: &str) -> TestGateway {
     }
 }
 
-/// A two-subset config: service `svc` with subsets `stable` and `canary`, one route `main` on `*`
-/// whose rules are given as YAML (indented under `http:`).
-pub fn two_subset_config(stable: SocketAddr, canary: SocketAddr, rules: &str) -> String {
+/// A config with one service `svc` whose subsets are the YAML lines `subsets` (see
+/// [`subset`]), and one route `main` on `*` whose rules are given as YAML (indented under
+/// `http:`).
+pub fn svc_config(subsets: &str, rules: &str) -> String {
     format!(
         "listeners:
   - name: http
@@ -278,13 +279,40 @@ services:
     namespace: default
     host: svc.default.svc.cluster.local
     subsets:
-      stable: {{ labels: {{ version: v1 }}, endpoints: [\"{stable}\"] }}
-      canary: {{ labels: {{ version: v2 }}, endpoints: [\"{canary}\"] }}
-routes:
+{subsets}routes:
   - name: main
     hosts: [\"*\"]
     http:
 {rules}"
+    )
+}
+
+/// One line under `subsets:`: `name` at `addr`, with no labels.
+pub fn subset(name: &str, addr: SocketAddr) -> String {
+    format!("      {name}: {{ endpoints: [\"{addr}\"] }}\n")
+}
+
+/// A two-subset config: service `svc` with subsets `stable` (version v1) and `canary` (v2), one
+/// route `main` on `*` whose rules are given as YAML (indented under `http:`).
+pub fn two_subset_config(stable: SocketAddr, canary: SocketAddr, rules: &str) -> String {
+    svc_config(
+        &format!(
+            "      stable: {{ labels: {{ version: v1 }}, endpoints: [\"{stable}\"] }}
+      canary: {{ labels: {{ version: v2 }}, endpoints: [\"{canary}\"] }}
+"
+        ),
+        rules,
+    )
+}
+
+/// Rule `primary`: `stable` and `canary` of `svc` at the given weights.
+pub fn primary_rule(stable: u32, canary: u32) -> String {
+    format!(
+        "      - name: primary
+        route:
+          - {{ destination: {{ service: svc, subset: stable }}, weight: {stable} }}
+          - {{ destination: {{ service: svc, subset: canary }}, weight: {canary} }}
+"
     )
 }
 
