@@ -5,7 +5,7 @@ use crate::metrics::hub::MetricsHub;
 use crate::metrics::istio::DestinationMetrics;
 use crate::routing::Router;
 use crate::split::Target;
-use crate::upstream::Balancer;
+use crate::upstream::{Balancer, UpstreamProtocol};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub struct Subset {
     pub workload: Box<str>,
     /// Its endpoints and how one is picked.
     pub balancer: Balancer,
+    /// What its endpoints are spoken to in (its service's `policy.protocol`).
+    pub protocol: UpstreamProtocol,
     /// Its Istio series.
     pub metrics: Arc<DestinationMetrics>,
 }

@@ -71,6 +71,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
                             labels: sub.labels.clone(),
                             workload: sub.workload.as_str().into(),
                             balancer: Balancer::new(endpoints, s.load_balancer),
+                            protocol: s.protocol,
                             metrics,
                         }
                     })

@@ -119,12 +119,7 @@ async fn proxy(
     subset: &Subset,
 ) -> Result<(http::response::Parts, PooledBody), ProxyError> {
     let upgrade = headers::is_upgrade(&parts);
-    let h2_upstream = subset
-        .balancer
-        .endpoints()
-        .first()
-        .is_some_and(|e| e.settings().protocol == UpstreamProtocol::Http2);
-    if upgrade && h2_upstream {
+    if upgrade && subset.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::UpgradeToHttp2);
     }
     let client_upgrade = if upgrade {
