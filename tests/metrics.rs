@@ -10,23 +10,16 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// A sample's labels, in order.
@@ -431,38 +424,6 @@ fn write_by_rename(path: &Path, yaml: &str) {
 /// A `metrics:` section on a free port with extra settings (YAML lines indented by two).
 fn metrics_section(extra: &str) -> String {
     format!("metrics:\n  address: \"127.0.0.1:0\"\n{extra}")
-}
-
-/// Starts an upstream that answers 503 to every `k`-th request (counting from 1) and
-/// `200 mixed\n` to the others. Returns its address and how many requests it received.
-async fn spawn_every_kth_fails(k: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(AtomicUsize::new(0));
-    let counter = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| {
-                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                    let status = if n % k == 0 { 503 } else { 200 };
-                    let resp = Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::from_static(b"mixed\n")))
-                        .unwrap();
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, received)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1888,7 +1849,15 @@ async fn analysis_agrees_with_the_traffic_sent() {
     let stable = spawn_upstream("stable", Behavior::Name).await;
     let canary = spawn_upstream("canary", Behavior::Status(503)).await;
     let slow = spawn_upstream("slow", Behavior::Slow(Duration::from_millis(50))).await;
-    let (mixed, mixed_seen) = spawn_every_kth_fails(4).await;
+    let mixed = spawn_upstream(
+        "mixed",
+        Behavior::FailEvery {
+            k: 4,
+            status: 503,
+            delay: Duration::ZERO,
+        },
+    )
+    .await;
     let idle = spawn_upstream("idle", Behavior::Name).await;
     let spare = spawn_upstream("spare", Behavior::Name).await;
     let dead = dead_addr().await;
@@ -1896,7 +1865,7 @@ async fn analysis_agrees_with_the_traffic_sent() {
         ("stable", stable.addr),
         ("canary", canary.addr),
         ("slow", slow.addr),
-        ("mixed", mixed),
+        ("mixed", mixed.addr),
         ("idle", idle.addr),
         ("spare", spare.addr),
         ("dead", dead),
@@ -1938,7 +1907,7 @@ async fn analysis_agrees_with_the_traffic_sent() {
             assert!(a.status == 200 || a.status == 503, "{to}: {}", a.status);
         }
     }
-    assert_eq!(mixed_seen.load(Ordering::SeqCst), 20);
+    assert_eq!(mixed.count(), 20);
     assert_eq!((idle.count(), spare.count()), (0, 0));
 
     let (status, a) = admin(

@@ -8,22 +8,14 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpListener;
 
 /// Latency the canary adds to every answer.
 const CANARY_DELAY: Duration = Duration::from_millis(30);
@@ -41,43 +33,6 @@ const HOST: &str = "svc.default.svc.cluster.local";
 
 // ---------------------------------------------------------------------------------------------
 // The canary upstream: a fixed delay, and 500 for exactly every 4th request.
-
-/// Starts the canary: each answer waits `CANARY_DELAY`; request number n (from 1) gets 500 when
-/// n is a multiple of 4, else 200. Returns its address and its request counter.
-async fn spawn_flaky_canary() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let counter = Arc::new(AtomicUsize::new(0));
-    let count = counter.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let count = count.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| {
-                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                    async move {
-                        tokio::time::sleep(CANARY_DELAY).await;
-                        let status = if n % 4 == 0 { 500 } else { 200 };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .header("x-subset", "canary")
-                                .body(Full::new(Bytes::from_static(b"canary\n")))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, counter)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus as a child process.
@@ -410,7 +365,17 @@ fn check(reporter: &str, m: &Measured) {
 async fn prometheus_scrapes_istio_metrics_that_istio_promql_understands() {
     let started = Instant::now();
     let stable = spawn_upstream("stable", Behavior::Name).await;
-    let (canary_addr, canary_count) = spawn_flaky_canary().await;
+    // Each answer waits `CANARY_DELAY`; every 4th request gets 500.
+    let canary = spawn_upstream(
+        "canary",
+        Behavior::FailEvery {
+            k: 4,
+            status: 500,
+            delay: CANARY_DELAY,
+        },
+    )
+    .await;
+    let canary_addr = canary.addr;
     let rules = "      - name: canary-by-header
         match:
           - headers: { x-canary: { exact: always } }
@@ -479,7 +444,7 @@ async fn prometheus_scrapes_istio_metrics_that_istio_promql_understands() {
         BTreeMap::from([(200, PER_SUBSET * 3 / 4), (500, PER_SUBSET / 4)])
     );
     assert_eq!(stable.count(), PER_SUBSET);
-    assert_eq!(canary_count.load(Ordering::SeqCst), PER_SUBSET);
+    assert_eq!(canary.count(), PER_SUBSET);
 
     // Poll until every request is in Prometheus, for both reporters (bounded).
     let deadline = Instant::now() + Duration::from_secs(30);

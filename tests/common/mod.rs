@@ -41,6 +41,13 @@ pub enum Behavior {
     CountBody,
     /// Streams `?bytes=N` deterministic bytes (see `pattern_byte`).
     Generate,
+    /// Waits `delay`, then answers like `Status(status)` to every `k`-th request (counting
+    /// from 1) and like `Name` to the others.
+    FailEvery {
+        k: usize,
+        status: u16,
+        delay: Duration,
+    },
 }
 
 /// A running test upstream.
@@ -115,9 +122,11 @@ pub fn generated_body(len: u64) -> TestBody {
     StreamBody::new(stream).boxed()
 }
 
+/// The answer to request number `n` (from 1).
 async fn answer(
     name: &'static str,
     behavior: Behavior,
+    n: usize,
     req: Request<Incoming>,
 ) -> Response<TestBody> {
     let named = |status: u16| {
@@ -133,6 +142,10 @@ async fn answer(
         Behavior::Slow(d) => {
             tokio::time::sleep(d).await;
             named(200)
+        }
+        Behavior::FailEvery { k, status, delay } => {
+            tokio::time::sleep(delay).await;
+            named(if n % k == 0 { status } else { 200 })
         }
         Behavior::CountBody => {
             let mut body = req.into_body();
@@ -177,14 +190,18 @@ pub async fn spawn_upstream(name: &'static str, behavior: Behavior) -> Upstream 
             let (log, behavior) = (log.clone(), behavior.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    log.lock().unwrap().push(Seen {
-                        method: req.method().clone(),
-                        uri: req.uri().clone(),
-                        version: req.version(),
-                        headers: req.headers().clone(),
-                    });
+                    let n = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Seen {
+                            method: req.method().clone(),
+                            uri: req.uri().clone(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        log.len()
+                    };
                     let behavior = behavior.clone();
-                    async move { Ok::<_, Infallible>(answer(name, behavior, req).await) }
+                    async move { Ok::<_, Infallible>(answer(name, behavior, n, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
