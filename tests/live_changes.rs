@@ -212,21 +212,6 @@ impl ConfigMapDir {
     }
 }
 
-/// Starts the whole gateway from an existing config file (the layout is the caller's).
-async fn start_app_at(dir: PathBuf, config_path: PathBuf) -> TestApp {
-    let config = splitgate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let app = splitgate::app::App::start(config, Some(config_path.clone()))
-        .await
-        .unwrap();
-    let addr = app.gateway.local_addrs()[0].1;
-    TestApp {
-        app,
-        addr,
-        dir,
-        config_path,
-    }
-}
-
 /// Median of some durations.
 fn p50(mut d: Vec<Duration>) -> Duration {
     d.sort();

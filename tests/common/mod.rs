@@ -506,6 +506,12 @@ pub async fn spawn_app_in(dir: std::path::PathBuf, yaml: &str) -> TestApp {
     let config_path = dir.join("config.yaml");
     let yaml = with_free_admin(yaml);
     std::fs::write(&config_path, &yaml).unwrap();
+    start_app_at(dir, config_path).await
+}
+
+/// Starts the whole gateway from an existing config file (the layout is the caller's), watched
+/// for changes.
+pub async fn start_app_at(dir: std::path::PathBuf, config_path: std::path::PathBuf) -> TestApp {
     let config = splitgate::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
     let app = splitgate::app::App::start(config, Some(config_path.clone()))
         .await
