@@ -3,7 +3,7 @@
 
 use crate::metrics::analysis::{now_secs, Window};
 use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
-use crate::upstream::PooledBody;
+use crate::upstream::{BoxError, PooledBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -117,12 +117,12 @@ impl Drop for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),

@@ -19,7 +19,7 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The upstream connection broke before the response headers.
     #[error("upstream reset: {0}")]
-    UpstreamReset(#[source] hyper::Error),
+    UpstreamReset(#[source] crate::upstream::BoxError),
     /// The client's request body broke off while the gateway was reading it.
     #[error("client body: {0}")]
     ClientBody(#[source] hyper::Error),

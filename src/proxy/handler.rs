@@ -8,6 +8,7 @@ use crate::metrics::istio::Sample;
 use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
+use crate::upstream::h1::Io;
 use crate::upstream::{PooledBody, SendError, UpstreamBody, UpstreamProtocol};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -17,6 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::AsyncWriteExt;
 
 /// Endpoints of a subset tried in turn when connecting fails (Istio retries connect failures).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -212,6 +214,7 @@ pub(crate) async fn forward(
         match endpoint.send(req).await {
             Ok(resp) => return Ok(resp),
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
+            Err(SendError::ClientBody(e)) => return Err(ProxyError::ClientBody(e)),
             Err(SendError::Connect {
                 endpoint,
                 reason,
@@ -229,12 +232,10 @@ fn respond(
     resp: Response<PooledBody>,
     client_upgrade: Option<OnUpgrade>,
 ) -> (http::response::Parts, PooledBody) {
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let (Some(client), Some(upstream)) =
-            (client_upgrade, parts.extensions.remove::<OnUpgrade>())
-        {
+        if let (Some(client), Some(upstream)) = (client_upgrade, body.take_upgrade()) {
             tokio::spawn(tunnel(client, upstream));
         }
     }
@@ -243,13 +244,16 @@ fn respond(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (websocket and the like).
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+/// `early` holds what the upstream sent right behind its 101 head.
+async fn tunnel(client: OnUpgrade, (mut upstream, early): (Io, Bytes)) {
+    let Ok(client) = client.await else {
         return;
     };
-    let result =
-        tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+    let mut client = TokioIo::new(client);
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return;
+    }
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }

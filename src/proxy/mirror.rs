@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderValue, Request};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub async fn tee(
     if body.is_end_stream() {
         return Ok((
             UpstreamBody::Stream(body),
-            Some(UpstreamBody::Buffered(Full::default())),
+            Some(UpstreamBody::Buffered(None)),
         ));
     }
     let small = parts
@@ -47,8 +47,8 @@ pub async fn tee(
         .map_err(ProxyError::ClientBody)?
         .to_bytes();
     Ok((
-        UpstreamBody::Buffered(Full::new(bytes.clone())),
-        Some(UpstreamBody::Buffered(Full::new(bytes))),
+        UpstreamBody::buffered(bytes.clone()),
+        Some(UpstreamBody::buffered(bytes)),
     ))
 }
 

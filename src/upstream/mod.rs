@@ -1,9 +1,11 @@
 //! Upstream endpoints: connection pools and load balancing.
 
 pub mod balance;
+pub mod h1;
 pub mod pool;
 
 pub use balance::{Balancer, LoadBalancer};
 pub use pool::{
-    Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody, UpstreamProtocol,
+    BoxError, Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody,
+    UpstreamProtocol,
 };

@@ -1,20 +1,21 @@
 //! One endpoint's connections: a pool of kept-alive HTTP/1.1 connections, or one multiplexed
 //! HTTP/2 connection, in the clear or over TLS.
 //!
-//! HTTP/1.1 requests keep the origin-form URI they arrived with, so nothing is rebuilt per
-//! request. A connection goes back to the pool when its response body ends; a request that an
-//! idle connection closed under it (it was never written) is retried on another connection.
+//! HTTP/1.1 exchanges run in the request's own task (`h1`), and requests keep the origin-form
+//! URI they arrived with, so nothing is rebuilt per request. A connection goes back to the pool
+//! when its response body ends. An idempotent request whose pooled connection the upstream
+//! closed before answering (typically an idle timeout racing the request) is sent once more, on
+//! another connection.
 
+use super::h1;
 use crate::tls::UpstreamTls;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{header, Uri, Version};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
-use hyper::rt::{Read, Write};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -57,8 +58,14 @@ pub enum SendError {
     },
     /// The connection failed after the request was (partly) written.
     #[error("upstream reset: {0}")]
-    Reset(#[source] hyper::Error),
+    Reset(#[source] BoxError),
+    /// The client's request body broke off before the response.
+    #[error("client body: {0}")]
+    ClientBody(#[source] hyper::Error),
 }
+
+/// A boxed error, as body errors travel.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a service's endpoints are spoken to in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -83,45 +90,13 @@ pub struct PoolSettings {
     pub tls: Option<UpstreamTls>,
 }
 
-/// A connection's request sender.
-#[derive(Debug)]
-enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
-}
-
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    async fn ready(&mut self) -> Result<(), hyper::Error> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    async fn try_send(
-        &mut self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
-        match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-        }
-    }
-}
-
 /// One upstream address and its idle connections (for HTTP/2: its one shared connection).
 #[derive(Debug)]
 pub struct Endpoint {
     addr: EndpointAddr,
     settings: PoolSettings,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<h1::Conn>>,
+    shared: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     in_flight: AtomicUsize,
 }
 
@@ -132,6 +107,7 @@ impl Endpoint {
             addr,
             settings,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -151,45 +127,38 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Idle pooled connections right now.
+    /// Idle pooled connections right now (an open HTTP/2 connection counts as one).
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        let h1 = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        let h2 = self
+            .shared
+            .lock()
+            .map(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
+            .unwrap_or(false);
+        h1 + usize::from(h2)
     }
 
-    /// An idle HTTP/1.1 connection, taken out of the pool; or a handle on the shared HTTP/2 one.
-    fn take_idle(&self) -> Option<Sender> {
+    /// An idle HTTP/1.1 connection that is still open, taken out of the pool.
+    fn take_idle(&self) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().ok()?;
-        match self.settings.protocol {
-            UpstreamProtocol::Http1 => {
-                while let Some(s) = idle.pop() {
-                    if !s.is_closed() {
-                        return Some(s);
-                    }
-                }
-                None
+        while let Some(mut c) = idle.pop() {
+            if c.is_usable() {
+                return Some(c);
             }
-            UpstreamProtocol::Http2 => match idle.first() {
-                Some(Sender::H2(s)) if !s.is_closed() => Some(Sender::H2(s.clone())),
-                _ => {
-                    idle.clear();
-                    None
-                }
-            },
         }
+        None
     }
 
-    fn put_idle(&self, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put_idle(&self, conn: h1::Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.settings.max_idle {
-                idle.push(sender);
+                idle.push(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Sender, String> {
+    /// A TCP (and TLS) connection, within the connect timeout.
+    async fn connect(&self) -> Result<h1::Io, String> {
         let timeout = self.settings.connect_timeout;
         let connect = async {
             let stream = match &self.addr {
@@ -199,14 +168,14 @@ impl Endpoint {
             .map_err(|e| e.to_string())?;
             stream.set_nodelay(true).map_err(|e| e.to_string())?;
             match &self.settings.tls {
-                None => self.handshake(TokioIo::new(stream)).await,
+                None => Ok(h1::Io::Plain(stream)),
                 Some(tls) => {
                     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                     let stream = connector
                         .connect(tls.server_name.clone(), stream)
                         .await
                         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                    self.handshake(TokioIo::new(stream)).await
+                    Ok(h1::Io::Tls(Box::new(stream)))
                 }
             }
         };
@@ -215,38 +184,27 @@ impl Endpoint {
             .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")))
     }
 
-    async fn handshake<I>(&self, io: I) -> Result<Sender, String>
-    where
-        I: Read + Write + Unpin + Send + 'static,
-    {
-        let ended = |e: hyper::Error| {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        };
-        match self.settings.protocol {
-            UpstreamProtocol::Http1 => {
-                // One buffer per write, as on the listener side.
-                let (sender, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move { conn.with_upgrades().await.unwrap_or_else(ended) });
-                Ok(Sender::H1(sender))
-            }
-            UpstreamProtocol::Http2 => {
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(async move { conn.await.unwrap_or_else(ended) });
-                let sender = Sender::H2(sender);
-                if let (Ok(mut idle), Sender::H2(s)) = (self.idle.lock(), &sender) {
-                    idle.clear();
-                    idle.push(Sender::H2(s.clone()));
-                }
-                Ok(sender)
-            }
+    /// The shared HTTP/2 connection, opened if there is none.
+    async fn h2_sender(&self) -> Result<http2::SendRequest<UpstreamBody>, String> {
+        let open = self.shared.lock().ok().and_then(|s| s.clone());
+        if let Some(s) = open.filter(|s| !s.is_closed()) {
+            return Ok(s);
         }
+        let io = self.connect().await?;
+        let handshake = http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(io));
+        let (sender, conn) = tokio::time::timeout(self.settings.connect_timeout, handshake)
+            .await
+            .map_err(|_| "HTTP/2 handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = Some(sender.clone());
+        }
+        Ok(sender)
     }
 
     /// HTTP/2 carries the scheme and host in the request's URI (`:scheme`, `:authority`).
@@ -271,56 +229,109 @@ impl Endpoint {
         *req.version_mut() = Version::HTTP_2;
     }
 
+    fn connect_error(&self, reason: String, request: Request<UpstreamBody>) -> SendError {
+        SendError::Connect {
+            endpoint: self.addr.to_string(),
+            reason,
+            request: Box::new(request),
+        }
+    }
+
     /// Sends a request on a pooled or new connection and returns the response with a body that
     /// gives the connection back when it ends.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
-        if self.settings.protocol == UpstreamProtocol::Http2 {
-            self.to_h2(&mut req);
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => self.send_h1(req, guard).await,
+            // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
+            // room for it.
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(req, guard)).await,
         }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        guard: InFlight,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let (head, mut body) = req.into_parts();
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(s) => (s, true),
-                // Boxed: connecting (TCP, TLS, handshake) is rare and its future is large, and
-                // every request's future would otherwise reserve room for it, idle or not.
+            let (conn, reused) = match self.take_idle() {
+                Some(c) => (c, true),
+                // Boxed: connecting (TCP, TLS) is rare and its future is large, and every
+                // request's future would otherwise reserve room for it, idle or not.
                 None => match Box::pin(self.connect()).await {
-                    Ok(s) => (s, false),
+                    Ok(io) => (h1::Conn::new(io), false),
                     Err(reason) => {
-                        return Err(SendError::Connect {
-                            endpoint: self.addr.to_string(),
-                            reason,
-                            request: Box::new(req),
-                        })
+                        return Err(self.connect_error(reason, Request::from_parts(head, body)))
                     }
                 },
             };
-            // A pooled connection may still be wrapping up its last exchange, or closing.
-            if reused && sender.ready().await.is_err() {
+            match h1::exchange(conn, &head, body, reused).await {
+                Ok((parts, body)) => {
+                    let body = PooledBody::new(Inner::H1(body), guard);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                // The upstream closed an idle connection as the request went out: once more,
+                // on another connection.
+                Err(h1::Failed {
+                    retry: Some(again),
+                    error,
+                }) => {
+                    tracing::debug!(error = %error, "pooled connection closed; sending again");
+                    body = again;
+                }
+                Err(h1::Failed {
+                    error: h1::Error::ClientBody(e),
+                    ..
+                }) => return Err(SendError::ClientBody(e)),
+                Err(h1::Failed { error, .. }) => return Err(SendError::Reset(error.into())),
+            }
+        }
+    }
+
+    async fn send_h2(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamBody>,
+        guard: InFlight,
+    ) -> Result<Response<PooledBody>, SendError> {
+        self.to_h2(&mut req);
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.shared.lock().ok().and_then(|s| s.clone()) {
+                Some(s) if !s.is_closed() => s,
+                _ => match self.h2_sender().await {
+                    Ok(s) => {
+                        fresh = true;
+                        s
+                    }
+                    Err(reason) => return Err(self.connect_error(reason, req)),
+                },
+            };
+            if sender.ready().await.is_err() && !fresh {
+                self.drop_shared();
                 continue;
             }
-            match sender.try_send(req).await {
-                Ok(resp) => {
-                    // An HTTP/2 connection stays shared; an HTTP/1.1 one comes back at the end.
-                    let keep = matches!(sender, Sender::H1(_))
-                        && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    return Ok(
-                        resp.map(|body| PooledBody::new(body, keep.then_some(sender), guard))
-                    );
-                }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(Inner::H2(b), guard))),
                 Err(mut e) => match e.take_message() {
-                    // Never written: the idle connection closed under us; safe to try another.
-                    Some(back) if reused => {
-                        if matches!(sender, Sender::H2(_)) {
-                            self.idle.lock().map(|mut i| i.clear()).ok();
-                        }
-                        req = back
+                    // Never written: the connection closed under us; safe to try a new one.
+                    Some(back) if !fresh => {
+                        self.drop_shared();
+                        req = back;
                     }
-                    _ => return Err(SendError::Reset(e.into_error())),
+                    _ => return Err(SendError::Reset(e.into_error().into())),
                 },
             }
+        }
+    }
+
+    fn drop_shared(&self) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = None;
         }
     }
 }
@@ -331,7 +342,24 @@ pub enum UpstreamBody {
     /// Streamed from the client as it arrives.
     Stream(Incoming),
     /// Held in memory; `None` once sent.
-    Buffered(Full<Bytes>),
+    Buffered(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    /// A body held in memory.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Self::Buffered((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// The same body again, for a second attempt, when it is at hand: an empty stream, or
+    /// bytes held in memory (a shared handle, not a copy).
+    pub fn replay(&self) -> Option<Self> {
+        match self {
+            Self::Stream(b) if b.is_end_stream() => Some(Self::Buffered(None)),
+            Self::Stream(_) => None,
+            Self::Buffered(b) => Some(Self::Buffered(b.clone())),
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -344,23 +372,21 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Stream(b) => Pin::new(b).poll_frame(cx),
-            Self::Buffered(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+            Self::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Stream(b) => b.is_end_stream(),
-            Self::Buffered(b) => b.is_end_stream(),
+            Self::Buffered(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Stream(b) => b.size_hint(),
-            Self::Buffered(b) => b.size_hint(),
+            Self::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }
@@ -385,55 +411,74 @@ impl Drop for InFlight {
 /// An upstream response body that returns its connection to the pool once fully read.
 #[derive(Debug)]
 pub struct PooledBody {
-    inner: Incoming,
-    sender: Option<Sender>,
+    inner: Inner,
     guard: InFlight,
 }
 
+#[derive(Debug)]
+enum Inner {
+    H1(h1::ResponseBody),
+    H2(Incoming),
+}
+
 impl PooledBody {
-    fn new(inner: Incoming, sender: Option<Sender>, guard: InFlight) -> Self {
-        let mut body = PooledBody {
-            inner,
-            sender,
-            guard,
-        };
-        if body.inner.is_end_stream() {
+    fn new(inner: Inner, guard: InFlight) -> Self {
+        let mut body = PooledBody { inner, guard };
+        if body.is_end_stream() {
             body.release();
         }
         body
     }
 
     fn release(&mut self) {
-        if let Some(s) = self.sender.take() {
-            self.guard.0.put_idle(s);
+        if let Inner::H1(b) = &mut self.inner {
+            if let Some(conn) = b.take_reusable() {
+                self.guard.0.put_idle(conn);
+            }
+        }
+    }
+
+    /// After a `101 Switching Protocols`: the upstream connection's stream and the bytes
+    /// already read past the head.
+    pub fn take_upgrade(&mut self) -> Option<(h1::Io, Bytes)> {
+        match &mut self.inner {
+            Inner::H1(b) => b.take_upgrade(),
+            Inner::H2(_) => None,
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Inner::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        };
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            // A broken body leaves the connection in an unknown state: let it close.
-            Poll::Ready(Some(Err(_))) => self.sender = None,
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.release(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H1(b) => b.is_end_stream(),
+            Inner::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H1(b) => b.size_hint(),
+            Inner::H2(b) => b.size_hint(),
+        }
     }
 }

@@ -1,0 +1,969 @@
+//! HTTP/1.1 to an upstream, spoken by the request's own task.
+//!
+//! The request future writes the request head (and body) and reads the response head itself;
+//! the response body then reads the rest from the socket as the listener sends it on. No task
+//! runs per upstream connection and nothing crosses a channel, so an exchange costs no wakeup
+//! of another task. A connection whose exchange ended cleanly goes back to its endpoint's pool.
+//!
+//! The request body is sent while the response is read: an upstream may answer before it has
+//! read the whole body (an early 413, or a stream echoed back), and the rest of the body then
+//! goes out as the response body is read.
+
+use super::pool::UpstreamBody;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::io::{self, IoSlice, Write as _};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+/// Largest response head (status line and headers), and largest trailer block: 64 KiB.
+pub const MAX_HEAD: usize = u16::MAX as usize;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Most fields in a trailer section.
+const MAX_TRAILERS: usize = 32;
+/// Least free room in the read buffer before a read.
+const READ_ROOM: usize = 8 * 1024;
+/// Request body chunks up to this size are copied next to their framing (one write); larger
+/// ones are written from their own buffer.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// A connection's byte stream: plain TCP or TLS.
+#[derive(Debug)]
+pub enum Io {
+    /// In the clear.
+    Plain(TcpStream),
+    /// Over TLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before a whole response head.
+    #[error("the upstream closed the connection before a response")]
+    Closed,
+    /// The response head could not be parsed.
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+    /// The response body's framing was broken.
+    #[error("malformed response body: {0}")]
+    BadBody(&'static str),
+    /// The connection closed before the end of a response body of known length.
+    #[error("the upstream closed the connection in the middle of the response body")]
+    Incomplete,
+    /// The client's request body broke off.
+    #[error("client body: {0}")]
+    ClientBody(#[source] hyper::Error),
+}
+
+/// One kept-alive connection to an upstream, with its buffers.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    /// Bytes read and not yet used.
+    rbuf: BytesMut,
+    /// The request head (and small body chunks) being written.
+    wbuf: Vec<u8>,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(io: Io) -> Self {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket has signalled something.
+    pub fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf);
+        polled.is_pending() && self.rbuf.is_empty()
+    }
+}
+
+/// A failed exchange, with the request's body when the request may be sent again.
+#[derive(Debug)]
+pub struct Failed {
+    /// What went wrong.
+    pub error: Error,
+    /// `Some` when nothing of the response arrived on a reused connection that closed: the
+    /// upstream most likely closed it as idle while the request was on its way. Only for
+    /// idempotent requests whose body is at hand.
+    pub retry: Option<UpstreamBody>,
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReqFraming {
+    /// No body.
+    None,
+    /// As the client's `content-length` says.
+    Declared,
+    /// `content-length` added here (a body of known size).
+    Length(u64),
+    /// `transfer-encoding: chunked` added here.
+    Chunked,
+}
+
+/// Sends the request body as it comes, framed.
+#[derive(Debug)]
+struct Writer {
+    body: Option<UpstreamBody>,
+    chunked: bool,
+    /// Written part of `Conn::wbuf`.
+    pos: usize,
+    /// A large chunk written from its own buffer, after `wbuf`.
+    data: Bytes,
+    /// Framing after `data`.
+    tail: &'static [u8],
+    state: WriteState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WriteState {
+    Sending,
+    Done,
+    /// Stopped: the socket failed, or the client's body did after the response began.
+    Broken,
+}
+
+impl Writer {
+    /// Writes what is buffered, then body frames as they come, until the body ends.
+    fn poll(
+        &mut self,
+        io: &mut Io,
+        wbuf: &mut Vec<u8>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            while self.pos < wbuf.len() || !self.data.is_empty() || !self.tail.is_empty() {
+                let n = if self.data.is_empty() && self.tail.is_empty() {
+                    ready!(Pin::new(&mut *io).poll_write(cx, &wbuf[self.pos..]))?
+                } else {
+                    let parts = [
+                        IoSlice::new(&wbuf[self.pos..]),
+                        IoSlice::new(&self.data),
+                        IoSlice::new(self.tail),
+                    ];
+                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &parts))?
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                self.advance(n, wbuf.len());
+            }
+            wbuf.clear();
+            self.pos = 0;
+            // TLS holds records until flushed; TCP writes straight through.
+            ready!(Pin::new(&mut *io).poll_flush(cx))?;
+            let Some(body) = self.body.as_mut() else {
+                self.state = WriteState::Done;
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                None => {
+                    self.body = None;
+                    if self.chunked {
+                        self.tail = b"0\r\n\r\n";
+                    }
+                }
+                Some(Ok(frame)) => {
+                    // HTTP/1.1 request trailers are dropped, as most proxies do.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        write!(wbuf, "{:x}\r\n", data.len()).expect("writing to a Vec");
+                    }
+                    if data.len() <= COPY_LIMIT {
+                        wbuf.extend_from_slice(&data);
+                        if self.chunked {
+                            wbuf.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        self.data = data;
+                        if self.chunked {
+                            self.tail = b"\r\n";
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Error::ClientBody(e)));
+                }
+            }
+        }
+    }
+
+    /// Marks `n` bytes written, across `wbuf[pos..]`, `data` and `tail`.
+    fn advance(&mut self, mut n: usize, wlen: usize) {
+        let head = (wlen - self.pos).min(n);
+        self.pos += head;
+        n -= head;
+        let data = self.data.len().min(n);
+        self.data.advance(data);
+        n -= data;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+
+    /// Drives the writer as a side task of reading the response; a failure stops it.
+    fn drive(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.state != WriteState::Sending {
+            return Ok(());
+        }
+        match self.poll(&mut conn.io, &mut conn.wbuf, cx) {
+            Poll::Ready(Err(e)) => {
+                self.state = WriteState::Broken;
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A response head, parsed.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// How a response body is framed (RFC 9112 §6.3), and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// Bytes left of a `content-length` body.
+    Length(u64),
+    /// A chunked body, at this point of its grammar.
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Close,
+    /// Ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left of a chunk's data.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Expecting the trailer section after the last chunk.
+    Trailers,
+}
+
+/// Sends a request on `conn` and reads the response head. `reused` tells whether the
+/// connection carried an exchange before (its failure may then be retried).
+pub async fn exchange(
+    mut conn: Conn,
+    head: &request::Parts,
+    body: UpstreamBody,
+    reused: bool,
+) -> Result<(http::response::Parts, ResponseBody), Failed> {
+    let retry = if reused && head.method.is_idempotent() {
+        body.replay()
+    } else {
+        None
+    };
+    let framing = request_framing(head, &body);
+    encode_head(&mut conn.wbuf, head, framing);
+    let no_body = framing == ReqFraming::None;
+    let mut writer = Writer {
+        body: (!no_body).then_some(body),
+        chunked: framing == ReqFraming::Chunked,
+        pos: 0,
+        data: Bytes::new(),
+        tail: b"",
+        state: WriteState::Sending,
+    };
+    let mut write_error = None;
+    let mut got_bytes = false;
+    let polled = std::future::poll_fn(|cx| {
+        if writer.state == WriteState::Sending {
+            match writer.poll(&mut conn.io, &mut conn.wbuf, cx) {
+                Poll::Ready(Err(Error::ClientBody(e))) => {
+                    writer.state = WriteState::Broken;
+                    return Poll::Ready(Err(Error::ClientBody(e)));
+                }
+                // The upstream may have answered before it stopped reading: read on.
+                Poll::Ready(Err(e)) => {
+                    writer.state = WriteState::Broken;
+                    write_error = Some(e);
+                }
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn, head.method == Method::HEAD, &mut got_bytes, cx)
+    })
+    .await;
+    let (head_in, framing) = match polled {
+        Ok(h) => h,
+        Err(error) => {
+            let closed = matches!(error, Error::Closed | Error::Io(_));
+            let error = match (error, write_error) {
+                (Error::Closed, Some(w)) => w,
+                (e, _) => e,
+            };
+            return Err(Failed {
+                retry: retry.filter(|_| closed && !got_bytes),
+                error,
+            });
+        }
+    };
+    let keep_alive = keep_alive(&head_in) && framing != Framing::Close;
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = head_in.status;
+    *resp.version_mut() = head_in.version;
+    *resp.headers_mut() = head_in.headers;
+    let (parts, ()) = resp.into_parts();
+    let body = ResponseBody {
+        conn: Some(conn),
+        writer,
+        framing,
+        keep_alive,
+        upgrade: parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    };
+    Ok((parts, body))
+}
+
+/// Reads until a final response head (1xx other than 101 are skipped) is parsed.
+fn poll_head(
+    conn: &mut Conn,
+    head_request: bool,
+    got_bytes: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(Head, Framing), Error>> {
+    loop {
+        if !conn.rbuf.is_empty() {
+            if let Some(head) = parse_head(&mut conn.rbuf)? {
+                let code = head.status.as_u16();
+                if (100..200).contains(&code) && code != 101 {
+                    continue;
+                }
+                let framing = response_framing(&head, head_request)?;
+                return Poll::Ready(Ok((head, framing)));
+            }
+            if conn.rbuf.len() > MAX_HEAD {
+                return Poll::Ready(Err(Error::Malformed("response head larger than 64 KiB")));
+            }
+        }
+        if conn.rbuf.capacity() - conn.rbuf.len() < READ_ROOM {
+            conn.rbuf.reserve(READ_ROOM);
+        }
+        let n = ready!(poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf))?;
+        if n == 0 {
+            return Poll::Ready(Err(Error::Closed));
+        }
+        *got_bytes = true;
+    }
+}
+
+fn request_framing(head: &request::Parts, body: &UpstreamBody) -> ReqFraming {
+    if body.is_end_stream() {
+        return ReqFraming::None;
+    }
+    if head.headers.contains_key(header::CONTENT_LENGTH) {
+        return ReqFraming::Declared;
+    }
+    match body.size_hint().exact() {
+        Some(n) => ReqFraming::Length(n),
+        None => ReqFraming::Chunked,
+    }
+}
+
+/// Writes the request line and headers. Header names and values are valid by construction
+/// (the `http` crate admits no CR or LF), so nothing can be smuggled through them.
+fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: ReqFraming) {
+    buf.clear();
+    buf.extend_from_slice(head.method.as_str().as_bytes());
+    buf.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    buf.extend_from_slice(target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ReqFraming::Length(n) => {
+            write!(buf, "content-length: {n}\r\n").expect("writing to a Vec");
+        }
+        // A bodiless POST, PUT or PATCH says so, as some servers insist on a length.
+        ReqFraming::None
+            if matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+                && !head.headers.contains_key(header::CONTENT_LENGTH) =>
+        {
+            buf.extend_from_slice(b"content-length: 0\r\n");
+        }
+        ReqFraming::None | ReqFraming::Declared => {}
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Parses a response head at the start of `buf` and consumes it; `None` if it is not all there.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    // Header slots are left uninitialised and spans are 16-bit: clearing 128 full-size slots
+    // per response cost more than parsing it.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut storage) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(Error::Malformed("response head larger than 64 KiB"))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Malformed("more than 128 header fields"))
+        }
+        Err(_) => return Err(Error::Malformed("not an HTTP/1.x response")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("bad status code"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let count = parsed.headers.len();
+    // Every offset is within the head, so below 64 KiB.
+    let offset = |p: *const u8, len: usize| {
+        let start = p as usize - base;
+        (start as u16, (start + len) as u16)
+    };
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let (ns, ne) = offset(h.name.as_ptr(), h.name.len());
+        let (vs, ve) = offset(h.value.as_ptr(), h.value.len());
+        *span = (ns, ne, vs, ve);
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| Error::Malformed("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| Error::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// The body's framing, from the request method, status and headers (RFC 9112 §6.3).
+fn response_framing(head: &Head, head_request: bool) -> Result<Framing, Error> {
+    let code = head.status.as_u16();
+    if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
+        return Ok(Framing::Done);
+    }
+    let mut te = head
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .peekable();
+    if te.peek().is_some() {
+        // Chunked must be the last coding; anything else runs to the close.
+        let last = te
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .last();
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for v in head.headers.get_all(header::CONTENT_LENGTH) {
+        let n = parse_length(v.as_bytes()).ok_or(Error::Malformed("bad content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Error::Malformed("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether the connection may carry another exchange after this one, by version and
+/// `connection` tokens. Both `transfer-encoding` and `content-length` on one response is a
+/// smuggling shape: answered, then closed.
+fn keep_alive(head: &Head) -> bool {
+    let mut keep = head.version == Version::HTTP_11;
+    for token in head
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let token = token.trim();
+        if token.eq_ignore_ascii_case("close") {
+            return false;
+        }
+        if token.eq_ignore_ascii_case("keep-alive") {
+            keep = true;
+        }
+    }
+    keep && !(head.headers.contains_key(header::TRANSFER_ENCODING)
+        && head.headers.contains_key(header::CONTENT_LENGTH))
+}
+
+/// A response body read from the upstream connection, which it owns until the end.
+#[derive(Debug)]
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    writer: Writer,
+    framing: Framing,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl ResponseBody {
+    /// The connection, once the exchange has ended cleanly and it can carry another.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        let clean = self.framing == Framing::Done
+            && self.keep_alive
+            && !self.upgrade
+            && self.writer.state == WriteState::Done;
+        match &self.conn {
+            Some(c) if clean && c.rbuf.is_empty() => self.conn.take(),
+            _ => None,
+        }
+    }
+
+    /// After a 101 answer: the connection's stream, and bytes the upstream already sent past
+    /// the head (the tunnel's first bytes).
+    pub fn take_upgrade(&mut self) -> Option<(Io, Bytes)> {
+        if !self.upgrade {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some((conn.io, conn.rbuf.freeze()))
+    }
+
+    fn read(conn: &mut Conn, want: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let room = want.clamp(READ_ROOM as u64, 64 * 1024) as usize;
+        if conn.rbuf.capacity() - conn.rbuf.len() < room.min(READ_ROOM) {
+            conn.rbuf.reserve(room);
+        }
+        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf)
+    }
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The request body, if the answer came before its end, goes on meanwhile.
+        if self.writer.drive(conn, cx).is_err() {
+            self.keep_alive = false;
+        }
+        loop {
+            match self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if conn.rbuf.is_empty() && ready!(Self::read(conn, left, cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Incomplete)));
+                    }
+                    let take = (conn.rbuf.len() as u64).min(left);
+                    let data = conn.rbuf.split_to(take as usize).freeze();
+                    self.framing = match left - take {
+                        0 => Framing::Done,
+                        n => Framing::Length(n),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {
+                    if conn.rbuf.is_empty() && ready!(Self::read(conn, 0, cx))? == 0 {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    let data = conn.rbuf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match chunk_step(&mut conn.rbuf, state)? {
+                    Step::Next(next, frame) => {
+                        self.framing = next;
+                        if let Some(frame) = frame {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                    Step::NeedMore => {
+                        let want = match state {
+                            Chunk::Data(n) => n,
+                            _ => 0,
+                        };
+                        if ready!(Self::read(conn, want, cx))? == 0 {
+                            return Poll::Ready(Some(Err(Error::Incomplete)));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// One step of the chunked decoder over buffered bytes.
+enum Step {
+    /// Moved on, maybe with a frame to pass on.
+    Next(Framing, Option<Frame<Bytes>>),
+    /// More bytes must be read first.
+    NeedMore,
+}
+
+fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
+    let bad = |why| Err(Error::BadBody(why));
+    match state {
+        Chunk::Size => {
+            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                if buf.len() > MAX_CHUNK_LINE {
+                    return bad("chunk-size line too long");
+                }
+                return Ok(Step::NeedMore);
+            };
+            let Some(line) = buf[..end].strip_suffix(b"\r") else {
+                return bad("chunk-size line without CRLF");
+            };
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits == 0 || digits > 15 {
+                return bad("bad chunk size");
+            }
+            let rest = &line[digits..];
+            let ext = rest.iter().position(|b| !matches!(b, b' ' | b'\t'));
+            if ext.is_some_and(|i| rest[i] != b';') || rest.contains(&b'\r') {
+                return bad("bad chunk extension");
+            }
+            let size = line[..digits].iter().fold(0u64, |n, &d| {
+                n * 16 + u64::from(char::from(d).to_digit(16).expect("hex digit"))
+            });
+            buf.advance(end + 1);
+            let next = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Next(Framing::Chunked(next), None))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let take = (buf.len() as u64).min(left);
+            let data = buf.split_to(take as usize).freeze();
+            let next = match left - take {
+                0 => Chunk::DataEnd,
+                n => Chunk::Data(n),
+            };
+            Ok(Step::Next(Framing::Chunked(next), Some(Frame::data(data))))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return bad("chunk data longer than its size");
+            }
+            buf.advance(2);
+            Ok(Step::Next(Framing::Chunked(Chunk::Size), None))
+        }
+        Chunk::Trailers => {
+            let mut storage = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+            let (len, fields) = match httparse::parse_headers(buf, &mut storage) {
+                Ok(httparse::Status::Complete(done)) => done,
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
+                    return Ok(Step::NeedMore)
+                }
+                _ => return bad("bad trailer section"),
+            };
+            let mut trailers = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(f.name.as_bytes()),
+                    HeaderValue::from_bytes(f.value),
+                ) else {
+                    return bad("bad trailer field");
+                };
+                trailers.append(name, value);
+            }
+            buf.advance(len);
+            let frame = (!trailers.is_empty()).then(|| Frame::trailers(trailers));
+            Ok(Step::Next(Framing::Done, frame))
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let polled = this.poll_body(cx);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            // A broken body leaves the connection in an unknown state: it closes.
+            this.conn = None;
+            this.framing = Framing::Done;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(framing: Framing, input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut buf = BytesMut::from(input);
+        let mut state = framing;
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Framing::Chunked(c) = state {
+            match chunk_step(&mut buf, c)? {
+                Step::Next(next, frame) => {
+                    state = next;
+                    match frame.map(|f| f.into_data()) {
+                        Some(Ok(d)) => data.extend_from_slice(&d),
+                        Some(Err(f)) => trailers = f.into_trailers().ok(),
+                        None => {}
+                    }
+                }
+                Step::NeedMore => return Err(Error::Incomplete),
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let start = Framing::Chunked(Chunk::Size);
+        let (data, trailers) = frames(
+            start,
+            b"5\r\nhello\r\n6 ; x=y\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        let (data, trailers) = frames(start, b"A\r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!((data.len(), trailers), (10, None));
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_refused() {
+        let start = Framing::Chunked(Chunk::Size);
+        for bad in [
+            &b"5\r\nhelloXX0\r\n\r\n"[..],
+            b"zz\r\nhello\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"1000000000000000\r\n",
+        ] {
+            assert!(
+                matches!(frames(start, bad), Err(Error::BadBody(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(frames(start, b"5\r\nhel"), Err(Error::Incomplete)));
+    }
+
+    fn head(raw: &str) -> Result<Head, Error> {
+        parse_head(&mut BytesMut::from(raw.as_bytes()))?.ok_or(Error::Closed)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n").unwrap();
+        assert_eq!(response_framing(&h, false).unwrap(), Framing::Length(12));
+        assert_eq!(response_framing(&h, true).unwrap(), Framing::Done);
+        assert!(keep_alive(&h));
+        let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 12\r\n\r\n").unwrap();
+        assert_eq!(response_framing(&h, false).unwrap(), Framing::Done);
+        let h = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            response_framing(&h, false).unwrap(),
+            Framing::Chunked(Chunk::Size)
+        );
+        assert!(!keep_alive(&h), "TE with CL closes after the answer");
+        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n").unwrap();
+        assert_eq!(response_framing(&h, false).unwrap(), Framing::Close);
+        let h = head("HTTP/1.0 200 OK\r\n\r\n").unwrap();
+        assert_eq!(response_framing(&h, false).unwrap(), Framing::Close);
+        assert!(!keep_alive(&h));
+        let h =
+            head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n").unwrap();
+        assert!(keep_alive(&h));
+        let h = head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n").unwrap();
+        assert!(!keep_alive(&h));
+        for bad in ["1, 2", "-1", "", "1e3", "99999999999999999999"] {
+            let h = head(&format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n")).unwrap();
+            assert!(response_framing(&h, false).is_err(), "{bad:?}");
+        }
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n").unwrap();
+        assert_eq!(response_framing(&h, false).unwrap(), Framing::Length(2));
+    }
+
+    #[test]
+    fn heads_are_parsed_or_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 503 Busy\r\nX-A: 1\r\nx-a: 2\r\n\r\nrest"[..]);
+        let h = parse_head(&mut buf).unwrap().unwrap();
+        assert_eq!(h.status, 503);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"rest");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert_eq!(partial.len(), 25, "a partial head is left in place");
+        for bad in [
+            "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            "HTTP/1.1 20 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\n\r\n",
+        ] {
+            assert!(
+                parse_head(&mut BytesMut::from(bad.as_bytes())).is_err(),
+                "{bad:?}"
+            );
+        }
+        let many: String = (0..200).map(|i| format!("x-{i}: v\r\n")).collect();
+        let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(
+            parse_head(&mut BytesMut::from(raw.as_bytes())),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn request_heads_carry_their_framing() {
+        let req = http::Request::post("/upload?x=1")
+            .header("host", "a.example")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut buf = Vec::new();
+        encode_head(&mut buf, &parts, ReqFraming::Chunked);
+        assert_eq!(
+            String::from_utf8(buf.clone()).unwrap(),
+            "POST /upload?x=1 HTTP/1.1\r\nhost: a.example\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        encode_head(&mut buf, &parts, ReqFraming::None);
+        assert!(String::from_utf8(buf.clone())
+            .unwrap()
+            .ends_with("content-length: 0\r\n\r\n"));
+        encode_head(&mut buf, &parts, ReqFraming::Length(7));
+        assert!(String::from_utf8(buf)
+            .unwrap()
+            .ends_with("content-length: 7\r\n\r\n"));
+    }
+}
