@@ -302,7 +302,17 @@ impl Writer {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The fields passed on. `connection`, `keep-alive` and `transfer-encoding` describe this
+    /// connection only and are read into the fields below instead (a 101 keeps them all).
     headers: HeaderMap,
+    /// `connection: close`.
+    close: bool,
+    /// `connection: keep-alive` (HTTP/1.0).
+    keep_alive: bool,
+    /// With `transfer-encoding`: whether chunked is its last coding.
+    chunked: Option<bool>,
+    /// `content-length`, checked: equal if repeated.
+    length: Option<u64>,
 }
 
 /// How a response body is framed (RFC 9112 §6.3), and how much of it is left.
@@ -418,7 +428,7 @@ fn poll_head(
                 if (100..200).contains(&code) && code != 101 {
                     continue;
                 }
-                let framing = response_framing(&head, head_request)?;
+                let framing = response_framing(&head, head_request);
                 return Poll::Ready(Ok((head, framing)));
             }
             if conn.rbuf.len() > MAX_HEAD {
@@ -520,58 +530,88 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (mut close, mut keep_alive, mut chunked, mut length) = (false, false, None, None);
+    // `connection` naming other fields: it stays, for the hop-by-hop rules to remove those.
+    let mut names_fields = false;
     for &(ns, ne, vs, ve) in &spans[..count] {
         let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| Error::Malformed("bad header name"))?;
+        let raw = &head[vs..ve];
+        let hop = if name == header::CONNECTION {
+            for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                    names_fields = true;
+                }
+            }
+            true
+        } else if name == header::TRANSFER_ENCODING {
+            let mut last = raw.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            if let Some(last) = last.rfind(|c| !c.is_empty()) {
+                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            }
+            chunked.get_or_insert(false);
+            true
+        } else if name == header::CONTENT_LENGTH {
+            let n = parse_length(raw).ok_or(Error::Malformed("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+            false
+        } else {
+            name.as_str() == "keep-alive"
+        };
+        if hop && !switching {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| Error::Malformed("bad header value"))?;
         headers.append(name, value);
+    }
+    if names_fields && !switching {
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+            if head[ns..ne].eq_ignore_ascii_case(b"connection") {
+                if let Ok(v) = HeaderValue::from_maybe_shared(head.slice(vs..ve)) {
+                    headers.append(header::CONNECTION, v);
+                }
+            }
+        }
+    }
+    // A chunked body's length is what its chunks say; a content-length beside it goes.
+    if chunked.is_some() && length.is_some() && !switching {
+        headers.remove(header::CONTENT_LENGTH);
     }
     Ok(Some(Head {
         status,
         version,
         headers,
+        close,
+        keep_alive,
+        chunked,
+        length,
     }))
 }
 
 /// The body's framing, from the request method, status and headers (RFC 9112 §6.3).
-fn response_framing(head: &Head, head_request: bool) -> Result<Framing, Error> {
+fn response_framing(head: &Head, head_request: bool) -> Framing {
     let code = head.status.as_u16();
     if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
-        return Ok(Framing::Done);
+        return Framing::Done;
     }
-    let mut te = head
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .peekable();
-    if te.peek().is_some() {
+    match (head.chunked, head.length) {
         // Chunked must be the last coding; anything else runs to the close.
-        let last = te
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .last();
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-            _ => Framing::Close,
-        });
+        (Some(true), _) => Framing::Chunked(Chunk::Size),
+        (Some(false), _) | (None, None) => Framing::Close,
+        (None, Some(0)) => Framing::Done,
+        (None, Some(n)) => Framing::Length(n),
     }
-    let mut length = None;
-    for v in head.headers.get_all(header::CONTENT_LENGTH) {
-        let n = parse_length(v.as_bytes()).ok_or(Error::Malformed("bad content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Error::Malformed("conflicting content-length"));
-        }
-        length = Some(n);
-    }
-    Ok(match length {
-        Some(0) => Framing::Done,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    })
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -585,24 +625,8 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// `connection` tokens. Both `transfer-encoding` and `content-length` on one response is a
 /// smuggling shape: answered, then closed.
 fn keep_alive(head: &Head) -> bool {
-    let mut keep = head.version == Version::HTTP_11;
-    for token in head
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let token = token.trim();
-        if token.eq_ignore_ascii_case("close") {
-            return false;
-        }
-        if token.eq_ignore_ascii_case("keep-alive") {
-            keep = true;
-        }
-    }
-    keep && !(head.headers.contains_key(header::TRANSFER_ENCODING)
-        && head.headers.contains_key(header::CONTENT_LENGTH))
+    let keep = head.version == Version::HTTP_11 || head.keep_alive;
+    keep && !head.close && !(head.chunked.is_some() && head.length.is_some())
 }
 
 /// A response body read from the upstream connection, which it owns until the end.
@@ -883,24 +907,22 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false).unwrap(), Framing::Length(12));
-        assert_eq!(response_framing(&h, true).unwrap(), Framing::Done);
+        assert_eq!(response_framing(&h, false), Framing::Length(12));
+        assert_eq!(response_framing(&h, true), Framing::Done);
         assert!(keep_alive(&h));
         let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 12\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false).unwrap(), Framing::Done);
+        assert_eq!(response_framing(&h, false), Framing::Done);
         let h = head(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(
-            response_framing(&h, false).unwrap(),
-            Framing::Chunked(Chunk::Size)
-        );
+        assert_eq!(response_framing(&h, false), Framing::Chunked(Chunk::Size));
         assert!(!keep_alive(&h), "TE with CL closes after the answer");
+        assert!(h.headers.get("content-length").is_none(), "{:?}", h.headers);
         let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false).unwrap(), Framing::Close);
+        assert_eq!(response_framing(&h, false), Framing::Close);
         let h = head("HTTP/1.0 200 OK\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false).unwrap(), Framing::Close);
+        assert_eq!(response_framing(&h, false), Framing::Close);
         assert!(!keep_alive(&h));
         let h =
             head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n").unwrap();
@@ -908,11 +930,33 @@ mod tests {
         let h = head("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n").unwrap();
         assert!(!keep_alive(&h));
         for bad in ["1, 2", "-1", "", "1e3", "99999999999999999999"] {
-            let h = head(&format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n")).unwrap();
-            assert!(response_framing(&h, false).is_err(), "{bad:?}");
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert!(head(&raw).is_err(), "{bad:?}");
         }
+        let raw = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n";
+        assert!(head(raw).is_err());
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false).unwrap(), Framing::Length(2));
+        assert_eq!(response_framing(&h, false), Framing::Length(2));
+    }
+
+    #[test]
+    fn connection_fields_are_read_not_passed_on() {
+        let h = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a", "content-length"]);
+        let h = head("HTTP/1.1 200 OK\r\nconnection: close, x-private\r\nx-private: 1\r\n\r\n")
+            .unwrap();
+        assert!(!keep_alive(&h));
+        assert_eq!(
+            h.headers["connection"], "close, x-private",
+            "kept to name x-private"
+        );
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(h.headers["connection"], "upgrade");
     }
 
     #[test]
