@@ -367,19 +367,11 @@ pub async fn exchange(
     let mut write_error = None;
     let mut got_bytes = false;
     let polled = std::future::poll_fn(|cx| {
-        if writer.state == WriteState::Sending {
-            match writer.poll(&mut conn.io, &mut conn.wbuf, cx) {
-                Poll::Ready(Err(Error::ClientBody(e))) => {
-                    writer.state = WriteState::Broken;
-                    return Poll::Ready(Err(Error::ClientBody(e)));
-                }
-                // The upstream may have answered before it stopped reading: read on.
-                Poll::Ready(Err(e)) => {
-                    writer.state = WriteState::Broken;
-                    write_error = Some(e);
-                }
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-            }
+        match writer.drive(&mut conn, cx) {
+            Err(Error::ClientBody(e)) => return Poll::Ready(Err(Error::ClientBody(e))),
+            // The upstream may have answered before it stopped reading: read on.
+            Err(e) => write_error = Some(e),
+            Ok(()) => {}
         }
         poll_head(&mut conn, head.method == Method::HEAD, &mut got_bytes, cx)
     })
@@ -662,10 +654,11 @@ impl ResponseBody {
         Some((conn.io, conn.rbuf.freeze()))
     }
 
+    /// Reads more; a body with much left gets room for up to 64 KiB at once.
     fn read(conn: &mut Conn, want: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let room = want.clamp(READ_ROOM as u64, 64 * 1024) as usize;
-        if conn.rbuf.capacity() - conn.rbuf.len() < room.min(READ_ROOM) {
-            conn.rbuf.reserve(room);
+        if conn.rbuf.capacity() - conn.rbuf.len() < READ_ROOM {
+            conn.rbuf
+                .reserve(want.clamp(READ_ROOM as u64, 64 * 1024) as usize);
         }
         poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf)
     }
