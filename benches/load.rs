@@ -34,6 +34,13 @@
 //!   Reports the gateway's RSS (fresh, under load, with the idle connections), the KiB each idle
 //!   connection costs, and how many of them the gateway closed meanwhile.
 //!
+//! To set the gateway beside the proxy you run now, start that proxy on the bench's upstreams and
+//! name it with `--peer NAME=ADDR` (repeatable): `max` and `open` then measure it too, after the
+//! gateway, on the same upstreams and at the same rate, and `open` gives an `added` row for each.
+//! `--upstreams STABLE,CANARY` uses two upstreams that already run (their answers must start with
+//! `stable` and `canary`) instead of the bench's own, so the peer's config can name fixed ports;
+//! `benches/peers/peers.sh -k open` does all of this for nginx and HAProxy.
+//!
 //! Every run has an unmeasured `--warmup` (1 s) before its `--duration` (10 s). Errors are
 //! transport errors and non-2xx answers. Latencies are microseconds, recorded in HDR histograms
 //! per task and merged at the end. Progress goes to stderr; the results go to stdout as a table
@@ -45,6 +52,8 @@
 //! cargo bench --bench load -- --duration 3s --scenario max,h2
 //! cargo bench --bench load -- --scenario idle --idle-connections 10000
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
+//! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
+//!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
 //! cargo bench --bench load -- --help
 //! ```
 //!
@@ -155,6 +164,15 @@ struct Args {
     /// The splitgate binary to bench [default: the one cargo built for this bench].
     #[arg(long, value_name = "PATH")]
     gateway_bin: Option<PathBuf>,
+    /// Use two upstreams that already run, like `127.0.0.1:28001,127.0.0.1:28002`, instead of
+    /// starting its own: every answer's body must start with `stable` or `canary`.
+    #[arg(long, value_name = "STABLE,CANARY", value_parser = parse_upstreams)]
+    upstreams: Option<UpstreamAddrs>,
+    /// Another proxy, already running and sending to the same upstreams, that `max` and `open`
+    /// measure too, after the gateway and at the same rate, like `haproxy=127.0.0.1:28082`.
+    /// Repeat it for more.
+    #[arg(long, value_name = "NAME=ADDR", value_parser = parse_peer)]
+    peer: Vec<Peer>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -233,6 +251,52 @@ impl Args {
     }
 }
 
+/// A proxy the bench does not start: a name for the tables and where it listens.
+#[derive(Clone, Debug)]
+struct Peer {
+    name: String,
+    addr: SocketAddr,
+}
+
+/// Parses `NAME=HOST:PORT`.
+fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=ADDR, like haproxy=127.0.0.1:28082"))?;
+    let reserved = ["direct", "gateway", "added"];
+    if name.is_empty() || reserved.contains(&name) || name.contains(char::is_whitespace) {
+        return Err(format!(
+            "{s:?}: the name must be a word other than {}",
+            reserved.join(", ")
+        ));
+    }
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: {addr:?} is not an address like 127.0.0.1:28082: {e}"))?;
+    Ok(Peer {
+        name: name.to_string(),
+        addr,
+    })
+}
+
+/// Parses `STABLE_ADDR,CANARY_ADDR`.
+fn parse_upstreams(s: &str) -> Result<UpstreamAddrs, String> {
+    let parse = |a: &str| {
+        a.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{s:?}: {a:?} is not an address like 127.0.0.1:28001: {e}"))
+    };
+    match s.split(',').collect::<Vec<_>>()[..] {
+        [stable, canary] => Ok(UpstreamAddrs {
+            stable: parse(stable)?,
+            canary: parse(canary)?,
+        }),
+        _ => Err(format!(
+            "{s:?}: expected two addresses, stable then canary, like 127.0.0.1:28001,127.0.0.1:28002"
+        )),
+    }
+}
+
 /// Parses `10s`, `500ms`, `1.5s`, `250us`, `2m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s
@@ -281,7 +345,10 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
         ensure_own_fd_limit(args.idle_connections as u64 + FD_MARGIN)?;
     }
     let started = utc_now();
-    let upstreams = Upstreams::start(args.upstream_threads, args.body_size)?;
+    let upstreams = match &args.upstreams {
+        Some(addrs) => Upstreams::external(addrs.clone()),
+        None => Upstreams::start(args.upstream_threads, args.body_size)?,
+    };
     let mut client = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.client_threads {
         client.worker_threads(n);
@@ -328,6 +395,7 @@ async fn run_scenarios(
     upstreams: &UpstreamAddrs,
 ) -> Result<Report> {
     let mut report = Report::default();
+    check_outside_parts(args, upstreams).await?;
     let shared = if scenarios.iter().any(|s| *s != Scenario::Idle) {
         Some(Gateway::start(args, upstreams).await?)
     } else {
@@ -355,6 +423,44 @@ async fn run_scenarios(
     Ok(report)
 }
 
+/// Before any load: the upstreams given by `--upstreams` name their subset, and every `--peer`
+/// answers 2xx from one of them.
+async fn check_outside_parts(args: &Args, upstreams: &UpstreamAddrs) -> Result<()> {
+    let mut checks = Vec::new();
+    if args.upstreams.is_some() {
+        for (addr, subset) in [(upstreams.stable, "stable"), (upstreams.canary, "canary")] {
+            let mut target = Target::direct(addr);
+            target.name = format!("the {subset} upstream (--upstreams)");
+            checks.push((target, Some(subset)));
+        }
+    }
+    checks.extend(args.peer.iter().map(|p| (Target::peer(p), None)));
+    for (target, want) in checks {
+        let mut slot = None;
+        let answer = attempt(&target, &mut slot)
+            .await
+            .map_err(|e| anyhow!("{} at {}: {e}", target.name, target.addr))?;
+        let subset = match answer {
+            Answer::Ok(Some(Subset::Stable)) => "stable",
+            Answer::Ok(Some(Subset::Canary)) => "canary",
+            Answer::Ok(None) => bail!(
+                "{} at {} answered with a body that starts with neither `stable` nor `canary`",
+                target.name,
+                target.addr
+            ),
+            Answer::Status(code) => bail!("{} at {} answered {code}", target.name, target.addr),
+        };
+        if want.is_some_and(|w| w != subset) {
+            bail!(
+                "{} at {} answered as the {subset} upstream; --upstreams is stable first, then canary",
+                target.name,
+                target.addr
+            );
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -366,10 +472,7 @@ async fn run_max(
     report: &mut Report,
 ) -> Result<f64> {
     let mut gateway_rps = 0.0;
-    for target in [
-        Target::direct(upstreams.stable),
-        Target::gateway(gw.listen, Proto::H1),
-    ] {
+    for target in h1_targets(args, gw, upstreams) {
         let label = format!("max {}", target.name);
         let tally = closed_loop(
             &label,
@@ -379,8 +482,10 @@ async fn run_max(
             args.timing(),
         )
         .await?;
-        let row = Row::from_tally("max", target.name, &tally, args.duration, json!({}));
-        gateway_rps = row.rps.unwrap_or(0.0);
+        let row = Row::from_tally("max", &target.name, &tally, args.duration, json!({}));
+        if target.name == "gateway" {
+            gateway_rps = row.rps.unwrap_or(0.0);
+        }
         report.push(row, &tally);
     }
     Ok(gateway_rps)
@@ -399,35 +504,47 @@ async fn run_open(
         (None, Some(max)) => (max / 2.0).round().max(1.0),
         (None, None) => 10_000.0,
     };
-    let mut quantiles = Vec::new();
-    for target in [
-        Target::direct(upstreams.stable),
-        Target::gateway(gw.listen, Proto::H1),
-    ] {
+    let mut measured = Vec::new();
+    for target in h1_targets(args, gw, upstreams) {
         let label = format!("open {rate}/s {}", target.name);
         let tally = open_loop(&label, &target, args.connections, rate, args.timing()).await?;
         let extra = json!({ "rate": rate });
-        let row = Row::from_tally("open", target.name, &tally, args.duration, extra);
-        quantiles.push(tally.quantiles());
+        let row = Row::from_tally("open", &target.name, &tally, args.duration, extra);
+        measured.push((target.name, tally.quantiles()));
         report.push(row, &tally);
     }
-    let added: [i64; 4] = std::array::from_fn(|i| quantiles[1][i] - quantiles[0][i]);
-    report.rows.push(Row {
-        scenario: "open",
-        target: "added".into(),
-        rps: None,
-        latency: Some(added),
-        errors: None,
-        answered: None,
-        split: "gateway minus direct".into(),
-        json: json!({
-            "scenario": "open",
-            "target": "added",
-            "rate": rate,
-            "added_latency_us": { "p50": added[0], "p90": added[1], "p99": added[2], "p99.9": added[3] },
-        }),
-    });
+    let (_, direct) = measured[0].clone();
+    for (name, quantiles) in &measured[1..] {
+        let added: [i64; 4] = std::array::from_fn(|i| quantiles[i] - direct[i]);
+        report.rows.push(Row {
+            scenario: "open",
+            target: "added".into(),
+            rps: None,
+            latency: Some(added),
+            errors: None,
+            answered: None,
+            split: format!("{name} minus direct"),
+            json: json!({
+                "scenario": "open",
+                "target": "added",
+                "proxy": name,
+                "rate": rate,
+                "added_latency_us": { "p50": added[0], "p90": added[1], "p99": added[2], "p99.9": added[3] },
+            }),
+        });
+    }
     Ok(())
+}
+
+/// What `max` and `open` measure, in turn: the stable upstream directly, the gateway, and each
+/// `--peer`.
+fn h1_targets(args: &Args, gw: &Gateway, upstreams: &UpstreamAddrs) -> Vec<Target> {
+    let mut targets = vec![
+        Target::direct(upstreams.stable),
+        Target::gateway(gw.listen, Proto::H1),
+    ];
+    targets.extend(args.peer.iter().map(Target::peer));
+    targets
 }
 
 /// `h2`: closed loop over multiplexed h2c connections.
@@ -556,8 +673,8 @@ async fn run_idle(args: &Args, upstreams: &UpstreamAddrs, report: &mut Report) -
 /// Where load goes and how it is spoken.
 #[derive(Clone)]
 struct Target {
-    /// `direct` or `gateway`.
-    name: &'static str,
+    /// `direct`, `gateway` or a peer's name.
+    name: String,
     addr: SocketAddr,
     proto: Proto,
 }
@@ -571,15 +688,23 @@ enum Proto {
 impl Target {
     fn direct(addr: SocketAddr) -> Target {
         Target {
-            name: "direct",
+            name: "direct".into(),
             addr,
+            proto: Proto::H1,
+        }
+    }
+
+    fn peer(peer: &Peer) -> Target {
+        Target {
+            name: peer.name.clone(),
+            addr: peer.addr,
             proto: Proto::H1,
         }
     }
 
     fn gateway(addr: SocketAddr, proto: Proto) -> Target {
         Target {
-            name: "gateway",
+            name: "gateway".into(),
             addr,
             proto,
         }
@@ -1225,6 +1350,7 @@ async fn flip_weights(admin: SocketAddr, rate: f64, stop: Arc<AtomicBool>) -> Fl
 // ---------------------------------------------------------------------------------------------
 // Upstreams
 
+#[derive(Clone, Debug)]
 struct UpstreamAddrs {
     stable: SocketAddr,
     canary: SocketAddr,
@@ -1233,10 +1359,18 @@ struct UpstreamAddrs {
 /// The two upstreams, on a runtime of their own.
 struct Upstreams {
     addrs: UpstreamAddrs,
-    _runtime: tokio::runtime::Runtime,
+    _runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Upstreams {
+    /// Upstreams somebody else runs.
+    fn external(addrs: UpstreamAddrs) -> Upstreams {
+        Upstreams {
+            addrs,
+            _runtime: None,
+        }
+    }
+
     fn start(threads: usize, body_size: usize) -> Result<Upstreams> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -1252,7 +1386,7 @@ impl Upstreams {
         })?;
         Ok(Upstreams {
             addrs,
-            _runtime: runtime,
+            _runtime: Some(runtime),
         })
     }
 }
@@ -1687,6 +1821,8 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "pin_client": args.pin_client,
         "client_threads": args.client_threads,
         "upstream_threads": args.upstream_threads,
+        "upstreams": args.upstreams.as_ref().map(|u| json!({ "stable": u.stable.to_string(), "canary": u.canary.to_string() })),
+        "peers": args.peer.iter().map(|p| json!({ "name": p.name, "addr": p.addr.to_string() })).collect::<Vec<_>>(),
         "gateway_bin": args.gateway_bin.as_ref().map_or(env!("CARGO_BIN_EXE_splitgate").to_string(), |p| p.display().to_string()),
     })
 }

@@ -20,6 +20,14 @@
 #              first connections to the upstreams (a few % in short runs); outside the private
 #              network namespace (see isolation below) it counts the whole machine.
 #              ab reports whole percentiles only, so handshake rows have no p99.9.
+#   open       latency at a fixed rate (open loop: each request timed from when it was due, so a
+#              stall counts against every request it held up): the load bench
+#              (`cargo bench --bench load -- --scenario open`) sends RATE requests/s over CONNS
+#              connections straight to the stable upstream (direct) and then through each proxy,
+#              one after the other, all to the same nginx upstreams. Each proxy's row notes the
+#              latency it adds over direct (its quantile minus direct's). The load bench starts
+#              splitgate itself; nginx and HAProxy run while it measures, idle but for their turn.
+#              The rate is -r, else half of HAProxy's rps in this run's http case, else 10000.
 # Every proxy gets the same certificate (ECDSA P-256, made at run time in a temporary
 # directory, never kept) and TLS 1.3; each TLS row notes what `openssl s_client` negotiated.
 #
@@ -35,7 +43,8 @@
 # usage: benches/peers/peers.sh [-d SECONDS] [-c CONNS] [-k CASES] [--json FILE] [NAMES...]
 #   -d SECONDS    length of each run (default 10)
 #   -c CONNS      concurrent connections (default 64; keep it under HAProxy's maxconn, 4096)
-#   -k CASES      comma-separated, from: http https handshake (default: all three)
+#   -k CASES      comma-separated, from: http https handshake open (default: http https handshake)
+#   -r RATE       requests/s of the open case (default: see open above)
 #   --json FILE   also write the results and ratios as JSON
 #   NAMES         from: direct nginx haproxy splitgate (default: all; haproxy when installed).
 #                 direct = wrk straight to the stable upstream: the ceiling CPU 1 allows
@@ -43,6 +52,7 @@
 #   SPLITGATE_BIN the splitgate binary (default: target/release/splitgate in this repository)
 #   SPLITGATE_PEERS_NS=0  stay in the machine's network namespace (see isolation below)
 # e.g. benches/peers/peers.sh -d 5          benches/peers/peers.sh -k http haproxy splitgate
+#      benches/peers/peers.sh -k http,open   (open at half of HAProxy's maximum)
 #
 # needs: 2+ CPUs, bash, wrk, nginx, curl, taskset, ps, openssl; ab for the handshake case;
 #   haproxy optional; unshare and ip (root) for the private namespaces.  Debian: apt-get install -y wrk nginx-light haproxy curl openssl apache2-utils
@@ -87,12 +97,12 @@ case ${SPLITGATE_PEERS_NS:-} in
 esac
 
 # ---- arguments -------------------------------------------------------------------------------
-secs=10 conns=64 cases_arg="http,https,handshake" json="" names=()
+secs=10 conns=64 cases_arg="http,https,handshake" json="" names=() rate=
 while [ $# -gt 0 ]; do
   case $1 in
-    -d | -c | -k | --json)
+    -d | -c | -k | -r | --json)
       [ $# -ge 2 ] || die "$1 needs a value (see --help)"
-      case $1 in -d) secs=$2 ;; -c) conns=$2 ;; -k) cases_arg=$2 ;; --json) json=$2 ;; esac
+      case $1 in -d) secs=$2 ;; -c) conns=$2 ;; -k) cases_arg=$2 ;; -r) rate=$2 ;; --json) json=$2 ;; esac
       shift 2 ;;
     -h | --help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -102,9 +112,10 @@ done
 [[ $secs =~ ^[1-9][0-9]*$ ]] || die "-d wants whole seconds above 0, not '$secs'"
 [[ $conns =~ ^[1-9][0-9]*$ ]] || die "-c wants a connection count above 0, not '$conns'"
 read -r -a cases <<<"${cases_arg//,/ }"
-[ ${#cases[@]} -gt 0 ] || die "-k names no case (from: http https handshake)"
+[ -z "$rate" ] || [[ $rate =~ ^[1-9][0-9]*$ ]] || die "-r wants requests/s above 0, not '$rate'"
+[ ${#cases[@]} -gt 0 ] || die "-k names no case (from: http https handshake open)"
 for k in "${cases[@]}"; do
-  case $k in http | https | handshake) ;; *) die "unknown case '$k' (from: http https handshake)" ;; esac
+  case $k in http | https | handshake | open) ;; *) die "unknown case '$k' (from: http https handshake open)" ;; esac
 done
 names_given=${#names[@]}
 if [ "$names_given" -eq 0 ]; then
@@ -116,7 +127,7 @@ for n in "${names[@]}"; do
   case $n in direct | nginx | haproxy | splitgate) ;; *) die "unknown proxy '$n' (from: direct nginx haproxy splitgate)" ;; esac
 done
 want_tls=0
-for k in "${cases[@]}"; do [ "$k" != http ] && want_tls=1; done
+for k in "${cases[@]}"; do [ "$k" = https ] || [ "$k" = handshake ] && want_tls=1; done
 
 # ---- tools -----------------------------------------------------------------------------------
 need() { # tool, install hint
@@ -403,6 +414,63 @@ run_one() { # case name
   emit_row "${f[@]}"
 }
 
+# ---- the open case: one load bench run over every proxy -------------------------------------------
+run_open() {
+  local name peers=() running=() r=$rate out rows
+  if [ -z "$r" ]; then
+    r=$(awk -F'\t' '$1 == "http" && $2 == "haproxy" && $3 == "ok" { printf "%.0f", $4 / 2 }' "$results")
+    [ -n "$r" ] || r=10000
+  fi
+  command -v cargo >/dev/null || { emit_other open all failed "the open case runs the load bench and needs cargo"; return; }
+  [ -x "$bin" ] || { emit_other open splitgate failed "no binary at $bin (cargo build --release)"; return; }
+  for name in "${names[@]}"; do
+    case $name in
+      nginx | haproxy)
+        if [ "$name" = haproxy ] && ! command -v haproxy >/dev/null; then
+          emit_other open haproxy skipped "haproxy is not installed (apt-get install -y haproxy)"
+          continue
+        fi
+        start_proxy "$name" http
+        if ! wait_ready http "${http_port[$name]}" || ! check_routing http "${http_port[$name]}"; then
+          alive "$proxy_pid" && stop_tree "$proxy_pid"
+          emit_other open "$name" failed "$fail_reason"
+          continue
+        fi
+        running+=("$proxy_pid")
+        peers+=(--peer "$name=127.0.0.1:${http_port[$name]}")
+        ;;
+    esac
+  done
+  echo "peers.sh: open: $r requests/s, $conns connections, ${secs}s each: direct, splitgate${peers[*]:+, the others}"
+  out=$(cd "$repo" && cargo bench --quiet --bench load -- --scenario open --rate "$r" \
+    --duration "${secs}s" --connections "$conns" --upstreams 127.0.0.1:28001,127.0.0.1:28002 \
+    --pin-gateway 0 --pin-client 1 --gateway-bin "$bin" --json "$tmp/open.json" "${peers[@]}" 2>"$tmp/open.log")
+  for name in "${running[@]}"; do stop_tree "$name"; done
+  # The load bench's table: "open NAME rps p50 p90 p99 p99.9 errors stable X% canary Y%", then
+  # "open added - p50 p90 p99 p99.9 - NAME minus direct" per proxy.
+  rows=$(echo "$out" | awk -v r="$r" '
+    $1 != "open" { next }
+    $2 == "added" { add[$9] = sprintf("adds p50 %s p99 %s p99.9 %s us over direct at %s/s", $4, $6, $7, r); next }
+    { n++; name[n] = $2; rps[n] = $3; p50[n] = $4; p99[n] = $6; p999[n] = $7; err[n] = $8
+      c = $12; sub(/%$/, "", c); canary[n] = c }
+    END {
+      for (i = 1; i <= n; i++) {
+        proxy = name[i] == "gateway" ? "splitgate" : name[i]
+        note = name[i] == "direct" ? sprintf("no proxy, at %s/s", r) : add[name[i]]
+        printf "open\t%s\tok\t%s\t%s\t%s\t%s\t%s\t%s\t-\t-\t-\t-\t-\t%s\n", proxy, rps[i], p50[i], p99[i], p999[i], err[i], canary[i], note
+      }
+    }')
+  if [ -z "$rows" ]; then
+    emit_other open all failed "the load bench gave no result: $(grep -v '^[[:space:]]*$' "$tmp/open.log" | tail -n 2 | tr '\n' ' ' | cut -c1-300)"
+    return
+  fi
+  local f row
+  while IFS= read -r row; do
+    IFS=$'\t' read -r -a f <<<"$row"
+    emit_row "${f[@]}"
+  done <<<"$rows"
+}
+
 # ---- run -------------------------------------------------------------------------------------
 versions="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 command -v haproxy >/dev/null && versions+=", haproxy $(haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }')"
@@ -418,16 +486,22 @@ fi
 echo
 print_header
 for kase in "${cases[@]}"; do
+  if [ "$kase" = open ]; then
+    run_open
+    continue
+  fi
   for name in "${names[@]}"; do
     run_one "$kase" "$name"
   done
 done
 
 # ---- ratios and JSON --------------------------------------------------------------------------
+# (the open case is left out: every proxy there runs at the same rate; its rows note the latency
+# each adds)
 # shellcheck disable=SC2016 # awk program, not shell
 ratio_awk='
   BEGIN { FS = "\t" }
-  $3 == "ok" { rps[$1, $2] = $4; per[$1, $2] = $11; if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } peers[$1] = peers[$1] " " $2 }
+  $3 == "ok" && $1 != "open" { rps[$1, $2] = $4; per[$1, $2] = $11; if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 } peers[$1] = peers[$1] " " $2 }
   function ratio(a, b) { return (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) ? sprintf("%.2f", a / b) : "-" }
   END {
     for (i = 1; i <= n; i++) {
@@ -441,7 +515,7 @@ echo
 echo "splitgate / peer (above 1: splitgate ahead)"
 printf "%-9s %-9s %8s %15s\n" case peer rps req_per_cpu_sec
 ratios=$(awk "$ratio_awk"' function emit(k, peer, r, c) { printf "%-9s %-9s %8s %15s\n", k, peer, r == "-" ? r : r "x", c == "-" ? c : c "x" }' "$results")
-if [ -n "$ratios" ]; then echo "$ratios"; else echo "(none: splitgate and a peer must both finish a case)"; fi
+if [ -n "$ratios" ]; then echo "$ratios"; else echo "(none: splitgate and a peer must both finish an http, https or handshake case)"; fi
 
 if [ -n "$json" ]; then
   {
