@@ -26,6 +26,12 @@ pub enum ProxyError {
     /// A protocol upgrade (websocket) asked of a service spoken to in HTTP/2.
     #[error("protocol upgrade to an HTTP/2 upstream")]
     UpgradeToHttp2,
+    /// An HTTP/1.1 request without a Host header (RFC 9112 §3.2).
+    #[error("HTTP/1.1 request without a Host header")]
+    MissingHost,
+    /// A request with more than one Host header (RFC 9112 §3.2).
+    #[error("request with more than one Host header")]
+    DuplicateHost,
 }
 
 impl ProxyError {
@@ -33,7 +39,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBody(_) | Self::MissingHost | Self::DuplicateHost => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NoHealthyUpstream | Self::ConnectFailure(_) | Self::UpstreamReset(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -52,17 +60,19 @@ impl ProxyError {
             Self::UpstreamReset(_) => "UC",
             Self::ClientBody(_) => "DC",
             Self::UpgradeToHttp2 => "UPE",
+            Self::MissingHost | Self::DuplicateHost => "DPE",
         }
     }
 
     /// The gRPC status a gRPC client gets (Envoy's mapping of the HTTP status).
     pub fn grpc_status(&self) -> &'static str {
         match self {
-            Self::NoRoute => "12",        // UNIMPLEMENTED
-            Self::UpstreamTimeout => "4", // DEADLINE_EXCEEDED
-            Self::ClientBody(_) => "13",  // INTERNAL
-            Self::UpgradeToHttp2 => "13", // INTERNAL
-            _ => "14",                    // UNAVAILABLE
+            Self::NoRoute => "12",                           // UNIMPLEMENTED
+            Self::UpstreamTimeout => "4",                    // DEADLINE_EXCEEDED
+            Self::ClientBody(_) => "13",                     // INTERNAL
+            Self::UpgradeToHttp2 => "13",                    // INTERNAL
+            Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
+            _ => "14",                                       // UNAVAILABLE
         }
     }
 
@@ -78,6 +88,8 @@ impl ProxyError {
             Self::UpgradeToHttp2 => {
                 "UPE: protocol upgrades (websocket) need an HTTP/1.1 upstream; this one speaks HTTP/2\n"
             }
+            Self::MissingHost => "DPE: an HTTP/1.1 request needs a Host header\n",
+            Self::DuplicateHost => "DPE: the request has more than one Host header\n",
         }
     }
 }

@@ -32,7 +32,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let rt = shared.load_full();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let protocol = request_protocol(&parts.headers);
     let request_bytes = if rt.metrics_enabled {
         request_size(&parts)
@@ -40,12 +40,13 @@ pub async fn handle(
         0
     };
     let grpc = protocol == "grpc";
-    let Some(hit) = rt.router.find(&parts) else {
-        let resp = error_response(&ProxyError::NoRoute, grpc);
+    // Answered without a destination, and counted as Envoy does: destination unknown.
+    let unrouted = |parts: &http::request::Parts, e: ProxyError| {
+        let resp = error_response(&e, grpc);
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
-                flags: ProxyError::NoRoute.flag(),
+                flags: e.flag(),
                 protocol,
                 grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -53,9 +54,15 @@ pub async fn handle(
                 response_bytes: answer_size(&resp),
             };
             rt.hub
-                .record_no_route(request_authority(&parts).map(strip_port), &sample);
+                .record_no_route(request_authority(parts).map(strip_port), &sample);
         }
-        return resp;
+        resp
+    };
+    if let Err(e) = headers::settle_host(&mut parts) {
+        return unrouted(&parts, e);
+    }
+    let Some(hit) = rt.router.find(&parts) else {
+        return unrouted(&parts, ProxyError::NoRoute);
     };
     let target = hit.rule.split.pick(&mut rand::rng());
     let subset = rt.subset(target);

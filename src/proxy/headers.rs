@@ -1,5 +1,6 @@
 //! Header rules for forwarding (SPEC §3): hop-by-hop headers, x-forwarded-*, x-request-id, Host.
 
+use super::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Uri;
@@ -100,6 +101,34 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
+/// Leaves the request with the one Host it is routed and forwarded by (RFC 9112 §3.2). A target
+/// in absolute form, and HTTP/2's `:authority`, name the host: it replaces any Host header
+/// (§3.2.2), which an HTTP/1.1 upstream needs. Otherwise an HTTP/1.1 request needs exactly one
+/// Host header; HTTP/1.0 may send none.
+pub fn settle_host(parts: &mut Parts) -> Result<(), ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    let Some(authority) = parts.uri.authority() else {
+        return match (first, second) {
+            (Some(_), None) => Ok(()),
+            (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
+            (None, _) if parts.version == Version::HTTP_11 => Err(ProxyError::MissingHost),
+            (None, _) => Ok(()),
+        };
+    };
+    // Userinfo (`user@`) is not part of a Host.
+    let host = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    if second.is_some() || first.is_none_or(|f| f.as_bytes() != host.as_bytes()) {
+        // Never fails: the characters a URI allows are all valid in a header value.
+        let value = HeaderValue::from_str(host).map_err(|_| ProxyError::MissingHost)?;
+        parts.headers.insert(header::HOST, value);
+    }
+    Ok(())
+}
+
 /// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
 pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     let upgrade_value = if upgrade {
@@ -117,14 +146,6 @@ pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     // The gateway answers 100-continue itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
 
-    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs a Host header.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts
             .uri
@@ -263,11 +284,65 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = req.into_parts();
+        settle_host(&mut parts).unwrap();
         prepare_request(&mut parts, &conn(), false);
         assert_eq!(parts.uri, "/x?y=1");
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers["host"], "api.example.com");
         assert_eq!(parts.headers["x-request-id"], "keep-me");
+    }
+
+    fn settled(version: Version, uri: &str, hosts: &[&str]) -> Result<Vec<String>, ProxyError> {
+        let mut req = http::Request::builder().version(version).uri(uri);
+        for h in hosts {
+            req = req.header("host", *h);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        settle_host(&mut parts)?;
+        Ok(parts
+            .headers
+            .get_all("host")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect())
+    }
+
+    #[test]
+    fn the_target_authority_replaces_host() {
+        let v11 = Version::HTTP_11;
+        let abs = "http://other.example:8081/p?q=1";
+        assert_eq!(settled(v11, abs, &["a"]).unwrap(), ["other.example:8081"]);
+        assert_eq!(
+            settled(v11, abs, &["a", "b"]).unwrap(),
+            ["other.example:8081"]
+        );
+        assert_eq!(settled(v11, abs, &[]).unwrap(), ["other.example:8081"]);
+        let userinfo = "http://user:pw@other.example/p";
+        assert_eq!(settled(v11, userinfo, &[]).unwrap(), ["other.example"]);
+        let h2 = "https://api.example.com/x";
+        assert_eq!(
+            settled(Version::HTTP_2, h2, &["evil.example"]).unwrap(),
+            ["api.example.com"]
+        );
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        assert_eq!(settled(Version::HTTP_11, "/", &["a"]).unwrap(), ["a"]);
+        assert!(matches!(
+            settled(Version::HTTP_11, "/", &[]),
+            Err(ProxyError::MissingHost)
+        ));
+        assert!(matches!(
+            settled(Version::HTTP_11, "/", &["a", "b"]),
+            Err(ProxyError::DuplicateHost)
+        ));
+        assert!(matches!(
+            settled(Version::HTTP_10, "/", &["a", "a"]),
+            Err(ProxyError::DuplicateHost)
+        ));
+        assert!(settled(Version::HTTP_10, "/", &[]).unwrap().is_empty());
+        assert!(settled(Version::HTTP_2, "/", &[]).unwrap().is_empty());
     }
 
     #[test]
