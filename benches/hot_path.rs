@@ -126,6 +126,7 @@ fn request_path(c: &mut Criterion) {
     let conn = ConnInfo {
         client_ip: http::HeaderValue::from_static("10.0.0.1"),
         proto: http::HeaderValue::from_static("http"),
+        stream_idle: None,
     };
     let request = || {
         http::Request::get("/api/items?page=2")

@@ -38,6 +38,10 @@ pub struct RawListener {
     /// TLS termination: with it, the listener speaks HTTPS only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    /// How long a request or response body may make no progress (Envoy's
+    /// `stream_idle_timeout`); duration string, default 5m, `0s` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout: Option<String>,
 }
 
 /// Listener TLS settings.

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 /// Default upstream connect timeout (Istio's).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A body that makes no progress this long is cut off: Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default idle connections kept per endpoint.
 pub const DEFAULT_MAX_IDLE: usize = 256;
 
@@ -45,6 +47,8 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     /// Its certificates, when it terminates TLS.
     pub tls: Option<Vec<CertPaths>>,
+    /// How long a request or response body may make no progress; `None`: no limit.
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 /// A service and its subsets.
@@ -134,10 +138,19 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                 );
             }
             let tls = l.tls.as_ref().map(|t| listener_tls(&mut errs, &p, t));
+            let stream_idle_timeout = match l.stream_idle_timeout.as_deref().map(parse_duration) {
+                None => Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+                Some(Ok(d)) => (!d.is_zero()).then_some(d),
+                Some(Err(m)) => {
+                    errs.add(format!("{p}.stream_idle_timeout"), m);
+                    None
+                }
+            };
             ListenerSpec {
                 name: l.name.clone(),
                 addr: errs.addr(&format!("{p}.address"), &l.address),
                 tls,
+                stream_idle_timeout,
             }
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The response body the gateway sends: an upstream's stream or a short fixed text, and the
 //! recording of the request in metrics once its last byte has gone out.
 
+use super::idle::Idle;
 use crate::metrics::analysis::{now_secs, Window};
 use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
 use crate::upstream::{BoxError, PooledBody};
@@ -10,15 +11,19 @@ use http_body_util::Full;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Response body to the client. No box: a response costs no allocation.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
     recorder: Option<Recorder>,
+    /// The stream idle timeout of an upstream's body.
+    idle: Idle,
 }
 
+// Unboxed on purpose: boxing the upstream's stream would cost an allocation per response.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     /// Streamed from the upstream.
@@ -83,11 +88,13 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
 }
 
 impl ProxyBody {
-    /// A stream from the upstream, recorded by `recorder` when it ends.
-    pub fn upstream(body: PooledBody, recorder: Option<Recorder>) -> Self {
+    /// A stream from the upstream, recorded by `recorder` when it ends, and cut off when it
+    /// makes no progress for `idle` (`SI`).
+    pub fn upstream(body: PooledBody, recorder: Option<Recorder>, idle: Option<Duration>) -> Self {
         ProxyBody {
             kind: Kind::Upstream(body),
             recorder,
+            idle: Idle::new(idle),
         }
     }
 
@@ -96,6 +103,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Fixed(Full::new(b.into())),
             recorder: None,
+            idle: Idle::new(None),
         }
     }
 
@@ -125,7 +133,15 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Upstream(b) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Err(e) = this.idle.check(&polled, cx) {
+                    // The upstream stalled mid-body: the client's answer is cut off.
+                    this.finish("SI");
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                polled
+            }
             Kind::Fixed(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),

@@ -22,7 +22,10 @@ pub enum ProxyError {
     UpstreamReset(#[source] crate::upstream::BoxError),
     /// The client's request body broke off while the gateway was reading it.
     #[error("client body: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] crate::upstream::BoxError),
+    /// The client's request body made no progress for the stream idle timeout.
+    #[error("the request body stalled")]
+    StreamIdle,
     /// A protocol upgrade (websocket) asked of a service spoken to in HTTP/2.
     #[error("protocol upgrade to an HTTP/2 upstream")]
     UpgradeToHttp2,
@@ -35,6 +38,15 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The failure of a client's request body: the stream idle timeout, or a broken body.
+    pub fn client_body(e: crate::upstream::BoxError) -> Self {
+        if super::idle::is_stream_idle(&*e) {
+            Self::StreamIdle
+        } else {
+            Self::ClientBody(e)
+        }
+    }
+
     /// Envoy's status for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -46,6 +58,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::StreamIdle => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
         }
     }
@@ -59,6 +72,7 @@ impl ProxyError {
             Self::UpstreamTimeout => "UT",
             Self::UpstreamReset(_) => "UC",
             Self::ClientBody(_) => "DC",
+            Self::StreamIdle => "SI",
             Self::UpgradeToHttp2 => "UPE",
             Self::MissingHost | Self::DuplicateHost => "DPE",
         }
@@ -69,6 +83,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => "12",                           // UNIMPLEMENTED
             Self::UpstreamTimeout => "4",                    // DEADLINE_EXCEEDED
+            Self::StreamIdle => "2",                         // UNKNOWN, as for any 408
             Self::ClientBody(_) => "13",                     // INTERNAL
             Self::UpgradeToHttp2 => "13",                    // INTERNAL
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
@@ -85,6 +100,7 @@ impl ProxyError {
             Self::UpstreamTimeout => "UT: the upstream did not answer in time\n",
             Self::UpstreamReset(_) => "UC: the upstream connection closed before answering\n",
             Self::ClientBody(_) => "DC: the request body broke off\n",
+            Self::StreamIdle => "SI: the request body stalled past the stream idle timeout\n",
             Self::UpgradeToHttp2 => {
                 "UPE: protocol upgrades (websocket) need an HTTP/1.1 upstream; this one speaks HTTP/2\n"
             }

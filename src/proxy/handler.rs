@@ -3,6 +3,7 @@
 use super::body::{self, ProxyBody, Recorder};
 use super::error::ProxyError;
 use super::headers::{self, ConnInfo};
+use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
 use crate::routing::router::strip_port;
@@ -87,7 +88,7 @@ pub async fn handle(
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
                 ..r
             });
-            Response::from_parts(parts, ProxyBody::upstream(body, recorder))
+            Response::from_parts(parts, ProxyBody::upstream(body, recorder, conn.stream_idle))
         }
         Err(e) => {
             tracing::debug!(flag = e.flag(), error = %e, "request failed");
@@ -140,6 +141,7 @@ async fn proxy(
     let sampled = rule
         .mirror
         .filter(|m| !upgrade && m.sampled(&mut rand::rng()));
+    let body = IdleBody::new(body, conn.stream_idle);
     let body = match sampled {
         None => UpstreamBody::Stream(body),
         Some(m) => {
@@ -221,7 +223,7 @@ pub(crate) async fn forward(
         match endpoint.send(req).await {
             Ok(resp) => return Ok(resp),
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
-            Err(SendError::ClientBody(e)) => return Err(ProxyError::ClientBody(e)),
+            Err(SendError::ClientBody(e)) => return Err(ProxyError::client_body(e)),
             Err(SendError::Connect {
                 endpoint,
                 reason,

@@ -34,6 +34,8 @@ pub struct ConnInfo {
     pub client_ip: HeaderValue,
     /// `http` or `https`.
     pub proto: HeaderValue,
+    /// The listener's stream idle timeout; `None`: no limit.
+    pub stream_idle: Option<std::time::Duration>,
 }
 
 /// Whether the request asks for a protocol upgrade (websocket) that we pass through.
@@ -222,6 +224,7 @@ mod tests {
         ConnInfo {
             client_ip: HeaderValue::from_static("10.1.2.3"),
             proto: HeaderValue::from_static("http"),
+            stream_idle: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::error::ProxyError;
 use super::handler::forward;
+use super::idle::IdleBody;
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::Runtime;
 use crate::split::Target;
@@ -25,7 +26,7 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 /// copy's. Bodies of unknown length or above `MIRROR_BODY_LIMIT` are not copied.
 pub async fn tee(
     parts: &Parts,
-    body: Incoming,
+    body: IdleBody<Incoming>,
 ) -> Result<(UpstreamBody, Option<UpstreamBody>), ProxyError> {
     if body.is_end_stream() {
         return Ok((
@@ -44,7 +45,7 @@ pub async fn tee(
     let bytes = body
         .collect()
         .await
-        .map_err(ProxyError::ClientBody)?
+        .map_err(ProxyError::client_body)?
         .to_bytes();
     Ok((
         UpstreamBody::buffered(bytes.clone()),

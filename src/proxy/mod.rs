@@ -4,6 +4,7 @@ pub mod body;
 pub mod error;
 pub mod handler;
 pub mod headers;
+pub mod idle;
 pub mod mirror;
 
 pub use body::ProxyBody;

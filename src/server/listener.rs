@@ -100,6 +100,7 @@ impl Gateway {
             addrs.push((l.name.clone(), local));
             let task = accept_loop(
                 listener,
+                l.stream_idle_timeout,
                 tls,
                 builder.clone(),
                 runtime.clone(),
@@ -192,6 +193,7 @@ fn listener_certs(
 
 async fn accept_loop(
     listener: TcpListener,
+    stream_idle: Option<Duration>,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     runtime: SharedRuntime,
@@ -217,6 +219,7 @@ async fn accept_loop(
             client_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a valid header value"),
             proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
+            stream_idle,
         });
         let runtime = runtime.clone();
         let builder = builder.clone();

@@ -10,6 +10,7 @@
 //! goes out as the response body is read.
 
 use super::pool::UpstreamBody;
+use super::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -122,7 +123,7 @@ pub enum Error {
     Incomplete,
     /// The client's request body broke off.
     #[error("client body: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] BoxError),
 }
 
 /// One kept-alive connection to an upstream, with its buffers.

@@ -8,6 +8,7 @@
 //! another connection.
 
 use super::h1;
+use crate::proxy::idle::IdleBody;
 use crate::tls::UpstreamTls;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -61,7 +62,7 @@ pub enum SendError {
     Reset(#[source] BoxError),
     /// The client's request body broke off before the response.
     #[error("client body: {0}")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] BoxError),
 }
 
 /// A boxed error, as body errors travel.
@@ -339,8 +340,8 @@ impl Endpoint {
 /// A request body sent upstream: the client's stream, or bytes already read (mirrored requests).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// Streamed from the client as it arrives.
-    Stream(Incoming),
+    /// Streamed from the client as it arrives, under the stream idle timeout.
+    Stream(IdleBody<Incoming>),
     /// Held in memory; `None` once sent.
     Buffered(Option<Bytes>),
 }
@@ -364,12 +365,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Stream(b) => Pin::new(b).poll_frame(cx),
             Self::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -415,6 +416,9 @@ pub struct PooledBody {
     guard: InFlight,
 }
 
+// Unboxed on purpose: HTTP/1.1 is the common case, and a box would cost an allocation per
+// response.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Inner {
     H1(h1::ResponseBody),
