@@ -120,31 +120,14 @@ static STALLS: [Step; 4] = [
 
 /// 100 bytes, 10 every 100 ms.
 static TRICKLES: [Step; 21] = {
-    let wait = Step::Wait(Duration::from_millis(100));
-    let ten = Step::Send(TEN);
-    [
-        Step::Send(HEAD_100),
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-        wait,
-        ten,
-    ]
+    let mut steps = [Step::Wait(Duration::from_millis(100)); 21];
+    steps[0] = Step::Send(HEAD_100);
+    let mut i = 2;
+    while i < steps.len() {
+        steps[i] = Step::Send(TEN);
+        i += 2;
+    }
+    steps
 };
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";

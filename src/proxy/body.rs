@@ -1,7 +1,7 @@
 //! The response body the gateway sends: an upstream's stream or a short fixed text, and the
 //! recording of the request in metrics once its last byte has gone out.
 
-use super::idle::Idle;
+use super::idle::{is_stream_idle, IdleBody};
 use crate::metrics::analysis::{now_secs, Window};
 use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
 use crate::upstream::{BoxError, PooledBody};
@@ -18,16 +18,14 @@ use std::time::{Duration, Instant};
 pub struct ProxyBody {
     kind: Kind,
     recorder: Option<Recorder>,
-    /// The stream idle timeout of an upstream's body.
-    idle: Idle,
 }
 
 // Unboxed on purpose: boxing the upstream's stream would cost an allocation per response.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
-    /// Streamed from the upstream.
-    Upstream(PooledBody),
+    /// Streamed from the upstream, under the stream idle timeout.
+    Upstream(IdleBody<PooledBody>),
     /// A fixed body (errors, local answers); `None` once sent.
     Fixed(Full<Bytes>),
 }
@@ -92,9 +90,8 @@ impl ProxyBody {
     /// makes no progress for `idle` (`SI`).
     pub fn upstream(body: PooledBody, recorder: Option<Recorder>, idle: Option<Duration>) -> Self {
         ProxyBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(IdleBody::new(body, idle)),
             recorder,
-            idle: Idle::new(idle),
         }
     }
 
@@ -103,7 +100,6 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Fixed(Full::new(b.into())),
             recorder: None,
-            idle: Idle::new(None),
         }
     }
 
@@ -133,15 +129,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Upstream(b) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let Err(e) = this.idle.check(&polled, cx) {
-                    // The upstream stalled mid-body: the client's answer is cut off.
-                    this.finish("SI");
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                polled
-            }
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
             Kind::Fixed(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
@@ -160,8 +148,10 @@ impl Body for ProxyBody {
                 }
             }
             Poll::Ready(None) => this.finish("-"),
-            // The upstream broke off mid-body.
-            Poll::Ready(Some(Err(_))) => this.finish("UC"),
+            // The upstream broke off, or stalled past the stream idle timeout, mid-body.
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(if is_stream_idle(&**e) { "SI" } else { "UC" })
+            }
             Poll::Pending => {}
         }
         polled
