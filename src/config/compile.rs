@@ -39,6 +39,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
             let settings = PoolSettings {
                 connect_timeout: s.connect_timeout,
                 max_idle: s.max_idle,
+                max_connections: s.max_connections,
                 protocol: s.protocol,
                 tls: s.tls.clone(),
             };

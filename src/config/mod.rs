@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod duration;
+pub mod limits;
 pub mod model;
 pub mod validate;
 pub mod watch;

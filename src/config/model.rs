@@ -42,6 +42,40 @@ pub struct RawListener {
     /// `stream_idle_timeout`); duration string, default 5m, `0s` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<String>,
+    /// What one client may hold or send: sizes, deadlines, connections, HTTP/2 streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RawLimits>,
+}
+
+/// A listener's limits (Envoy's names where Envoy has the setting); each defaults when absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request head, in KiB (Envoy's `max_request_headers_kb`); default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_kb: Option<u32>,
+    /// Most header fields in a request (Envoy's `max_headers_count`); default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers: Option<u32>,
+    /// From accept to the first byte and a known protocol; default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<String>,
+    /// From the first byte of an HTTP/1.1 request head to its end; default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<String>,
+    /// How long a connection may carry no request; default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Client connections open at once; default derived from the descriptor limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Streams an HTTP/2 client may have open at once; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Streams an HTTP/2 client may reset within 10 s before its connection is closed;
+    /// default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_resets_per_10s: Option<u32>,
 }
 
 /// Listener TLS settings.
@@ -195,6 +229,10 @@ pub struct RawPolicy {
     /// Idle keep-alive connections kept per endpoint; default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_per_endpoint: Option<usize>,
+    /// HTTP/1.1 connections open to one endpoint at once; more requests wait for one to come
+    /// free, up to the connect timeout; default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_endpoint: Option<usize>,
     /// `http1` (default) or `http2` (for gRPC upstreams): what is spoken to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
@@ -228,6 +266,10 @@ pub struct RawRoute {
     pub hosts: Vec<String>,
     /// Rules, first match wins.
     pub http: Vec<RawRule>,
+    /// Protocol upgrades passed through (`Upgrade:` values, case-insensitive); default
+    /// `[websocket]`. `h2c` may not be listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// One rule of a route.

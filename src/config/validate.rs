@@ -4,6 +4,7 @@ use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
+use crate::server::limits::Limits;
 use crate::split::{Split, Target};
 use crate::tls::{CertPaths, UpstreamTls};
 use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
@@ -18,6 +19,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default idle connections kept per endpoint.
 pub const DEFAULT_MAX_IDLE: usize = 256;
+/// Default cap on HTTP/1.1 connections to one endpoint (Envoy's default circuit breaker is
+/// 1024 connections).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// A validated config: typed, cross-referenced, ready to compile.
 #[derive(Debug, Clone)]
@@ -49,6 +53,8 @@ pub struct ListenerSpec {
     pub tls: Option<Vec<CertPaths>>,
     /// How long a request or response body may make no progress; `None`: no limit.
     pub stream_idle_timeout: Option<Duration>,
+    /// What one client may hold or send (`max_connections` 0: derived at bind).
+    pub limits: Limits,
 }
 
 /// A service and its subsets.
@@ -66,6 +72,8 @@ pub struct ServiceSpec {
     pub load_balancer: LoadBalancer,
     /// Idle connections kept per endpoint.
     pub max_idle: usize,
+    /// HTTP/1.1 connections open to one endpoint at once.
+    pub max_connections: usize,
     /// What is spoken to the endpoints.
     pub protocol: UpstreamProtocol,
     /// TLS to the endpoints.
@@ -118,6 +126,39 @@ impl Errors {
     }
 }
 
+/// A route's allowed protocol upgrades, lowercased; `websocket` when the route names none.
+/// `h2c` is refused: its upgrade would tunnel the connection's next requests past routing.
+fn upgrades(errs: &mut Errors, p: &str, raw: Option<&[String]>) -> Box<[Box<str>]> {
+    let Some(raw) = raw else {
+        return Box::new(["websocket".into()]);
+    };
+    let mut out = Vec::new();
+    for (j, u) in raw.iter().enumerate() {
+        let token = u.trim().to_ascii_lowercase();
+        let path = format!("{p}.upgrades[{j}]");
+        if token == "h2c" {
+            errs.add(
+                path,
+                "h2c cannot be allowed: after the switch, the connection's requests would \
+                 reach the upstream unrouted (clients may use HTTP/2 with prior knowledge)",
+            );
+        } else if token.is_empty() || !token.bytes().all(is_token_byte) {
+            errs.add(
+                path,
+                format!("{u:?} is not a protocol name (an HTTP token, like websocket)"),
+            );
+        } else {
+            out.push(token.into());
+        }
+    }
+    out.into()
+}
+
+/// A `tchar` of RFC 9110 §5.6.2.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Validates a raw config. On failure, returns every problem found, in document order.
 pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut errs = Errors::default();
@@ -146,11 +187,17 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                     None
                 }
             };
+            let limits =
+                super::limits::listener_limits(l.limits.as_ref(), &p).unwrap_or_else(|e| {
+                    errs.0.extend(e);
+                    Limits::listener(0)
+                });
             ListenerSpec {
                 name: l.name.clone(),
                 addr: errs.addr(&format!("{p}.address"), &l.address),
                 tls,
                 stream_idle_timeout,
+                limits,
             }
         })
         .collect();
@@ -265,11 +312,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                 }
             })
             .collect();
+        let upgrades = upgrades(&mut errs, &p, r.upgrades.as_deref());
         routes.push(RouteSpec {
             route: Route {
                 name: r.name.as_str().into(),
                 index: i,
                 rules,
+                upgrades,
             },
             hosts,
         });
@@ -365,6 +414,17 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
             }
         })
         .collect();
+    let max_connections = match s.policy.max_connections_per_endpoint {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(0) => {
+            errs.add(
+                format!("services.{name}.policy.max_connections_per_endpoint"),
+                "must be above 0",
+            );
+            DEFAULT_MAX_CONNECTIONS
+        }
+        Some(n) => n.min(1 << 24),
+    };
     ServiceSpec {
         name: name.to_string(),
         namespace: s.namespace.clone(),
@@ -372,6 +432,7 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
         connect_timeout,
         load_balancer,
         max_idle: s.policy.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE),
+        max_connections,
         protocol,
         tls,
         subsets,

@@ -24,6 +24,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
 /// `state` label of upstream connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -48,6 +55,17 @@ pub struct SelfMetrics {
     pub cert_reloads: Family<ResultLabel, Counter>,
     /// `splitgate_tls_handshake_errors_total`.
     pub tls_handshake_errors: Counter,
+    /// `splitgate_downstream_connections_closed_total{reason}`: closed by the gateway at a
+    /// listener limit.
+    pub downstream_closed: Family<ReasonLabel, Counter>,
+}
+
+impl SelfMetrics {
+    /// The counter of client connections closed at a limit, for `reason`.
+    pub fn closed_connections(&self, reason: &'static str) -> Counter {
+        self.downstream_closed
+            .get_or_create_owned(&ReasonLabel { reason })
+    }
 }
 
 /// Label values that come from the `metrics` config section.
@@ -152,6 +170,20 @@ impl MetricsHub {
             "Client connections to a TLS listener whose handshake failed or timed out",
             own.tls_handshake_errors.clone(),
         );
+        registry.register(
+            "splitgate_downstream_connections_closed",
+            "Client connections the gateway closed at a listener limit, by reason",
+            own.downstream_closed.clone(),
+        );
+        for reason in [
+            "first_byte_timeout",
+            "request_headers_timeout",
+            "idle_timeout",
+            "http2_reset_flood",
+        ] {
+            own.downstream_closed
+                .get_or_create_owned(&ReasonLabel { reason });
+        }
         // Every result is exposed from the start, so `increase()` sees the first one.
         for result in ["ok", "error"] {
             own.reloads.get_or_create_owned(&ResultLabel { result });

@@ -35,6 +35,12 @@ pub enum ProxyError {
     /// A request with more than one Host header (RFC 9112 §3.2).
     #[error("request with more than one Host header")]
     DuplicateHost,
+    /// A protocol upgrade the route does not allow.
+    #[error("protocol upgrade not allowed on the route")]
+    UpgradeRefused,
+    /// Every connection the endpoint may have was busy for the whole connect timeout.
+    #[error("upstream connection limit reached: {0}")]
+    UpstreamOverflow(String),
 }
 
 impl ProxyError {
@@ -60,6 +66,8 @@ impl ProxyError {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StreamIdle => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
+            Self::UpgradeRefused => StatusCode::FORBIDDEN,
+            Self::UpstreamOverflow(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -75,6 +83,9 @@ impl ProxyError {
             Self::StreamIdle => "SI",
             Self::UpgradeToHttp2 => "UPE",
             Self::MissingHost | Self::DuplicateHost => "DPE",
+            // Envoy refuses an upgrade it is not configured for with a 403 and no flag.
+            Self::UpgradeRefused => "-",
+            Self::UpstreamOverflow(_) => "UO",
         }
     }
 
@@ -87,6 +98,7 @@ impl ProxyError {
             Self::ClientBody(_) => "13",                     // INTERNAL
             Self::UpgradeToHttp2 => "13",                    // INTERNAL
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
+            Self::UpgradeRefused => "7",                     // PERMISSION_DENIED
             _ => "14",                                       // UNAVAILABLE
         }
     }
@@ -106,6 +118,12 @@ impl ProxyError {
             }
             Self::MissingHost => "DPE: an HTTP/1.1 request needs a Host header\n",
             Self::DuplicateHost => "DPE: the request has more than one Host header\n",
+            Self::UpgradeRefused => {
+                "upgrade refused: this route does not allow the protocol the Upgrade header asks for\n"
+            }
+            Self::UpstreamOverflow(_) => {
+                "UO: every upstream connection the endpoint may have stayed busy\n"
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
 use crate::routing::router::strip_port;
-use crate::routing::{request_authority, Rule};
+use crate::routing::{request_authority, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
 use crate::upstream::h1::Io;
 use crate::upstream::{PooledBody, SendError, UpstreamBody, UpstreamProtocol};
@@ -78,7 +78,7 @@ pub async fn handle(
         protocol,
         grpc_status: "",
     }));
-    let result = proxy(&rt, conn, parts, body, hit.rule, subset).await;
+    let result = proxy(&rt, conn, parts, body, hit.route, hit.rule, subset).await;
     let recorder = pending.0.take();
     match result {
         Ok((parts, body)) => {
@@ -125,10 +125,11 @@ async fn proxy(
     conn: &ConnInfo,
     mut parts: http::request::Parts,
     body: Incoming,
+    route: &Route,
     rule: &Rule,
     subset: &Subset,
 ) -> Result<(http::response::Parts, PooledBody), ProxyError> {
-    let upgrade = headers::is_upgrade(&parts);
+    let upgrade = headers::is_upgrade(&parts) && allowed_upgrade(&mut parts, route)?;
     if upgrade && subset.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::UpgradeToHttp2);
     }
@@ -160,6 +161,30 @@ async fn proxy(
         None => sent.await?,
     };
     Ok(respond(resp, client_upgrade))
+}
+
+/// Whether an upgrade the request asks for is passed through. `h2c` never is: the request is
+/// served as plain HTTP/1.1 without it, as Envoy does, since a switch would carry the
+/// connection's next requests to the upstream unrouted. Other protocols the route does not
+/// allow are refused.
+fn allowed_upgrade(parts: &mut http::request::Parts, route: &Route) -> Result<bool, ProxyError> {
+    let Some(value) = parts.headers.get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    let h2c = value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    if h2c {
+        parts.headers.remove(header::UPGRADE);
+        parts.headers.remove("http2-settings");
+        return Ok(false);
+    }
+    if route.allows_upgrade(value.as_bytes()) {
+        Ok(true)
+    } else {
+        Err(ProxyError::UpgradeRefused)
+    }
 }
 
 /// `grpc` for gRPC requests (Istio's `request_protocol`), else `http`.
@@ -224,6 +249,7 @@ pub(crate) async fn forward(
             Ok(resp) => return Ok(resp),
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
             Err(SendError::ClientBody(e)) => return Err(ProxyError::client_body(e)),
+            Err(SendError::Overflow(e)) => return Err(ProxyError::UpstreamOverflow(e)),
             Err(SendError::Connect {
                 endpoint,
                 reason,

@@ -15,6 +15,32 @@ pub struct Route {
     pub index: usize,
     /// First match wins.
     pub rules: Vec<Rule>,
+    /// Protocol upgrades passed through, lowercased (`websocket`).
+    pub upgrades: Box<[Box<str>]>,
+}
+
+impl Route {
+    /// Whether the route passes an upgrade to `protocol` (an `Upgrade` value, case-insensitive).
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        // A value may list protocols; all of them must be allowed, since the upstream picks.
+        let mut any = false;
+        for p in protocol.split(|&b| b == b',') {
+            let p = p.trim_ascii();
+            let p = p.split(|&b| b == b'/').next().unwrap_or(p);
+            if p.is_empty() {
+                continue;
+            }
+            if !self
+                .upgrades
+                .iter()
+                .any(|u| u.as_bytes().eq_ignore_ascii_case(p))
+            {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
 }
 
 /// One rule: conditions, where matching requests go, and how long to wait.
@@ -183,6 +209,7 @@ mod tests {
                 timeout: None,
                 mirror: None,
             }],
+            upgrades: Box::new(["websocket".into()]),
         }
     }
 

@@ -1,18 +1,18 @@
 //! The small HTTP servers beside the data plane (admin API, readiness, metrics): HTTP/1.1 or h2c,
-//! one handler, served until told to stop.
+//! one handler, served until told to stop, under the fixed limits of [`Limits::endpoint`].
 
+use super::conn::Http;
+use super::limits::Limits;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
 /// Serves `handler` on `listener` until `stop` turns true.
 pub async fn serve<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
@@ -20,27 +20,29 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
+    let http = Arc::new(Http::new(Limits::endpoint()));
+    let slots = Arc::new(Semaphore::new(http.limits().max_connections));
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
+        let (permit, stream) = tokio::select! {
+            accepted = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => match accepted {
+                (Ok(permit), Ok((s, _))) => (permit, s),
+                (_, Err(e)) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+                (Err(_), _) => return,
             },
             _ = stop.changed() => return,
         };
-        let handler = handler.clone();
+        let deadline = Instant::now() + http.limits().first_byte_timeout;
+        let (handler, http, mut stop) = (handler.clone(), http.clone(), stop.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let answer = handler(req);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            super::conn::serve(stream, deadline, &http, None, &mut stop, handler).await;
+            drop(permit);
         });
     }
 }

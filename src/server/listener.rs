@@ -1,26 +1,23 @@
 //! Binds the listeners, accepts connections and serves HTTP/1.1 and h2c on each; on a TLS
 //! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
+use super::conn::{Cut, Http};
+use super::limits::{derived_max_connections, raise_descriptor_limit};
 use crate::config::Config;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::SharedRuntime;
 use crate::tls::{self, CertStore};
 use http::HeaderValue;
-use hyper::rt::{Read, Write};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-/// Longest wait for a client's TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often certificate files are re-read when no change event came.
 const CERT_POLL: Duration = Duration::from_secs(1);
 
@@ -71,7 +68,7 @@ impl Gateway {
     /// Binds every listener of `config` and starts serving from `runtime`.
     pub async fn start(config: &Config, runtime: SharedRuntime) -> Result<Self, ServeError> {
         let (shutdown, _) = watch::channel(false);
-        let builder = Arc::new(server_builder());
+        let descriptors = raise_descriptor_limit();
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         let mut cert_stores = Vec::new();
@@ -98,11 +95,16 @@ impl Gateway {
             })?;
             tracing::info!(listener = %l.name, address = %local, "listening");
             addrs.push((l.name.clone(), local));
+            let mut limits = l.limits;
+            if limits.max_connections == 0 {
+                limits.max_connections =
+                    derived_max_connections(descriptors, config.listeners.len());
+            }
             let task = accept_loop(
                 listener,
                 l.stream_idle_timeout,
                 tls,
-                builder.clone(),
+                Arc::new(Http::new(limits)),
                 runtime.clone(),
                 shutdown.clone(),
             );
@@ -150,23 +152,6 @@ impl Gateway {
     }
 }
 
-fn server_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_headers(128)
-        // One buffer per write (head and body together) rather than a gather write: measured
-        // 7% more requests per CPU second on small answers (BENCHMARKS.md).
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
-    b
-}
-
 /// Loads a TLS listener's certificates and re-reads them whenever their files change.
 fn listener_certs(
     name: &str,
@@ -191,28 +176,37 @@ fn listener_certs(
     Ok(store)
 }
 
+/// Accepts until shutdown, never more than the listener's connection limit at once: at the
+/// limit it stops accepting (new clients wait in the kernel's backlog) and keeps serving.
 async fn accept_loop(
     listener: TcpListener,
     stream_idle: Option<Duration>,
     tls: Option<TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<Http>,
     runtime: SharedRuntime,
     shutdown: watch::Sender<bool>,
 ) {
     let mut stop = shutdown.subscribe();
+    let slots = Arc::new(Semaphore::new(http.limits().max_connections));
+    let mut failures = AcceptFailures::default();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
+        let (permit, (stream, peer)) = tokio::select! {
+            accepted = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => match accepted {
+                (Ok(permit), Ok(a)) => (permit, a),
+                (_, Err(e)) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    failures.note(&e);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+                (Err(_), _) => return,
             },
             _ = stop.changed() => return,
         };
+        let deadline = Instant::now() + http.limits().first_byte_timeout;
         let _ = stream.set_nodelay(true);
         let own = runtime.load().hub.own.clone();
         let conn = Arc::new(ConnInfo {
@@ -222,48 +216,66 @@ async fn accept_loop(
             stream_idle,
         });
         let runtime = runtime.clone();
-        let builder = builder.clone();
+        let http = http.clone();
         let tls = tls.clone();
         let mut stop = shutdown.subscribe();
         tokio::spawn(async move {
             own.active_connections.inc();
             match tls {
-                None => {
-                    serve(
-                        TokioIo::new(stream),
-                        peer,
-                        &builder,
-                        runtime,
-                        conn,
-                        &mut stop,
-                    )
-                    .await
-                }
+                None => serve(stream, deadline, &http, runtime, conn, &mut stop).await,
                 // Boxed: a TLS stream is large, and plain connections need not reserve room
                 // for it.
                 Some(acceptor) => {
-                    let tls = serve_tls(acceptor, stream, peer, &builder, runtime, conn, &mut stop);
+                    let tls = serve_tls(
+                        acceptor, stream, peer, deadline, &http, runtime, conn, &mut stop,
+                    );
                     Box::pin(tls).await
                 }
             }
             own.active_connections.dec();
-            drop(stop);
+            drop((stop, permit));
         });
     }
 }
 
-/// Completes a client's TLS handshake, then serves the connection.
+/// Failed accepts, logged at most once every 10 s so that a descriptor shortage does not
+/// flood the log.
+#[derive(Default)]
+struct AcceptFailures {
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now < t + Duration::from_secs(10))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(error = %e, more = self.unlogged, "accept failed");
+        self.last_log = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+/// Completes a client's TLS handshake before `deadline`, then serves the connection.
+#[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    deadline: Instant,
+    http: &Http,
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let own = runtime.load().hub.own.clone();
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let handshake = tokio::time::timeout_at(deadline, async {
         // A client that connects and leaves without a byte (a TCP health check, a port probe,
         // closing or resetting) has not tried a handshake.
         match stream.peek(&mut [0u8; 1]).await {
@@ -277,45 +289,34 @@ async fn serve_tls(
     };
     match accepted {
         Ok(None) => {}
-        Ok(Some(Ok(stream))) => {
-            serve(TokioIo::new(stream), peer, builder, runtime, conn, stop).await
-        }
+        Ok(Some(Ok(stream))) => serve(stream, deadline, http, runtime, conn, stop).await,
         Ok(Some(Err(e))) => {
             own.tls_handshake_errors.inc();
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
             own.tls_handshake_errors.inc();
+            own.closed_connections(Cut::FirstByte.label()).inc();
             tracing::debug!(client = %peer, "TLS handshake timed out");
         }
     }
 }
 
-/// Serves one connection until it ends; on shutdown, lets its current requests finish.
+/// Serves one proxy connection until it ends.
 async fn serve<I>(
     io: I,
-    peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    deadline: Instant,
+    http: &Http,
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
 ) where
-    I: Read + Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let own = runtime.load().hub.own.clone();
+    let handler = move |req| {
         let (runtime, conn) = (runtime.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy::handle(&runtime, &conn, req).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        async move { proxy::handle(&runtime, &conn, req).await }
     };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-    }
+    super::conn::serve(io, deadline, http, Some(&own), stop, handler).await;
 }

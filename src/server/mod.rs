@@ -1,6 +1,8 @@
 //! Listening sockets and connection serving.
 
+pub mod conn;
 pub mod endpoint;
+pub mod limits;
 pub mod listener;
 pub mod readiness;
 

@@ -85,6 +85,7 @@ mod tests {
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
             max_idle: 1,
+            max_connections: 8,
             protocol: Default::default(),
             tls: None,
         };

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Where an endpoint lives: an IP address, or a DNS name resolved at each new connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,6 +64,9 @@ pub enum SendError {
     /// The client's request body broke off before the response.
     #[error("client body: {0}")]
     ClientBody(#[source] BoxError),
+    /// Every connection the endpoint may have stayed busy for the connect timeout.
+    #[error("{0}")]
+    Overflow(String),
 }
 
 /// A boxed error, as body errors travel.
@@ -85,6 +89,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Idle connections kept; more are closed when they come back.
     pub max_idle: usize,
+    /// HTTP/1.1 connections open at once; more requests wait for one to come free.
+    pub max_connections: usize,
     /// HTTP/1.1 or HTTP/2.
     pub protocol: UpstreamProtocol,
     /// TLS settings, when the endpoints speak TLS.
@@ -96,9 +102,22 @@ pub struct PoolSettings {
 pub struct Endpoint {
     addr: EndpointAddr,
     settings: PoolSettings,
-    idle: Mutex<Vec<h1::Conn>>,
+    idle: Mutex<Vec<(h1::Conn, Slot)>>,
     shared: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     in_flight: AtomicUsize,
+    /// One permit per HTTP/1.1 connection that may be open.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection goes back to the pool.
+    returned: Notify,
+}
+
+/// The right of one HTTP/1.1 connection to be open; given back when the connection closes.
+type Slot = OwnedSemaphorePermit;
+
+/// A connection to send on: a pooled one, or the right to open one.
+enum Checkout {
+    Idle(h1::Conn, Slot),
+    Fresh(Slot),
 }
 
 impl Endpoint {
@@ -106,10 +125,14 @@ impl Endpoint {
     pub fn new(addr: EndpointAddr, settings: PoolSettings) -> Arc<Self> {
         Arc::new(Endpoint {
             addr,
-            settings,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(
+                settings.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            returned: Notify::new(),
+            settings,
         })
     }
 
@@ -140,22 +163,57 @@ impl Endpoint {
     }
 
     /// An idle HTTP/1.1 connection that is still open, taken out of the pool.
-    fn take_idle(&self) -> Option<h1::Conn> {
+    fn take_idle(&self) -> Option<(h1::Conn, Slot)> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(mut c) = idle.pop() {
+        while let Some((mut c, slot)) = idle.pop() {
             if c.is_usable() {
-                return Some(c);
+                return Some((c, slot));
             }
         }
         None
     }
 
-    fn put_idle(&self, conn: h1::Conn) {
+    fn put_idle(&self, conn: h1::Conn, slot: Slot) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.settings.max_idle {
-                idle.push(conn);
+                idle.push((conn, slot));
             }
         }
+        self.returned.notify_one();
+    }
+
+    /// A pooled connection, or the right to open one. At the connection limit it waits, up
+    /// to the connect timeout, for a connection to come back or to close.
+    async fn checkout(&self) -> Result<Checkout, String> {
+        if let Some((c, slot)) = self.take_idle() {
+            return Ok(Checkout::Idle(c, slot));
+        }
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Ok(Checkout::Fresh(slot));
+        }
+        let wait = async {
+            loop {
+                tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => {
+                        return slot.map(Checkout::Fresh).map_err(|e| e.to_string());
+                    }
+                    _ = self.returned.notified() => {
+                        if let Some((c, slot)) = self.take_idle() {
+                            return Ok(Checkout::Idle(c, slot));
+                        }
+                    }
+                }
+            }
+        };
+        let limit = self.settings.max_connections;
+        tokio::time::timeout(self.settings.connect_timeout, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "all {limit} connections to {} stayed busy for {:?}",
+                    self.addr, self.settings.connect_timeout
+                ))
+            })
     }
 
     /// A TCP (and TLS) connection, within the connect timeout.
@@ -260,12 +318,19 @@ impl Endpoint {
     ) -> Result<Response<PooledBody>, SendError> {
         let (head, mut body) = req.into_parts();
         loop {
-            let (conn, reused) = match self.take_idle() {
-                Some(c) => (c, true),
-                // Boxed: connecting (TCP, TLS) is rare and its future is large, and every
-                // request's future would otherwise reserve room for it, idle or not.
-                None => match Box::pin(self.connect()).await {
-                    Ok(io) => (h1::Conn::new(io), false),
+            let checkout = match self.take_idle() {
+                Some((c, slot)) => Checkout::Idle(c, slot),
+                // Boxed: waiting and connecting are rare and their futures large, and every
+                // request's future would otherwise reserve room for them.
+                None => match Box::pin(self.checkout()).await {
+                    Ok(c) => c,
+                    Err(reason) => return Err(SendError::Overflow(reason)),
+                },
+            };
+            let (conn, slot, reused) = match checkout {
+                Checkout::Idle(c, slot) => (c, slot, true),
+                Checkout::Fresh(slot) => match Box::pin(self.connect()).await {
+                    Ok(io) => (h1::Conn::new(io), slot, false),
                     Err(reason) => {
                         return Err(self.connect_error(reason, Request::from_parts(head, body)))
                     }
@@ -273,7 +338,7 @@ impl Endpoint {
             };
             match h1::exchange(conn, &head, body, reused).await {
                 Ok((parts, body)) => {
-                    let body = PooledBody::new(Inner::H1(body), guard);
+                    let body = PooledBody::new(Inner::H1(body), guard, Some(slot));
                     return Ok(Response::from_parts(parts, body));
                 }
                 // The upstream closed an idle connection as the request went out: once more,
@@ -317,7 +382,7 @@ impl Endpoint {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(Inner::H2(b), guard))),
+                Ok(resp) => return Ok(resp.map(|b| PooledBody::new(Inner::H2(b), guard, None))),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection closed under us; safe to try a new one.
                     Some(back) if !fresh => {
@@ -414,6 +479,7 @@ impl Drop for InFlight {
 pub struct PooledBody {
     inner: Inner,
     guard: InFlight,
+    slot: Option<Slot>,
 }
 
 // Unboxed on purpose: HTTP/1.1 is the common case, and a box would cost an allocation per
@@ -426,8 +492,8 @@ enum Inner {
 }
 
 impl PooledBody {
-    fn new(inner: Inner, guard: InFlight) -> Self {
-        let mut body = PooledBody { inner, guard };
+    fn new(inner: Inner, guard: InFlight, slot: Option<Slot>) -> Self {
+        let mut body = PooledBody { inner, guard, slot };
         if body.is_end_stream() {
             body.release();
         }
@@ -436,8 +502,8 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Inner::H1(b) = &mut self.inner {
-            if let Some(conn) = b.take_reusable() {
-                self.guard.0.put_idle(conn);
+            if let (Some(conn), Some(slot)) = (b.take_reusable(), self.slot.take()) {
+                self.guard.0.put_idle(conn, slot);
             }
         }
     }

@@ -1,0 +1,470 @@
+//! One client connection from accept to close, under its listener's limits: the protocol is
+//! found (HTTP/1.1 or the HTTP/2 preface) before a deadline, then served by hyper while a
+//! watchdog closes it when its head is too slow, when it stays idle, or when an HTTP/2 client
+//! resets streams faster than the limit allows.
+//!
+//! The watchdog is polled in the connection's own task, after the connection: for HTTP/1.1 every
+//! change it reads (a head begins, a request starts or ends) happens in that same poll, so it
+//! needs no wake-up of its own and costs nothing but a few atomic loads per poll.
+
+use super::limits::{Limits, RESET_WINDOW};
+use crate::metrics::hub::SelfMetrics;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// No head has begun.
+const NONE: u64 = u64::MAX;
+
+/// Why the gateway closed a client connection for a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// No byte, or not enough to tell the protocol, before `first_byte_timeout` (TLS: the
+    /// handshake did not finish).
+    FirstByte,
+    /// An HTTP/1.1 request head did not finish within `request_headers_timeout`.
+    RequestHeaders,
+    /// No request for `idle_timeout`.
+    Idle,
+    /// An HTTP/2 client reset more streams than `http2_max_resets_per_10s`.
+    ResetFlood,
+}
+
+impl Cut {
+    /// The `reason` label of `splitgate_downstream_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cut::FirstByte => "first_byte_timeout",
+            Cut::RequestHeaders => "request_headers_timeout",
+            Cut::Idle => "idle_timeout",
+            Cut::ResetFlood => "http2_reset_flood",
+        }
+    }
+}
+
+/// The hyper settings of one listener, built once from its limits.
+#[derive(Debug, Clone)]
+pub struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    limits: Limits,
+}
+
+impl Http {
+    /// Settings for `limits`.
+    pub fn new(limits: Limits) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // The watchdog times heads and idle connections apart; hyper's one timer would
+            // run from the end of the previous answer and so cut idle and slow alike.
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_head_bytes)
+            .max_headers(limits.max_headers)
+            // One buffer per write (head and body together) rather than a gather write:
+            // measured 7% more requests per CPU second on small answers (BENCHMARKS.md).
+            .writev(false);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Duration::from_secs(30));
+        Http { h1, h2, limits }
+    }
+
+    /// The limits these settings serve.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// Reads until the first bytes tell HTTP/1.1 from the HTTP/2 preface. `None`: the client
+/// closed first.
+async fn detect<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<Option<Proto>> {
+    loop {
+        let seen = &buf[..buf.len().min(PREFACE.len())];
+        if !PREFACE.starts_with(seen) {
+            return Ok(Some(Proto::Http1));
+        }
+        if seen.len() == PREFACE.len() {
+            return Ok(Some(Proto::Http2));
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// What the watchdog reads: requests in progress, and when the connection last went quiet
+/// or began a head. Times are nanoseconds since `epoch`.
+#[derive(Debug)]
+struct ConnState {
+    epoch: Instant,
+    http1: bool,
+    active: AtomicU32,
+    quiet_since: AtomicU64,
+    head_since: AtomicU64,
+    window_start: AtomicU64,
+    resets: AtomicU32,
+    max_resets: u32,
+    flood: AtomicBool,
+}
+
+impl ConnState {
+    fn new(proto: Proto, limits: &Limits) -> Self {
+        ConnState {
+            epoch: Instant::now(),
+            http1: proto == Proto::Http1,
+            active: AtomicU32::new(0),
+            quiet_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(NONE),
+            window_start: AtomicU64::new(0),
+            resets: AtomicU32::new(0),
+            max_resets: limits.http2_max_resets,
+            flood: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Bytes arrived: on a quiet HTTP/1.1 connection they begin a request head.
+    fn on_read(&self) {
+        if self.http1
+            && self.active.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE
+        {
+            self.head_since.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// A stream ended before its answer did: the client reset or left it.
+    fn on_reset(&self) {
+        if self.http1 {
+            return;
+        }
+        let now = self.now();
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > RESET_WINDOW.as_nanos() as u64 {
+            self.window_start.store(now, Ordering::Relaxed);
+            self.resets.store(1, Ordering::Relaxed);
+        } else if self.resets.fetch_add(1, Ordering::Relaxed) >= self.max_resets {
+            self.flood.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection is due to be cut, and why; `None` while a request is in progress.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Cut)> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != NONE {
+            return Some((
+                self.at(head) + limits.request_headers_timeout,
+                Cut::RequestHeaders,
+            ));
+        }
+        let quiet = self.quiet_since.load(Ordering::Relaxed);
+        Some((self.at(quiet) + limits.idle_timeout, Cut::Idle))
+    }
+}
+
+/// A request in progress, from the call of the handler to the end of its answer's body.
+#[derive(Debug)]
+struct Active {
+    state: Arc<ConnState>,
+    done: bool,
+}
+
+impl Active {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::AcqRel);
+        state.head_since.store(NONE, Ordering::Relaxed);
+        Active { state, done: false }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.on_reset();
+        }
+        // Quiet from now: stored before the count drops, so the watchdog never reads an old
+        // time for a connection it sees quiet.
+        self.state
+            .quiet_since
+            .store(self.state.now(), Ordering::Relaxed);
+        self.state.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that holds its request [`Active`] until the last byte is sent.
+#[derive(Debug)]
+pub struct Guarded<B: Body> {
+    inner: B,
+    active: Active,
+}
+
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.active.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Body> Drop for Guarded<B> {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows is over without polling it to the end.
+        if self.inner.is_end_stream() {
+            self.active.done = true;
+        }
+    }
+}
+
+/// A client stream that tells the watchdog when bytes arrive, and first hands back the bytes
+/// read to find the protocol.
+#[derive(Debug)]
+struct Watched<I> {
+    io: I,
+    prefix: Bytes,
+    state: Arc<ConnState>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            self.state.on_read();
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.on_read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Closes the connection when its state passes a deadline. It re-arms its timer only when a
+/// deadline comes earlier than the one armed; a timer that fires early is re-armed.
+struct Watchdog {
+    state: Arc<ConnState>,
+    limits: Limits,
+    sleep: Pin<Box<Sleep>>,
+    armed: Instant,
+}
+
+impl Watchdog {
+    fn new(state: Arc<ConnState>, limits: Limits) -> Self {
+        let armed = Instant::now() + limits.idle_timeout.max(limits.request_headers_timeout);
+        Watchdog {
+            state,
+            limits,
+            sleep: Box::pin(tokio::time::sleep_until(armed)),
+            armed,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Cut> {
+        loop {
+            if self.state.flood.load(Ordering::Relaxed) {
+                return Poll::Ready(Cut::ResetFlood);
+            }
+            let now = Instant::now();
+            let target = match self.state.deadline(&self.limits) {
+                Some((due, cut)) if due <= now => return Poll::Ready(cut),
+                Some((due, _)) => due,
+                // A request in progress: look again after an idle period.
+                None => now + self.limits.idle_timeout,
+            };
+            if target < self.armed || self.armed <= now {
+                self.armed = target;
+                self.sleep.as_mut().reset(target);
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends. `deadline` bounds the wait for the first
+/// bytes (and, on TLS listeners, was the handshake's). On shutdown, lets its current requests
+/// finish.
+pub async fn serve<I, F, Fut, B>(
+    mut io: I,
+    deadline: Instant,
+    http: &Http,
+    metrics: Option<&SelfMetrics>,
+    stop: &mut watch::Receiver<bool>,
+    handler: F,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let count = |cut: Cut| {
+        if let Some(m) = metrics {
+            m.closed_connections(cut.label()).inc();
+        }
+    };
+    let mut buf = BytesMut::with_capacity(512);
+    let proto = tokio::select! {
+        r = tokio::time::timeout_at(deadline, detect(&mut io, &mut buf)) => match r {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_) => {
+                count(Cut::FirstByte);
+                tracing::debug!("no request before the first-byte deadline; closing");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    let limits = http.limits;
+    let state = Arc::new(ConnState::new(proto, &limits));
+    let io = TokioIo::new(Watched {
+        io,
+        prefix: buf.freeze(),
+        state: state.clone(),
+    });
+    let service_state = state.clone();
+    let service = service_fn(move |req| {
+        let active = Active::new(service_state.clone());
+        let answer = handler(req);
+        async move {
+            let resp = answer.await;
+            Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, active }))
+        }
+    });
+    let mut dog = Watchdog::new(state, limits);
+    let result = match proto {
+        Proto::Http1 => {
+            let conn = http.h1.serve_connection(io, service).with_upgrades();
+            drive(conn, &mut dog, stop, |c| c.graceful_shutdown()).await
+        }
+        Proto::Http2 => {
+            let conn = http.h2.serve_connection(io, service);
+            drive(conn, &mut dog, stop, |c| c.graceful_shutdown()).await
+        }
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Err(cut) => {
+            count(cut);
+            tracing::debug!(reason = cut.label(), "connection closed at a limit");
+        }
+    }
+}
+
+/// Polls a connection and its watchdog; a shutdown asks the connection to finish gracefully.
+async fn drive<C>(
+    conn: C,
+    dog: &mut Watchdog,
+    stop: &mut watch::Receiver<bool>,
+    graceful: impl Fn(Pin<&mut C>),
+) -> Result<Result<(), hyper::Error>, Cut>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => return Ok(r),
+            cut = poll_fn(|cx| dog.poll(cx)) => return Err(cut),
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                graceful(conn.as_mut());
+            }
+        }
+    }
+}
