@@ -353,20 +353,25 @@ impl Watchdog {
             if self.state.flood.load(Ordering::Relaxed) {
                 return Poll::Ready(Cut::ResetFlood);
             }
+            // The common case reads no clock: a deadline later than the armed one (or none,
+            // while a request is in progress) is looked at when the timer fires.
+            if let Some((due, _)) = self.state.deadline(&self.limits) {
+                if due < self.armed {
+                    self.armed = due;
+                    self.sleep.as_mut().reset(due);
+                }
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             let now = Instant::now();
-            let target = match self.state.deadline(&self.limits) {
+            self.armed = match self.state.deadline(&self.limits) {
                 Some((due, cut)) if due <= now => return Poll::Ready(cut),
                 Some((due, _)) => due,
                 // A request in progress: look again after an idle period.
                 None => now + self.limits.idle_timeout,
             };
-            if target < self.armed || self.armed <= now {
-                self.armed = target;
-                self.sleep.as_mut().reset(target);
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            self.sleep.as_mut().reset(self.armed);
         }
     }
 }
