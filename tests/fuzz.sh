@@ -33,8 +33,8 @@ for t in "${targets[@]}"; do
     echo "$t: ok, $execs executions"
   else
     failed+=("$t")
-    echo "FAILED: fuzz target $t crashed; the end of its log ($log):"
-    tail -n 60 "$log"
+    echo "FAILED: fuzz target $t crashed; what it said (the whole log: $log):"
+    grep -E -A3 "panicked at|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|out-of-memory|timeout after" "$log" | head -n 40 || tail -n 40 "$log"
     input=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -n 1 | sed 's/Test unit written to //')
     if [ -n "$input" ]; then
       echo "FAILED: $t: the crashing input is saved in $input"

@@ -58,7 +58,7 @@ impl fmt::Display for FileKind {
             FileKind::Socket => "a socket",
             FileKind::CharDevice => "a character device",
             FileKind::BlockDevice => "a block device",
-            FileKind::Other => "not a file",
+            FileKind::Other => "an unknown kind of file",
         })
     }
 }
