@@ -30,13 +30,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The admin token file is unusable.
-    #[error("admin.token_file {path}: {reason}")]
-    Token {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("admin.token_file: {0}")]
+    Token(String),
     /// The config file cannot be watched.
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
@@ -73,18 +68,9 @@ async fn bind(
 }
 
 fn read_token(path: &str) -> Result<Arc<str>, StartError> {
-    let token = std::fs::read_to_string(path).map_err(|e| StartError::Token {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(StartError::Token {
-            path: path.into(),
-            reason: "the file is empty".into(),
-        });
-    }
-    Ok(token.into())
+    crate::config::files::read_token(std::path::Path::new(path))
+        .map(Into::into)
+        .map_err(StartError::Token)
 }
 
 impl App {

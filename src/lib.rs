@@ -11,6 +11,8 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

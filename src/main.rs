@@ -257,10 +257,10 @@ fn weights(action: WeightsAction) -> ExitCode {
     use splitgate::admin::client::{describe_route, AdminClient, ClientError};
     let (WeightsAction::Get { admin, .. } | WeightsAction::Set { admin, .. }) = &action;
     let token = match &admin.token_file {
-        Some(f) => match std::fs::read_to_string(f) {
-            Ok(t) => Some(t.trim().to_string()),
+        Some(f) => match config::files::read_token(f) {
+            Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("splitgate: cannot read the token file {}: {e}", f.display());
+                eprintln!("splitgate: the token file: {e}");
                 return ExitCode::from(1);
             }
         },

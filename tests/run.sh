@@ -18,3 +18,8 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+# Then every fuzz target for FUZZ_SECONDS each (tests/fuzz.sh; 0 skips it).
+fuzz_seconds="${FUZZ_SECONDS:-60}"
+if [ "$fuzz_seconds" != "0" ]; then
+  tests/fuzz.sh "$fuzz_seconds"
+fi

@@ -1,7 +1,9 @@
 //! The config file: read (`model`), checked (`validate`), turned into a runtime snapshot (`compile`).
 
+pub mod aliases;
 pub mod compile;
 pub mod duration;
+pub mod files;
 pub mod limits;
 pub mod model;
 pub mod validate;
@@ -53,7 +55,24 @@ impl fmt::Display for ConfigError {
 }
 
 /// Parses YAML text into the raw model; syntax, type and unknown-field errors carry their path.
+/// A document whose aliases would expand past [`aliases::MAX_ALIAS_NODES`] nodes or
+/// [`aliases::MAX_ALIAS_BYTES`] bytes is refused before serde expands anything.
 pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
+    let whole = |message: String| ConfigError {
+        source_name: source_name.to_string(),
+        errors: vec![FieldError {
+            path: String::new(),
+            message,
+        }],
+    };
+    match aliases::check(text) {
+        Ok(()) => {}
+        // Nothing to expand: serde reports the syntax error in the words users already know.
+        Err(aliases::AliasError::Syntax(_)) if !aliases::may_have_aliases(text) => {}
+        // What the scanner cannot read, serde might, expanding aliases never measured.
+        Err(aliases::AliasError::Syntax(e)) => return Err(whole(format!("invalid YAML: {e}"))),
+        Err(e) => return Err(whole(e.to_string())),
+    }
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -101,25 +120,43 @@ pub fn load_for_start(path: &Path) -> Result<(Config, Vec<FieldError>), ConfigEr
 }
 
 /// Reads, parses and validates a config file, and returns the hash of the bytes read (`None`
-/// when it could not be read), so a watcher can tell later whether the file changed.
+/// when it could not be read), so a watcher can tell later whether the file changed. The file
+/// must be a regular file (symlinks followed) of at most [`files::MAX_FILE_BYTES`].
 pub fn load_hashed(path: &Path) -> (Option<u64>, Result<Config, ConfigError>) {
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => (Some(content_hash(text.as_bytes())), from_str(&text, &name)),
-        Err(e) => {
-            let message = format!("cannot read the file: {e}");
-            (
-                None,
-                Err(ConfigError {
-                    source_name: name,
-                    errors: vec![FieldError {
-                        path: String::new(),
-                        message,
-                    }],
-                }),
-            )
+    let failed = |message: String| ConfigError {
+        source_name: name.clone(),
+        errors: vec![FieldError {
+            path: String::new(),
+            message,
+        }],
+    };
+    let bytes = match files::read_regular(path, files::MAX_FILE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e @ files::FileError::Io(_)) => {
+            return (None, Err(failed(format!("cannot read the file: {e}"))))
         }
+        Err(e) => return (None, Err(failed(format!("the file {e}")))),
+    };
+    let hash = content_hash(&bytes);
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(hash), from_str(&text, &name)),
+        Err(e) => (
+            Some(hash),
+            Err(failed(format!(
+                "cannot read the file: it is not UTF-8 text ({})",
+                e.utf8_error()
+            ))),
+        ),
     }
+}
+
+/// The hash of a config file's bytes as [`load_hashed`] would read them; `None` when it cannot
+/// be read.
+pub fn file_hash(path: &Path) -> Option<u64> {
+    files::read_regular(path, files::MAX_FILE_BYTES)
+        .ok()
+        .map(|b| content_hash(&b))
 }
 
 /// A hash of a config file's bytes.

@@ -11,6 +11,7 @@ use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 /// Default upstream connect timeout (Istio's).
@@ -480,7 +481,13 @@ fn upstream_tls(
             .ca_file
             .as_deref()
             .unwrap_or(crate::tls::client::SYSTEM_CA_FILE);
-        std::fs::read(path).map_err(|e| ("ca_file", format!("cannot read {path}: {e}")))?
+        match super::files::read_regular(Path::new(path), super::files::MAX_FILE_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e @ super::files::FileError::Io(_)) => {
+                return Err(("ca_file", format!("cannot read {path}: {e}")))
+            }
+            Err(e) => return Err(("ca_file", format!("{path:?} {e}"))),
+        }
     };
     let sni = t.sni.as_deref().unwrap_or(host);
     let ca_file = t
@@ -500,10 +507,16 @@ fn upstream_tls(
 }
 
 /// What `splitgate validate` and `splitgate run` check on disk beyond [`validate`]: that each
-/// listener certificate and key can serve. An expired certificate is a warning.
+/// listener certificate and key can serve, and that the admin token file holds a token. An
+/// expired certificate is a warning.
 pub fn check_files(config: &Config) -> (Vec<FieldError>, Vec<FieldError>) {
     let mut errors = Errors::default();
     let mut warnings = Errors::default();
+    if let Some(path) = &config.raw.admin.token_file {
+        if let Err(m) = super::files::read_token(Path::new(path)) {
+            errors.add("admin.token_file", m);
+        }
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         let Some(pairs) = &l.tls else { continue };
         let found = crate::tls::server::check_pairs(pairs);

@@ -23,10 +23,6 @@ const DEBOUNCE: Duration = Duration::from_millis(25);
 /// Fallback poll interval.
 const POLL: Duration = Duration::from_secs(2);
 
-fn file_hash(path: &Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|b| super::content_hash(&b))
-}
-
 /// The directory holding `path`.
 fn dir_of(path: &Path) -> PathBuf {
     path.parent()
@@ -62,7 +58,7 @@ pub fn spawn(
     let file = path.clone();
     watch_files(vec![path], POLL, stop, move || {
         let control = control.clone();
-        let changed = file_hash(&file).is_some_and(|h| h != control.file_hash());
+        let changed = super::file_hash(&file).is_some_and(|h| h != control.file_hash());
         async move {
             // Skip content already loaded, whoever loaded it (this watcher or `POST /v1/reload`).
             // A rejected file is logged, counted and shown in /v1/state by `reload` itself.

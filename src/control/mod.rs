@@ -163,8 +163,8 @@ impl Control {
             file_hash: AtomicU64::new(
                 config_path
                     .as_deref()
-                    .and_then(|p| std::fs::read(p).ok())
-                    .map_or(0, |b| config::content_hash(&b)),
+                    .and_then(config::file_hash)
+                    .unwrap_or(0),
             ),
             config_path,
             state_file,

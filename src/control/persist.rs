@@ -1,16 +1,17 @@
 //! The state file: API overrides written atomically (temp file, fsync, rename) and read at start.
 
 use super::overlay::Overlay;
+use crate::config::files::{read_regular, MAX_FILE_BYTES};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Reads the overlay; `Ok(None)` when the file does not exist yet.
 pub fn load(path: &Path) -> Result<Option<Overlay>, String> {
-    match std::fs::read(path) {
+    match read_regular(path, MAX_FILE_BYTES) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format!("{}: not a valid state file: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

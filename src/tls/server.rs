@@ -6,6 +6,7 @@
 //! the failure is logged, counted and shown in `/v1/state`.
 
 use super::provider;
+use crate::config::files::{read_regular, FileError, MAX_FILE_BYTES};
 use crate::metrics::hub::{ResultLabel, SelfMetrics};
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -97,10 +98,13 @@ pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, CertError> {
 }
 
 fn read_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let cert = std::fs::read(&paths.cert_file)
-        .map_err(|e| CertError::cert(paths, format!("cannot be read: {e}")))?;
-    let key = std::fs::read(&paths.key_file)
-        .map_err(|e| CertError::key(paths, format!("cannot be read: {e}")))?;
+    let read = |path| match read_regular(path, MAX_FILE_BYTES) {
+        Ok(bytes) => Ok(bytes),
+        Err(e @ FileError::Io(_)) => Err(format!("cannot be read: {e}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let cert = read(&paths.cert_file).map_err(|m| CertError::cert(paths, m))?;
+    let key = read(&paths.key_file).map_err(|m| CertError::key(paths, m))?;
     Ok((cert, key))
 }
 

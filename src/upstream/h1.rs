@@ -168,7 +168,7 @@ pub struct Failed {
 
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum ReqFraming {
+pub(crate) enum ReqFraming {
     /// No body.
     None,
     /// As the client's `content-length` says.
@@ -300,7 +300,7 @@ impl Writer {
 
 /// A response head, parsed.
 #[derive(Debug)]
-struct Head {
+pub(crate) struct Head {
     status: StatusCode,
     version: Version,
     /// The fields passed on. `connection`, `keep-alive` and `transfer-encoding` describe this
@@ -318,7 +318,7 @@ struct Head {
 
 /// How a response body is framed (RFC 9112 §6.3), and how much of it is left.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
+pub(crate) enum Framing {
     /// Bytes left of a `content-length` body.
     Length(u64),
     /// A chunked body, at this point of its grammar.
@@ -330,7 +330,7 @@ enum Framing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Bytes left of a chunk's data.
@@ -415,18 +415,8 @@ fn poll_head(
     cx: &mut Context<'_>,
 ) -> Poll<Result<(Head, Framing), Error>> {
     loop {
-        if !conn.rbuf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.rbuf)? {
-                let code = head.status.as_u16();
-                if (100..200).contains(&code) && code != 101 {
-                    continue;
-                }
-                let framing = response_framing(&head, head_request);
-                return Poll::Ready(Ok((head, framing)));
-            }
-            if conn.rbuf.len() > MAX_HEAD {
-                return Poll::Ready(Err(Error::Malformed("response head larger than 64 KiB")));
-            }
+        if let Some(found) = buffered_head(&mut conn.rbuf, head_request)? {
+            return Poll::Ready(Ok(found));
         }
         if conn.rbuf.capacity() - conn.rbuf.len() < READ_ROOM {
             conn.rbuf.reserve(READ_ROOM);
@@ -437,6 +427,29 @@ fn poll_head(
         }
         *got_bytes = true;
     }
+}
+
+/// The final response head in `buf` and its body's framing, consuming them (and any 1xx heads
+/// before, except 101); `None` while the head is incomplete.
+pub(crate) fn buffered_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(Head, Framing)>, Error> {
+    while !buf.is_empty() {
+        let Some(head) = parse_head(buf)? else {
+            if buf.len() > MAX_HEAD {
+                return Err(Error::Malformed("response head larger than 64 KiB"));
+            }
+            return Ok(None);
+        };
+        let code = head.status.as_u16();
+        if (100..200).contains(&code) && code != 101 {
+            continue;
+        }
+        let framing = response_framing(&head, head_request);
+        return Ok(Some((head, framing)));
+    }
+    Ok(None)
 }
 
 fn request_framing(head: &request::Parts, body: &UpstreamBody) -> ReqFraming {
@@ -454,7 +467,7 @@ fn request_framing(head: &request::Parts, body: &UpstreamBody) -> ReqFraming {
 
 /// Writes the request line and headers. Header names and values are valid by construction
 /// (the `http` crate admits no CR or LF), so nothing can be smuggled through them.
-fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: ReqFraming) {
+pub(crate) fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: ReqFraming) {
     buf.clear();
     buf.extend_from_slice(head.method.as_str().as_bytes());
     buf.push(b' ');
@@ -617,7 +630,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// Whether the connection may carry another exchange after this one, by version and
 /// `connection` tokens. Both `transfer-encoding` and `content-length` on one response is a
 /// smuggling shape: answered, then closed.
-fn keep_alive(head: &Head) -> bool {
+pub(crate) fn keep_alive(head: &Head) -> bool {
     let keep = head.version == Version::HTTP_11 || head.keep_alive;
     keep && !head.close && !(head.chunked.is_some() && head.length.is_some())
 }
@@ -718,14 +731,14 @@ impl ResponseBody {
 }
 
 /// One step of the chunked decoder over buffered bytes.
-enum Step {
+pub(crate) enum Step {
     /// Moved on, maybe with a frame to pass on.
     Next(Framing, Option<Frame<Bytes>>),
     /// More bytes must be read first.
     NeedMore,
 }
 
-fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
+pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error> {
     let bad = |why| Err(Error::BadBody(why));
     match state {
         Chunk::Size => {
