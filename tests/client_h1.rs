@@ -664,6 +664,33 @@ async fn an_absolute_form_target_replaces_host() {
     .await
 }
 
+/// `Connection` may name only hop-by-hop fields: a client naming Host, the framing fields or TE
+/// there cannot strip them from what the upstream gets. Custom fields it names still go.
+#[tokio::test]
+async fn connection_naming_host_or_framing_fields_strips_none_of_them() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        let (reply, _client) = one(
+            gw.addr,
+            b"POST /named HTTP/1.1\r\nHost: a\r\n\
+              Connection: host, content-length, transfer-encoding, te, x-drop\r\n\
+              X-Drop: 1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "target=/named"));
+        let requests = upstream.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        let req = &requests[0];
+        assert_eq!(req.all("host"), ["a"], "{req:?}");
+        assert_eq!(req.all("x-forwarded-host"), ["a"], "{req:?}");
+        assert_eq!(req.all("content-length"), ["5"], "{req:?}");
+        assert_eq!(req.body, b"hello");
+        assert!(req.all("x-drop").is_empty(), "{req:?}");
+        assert!(req.all("connection").is_empty(), "{req:?}");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn http11_without_host_is_400_dpe_and_the_connection_goes_on() {
     bounded(async {

@@ -18,6 +18,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Fields that `Connection` may not name away (RFC 9110 §7.6.1: it lists hop-by-hop fields only).
+/// Host is end-to-end and the upstream routes by it. The framing fields and TE have their own
+/// rules here and in the HTTP/1.1 writer; a client naming them must not change what the upstream
+/// is sent.
+const NEVER_NAMED: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+];
+
 /// `x-forwarded-for`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `x-forwarded-proto`.
@@ -82,7 +93,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 .any(|u| token.eq_ignore_ascii_case(u));
             if !usual && !token.is_empty() {
                 // `from_bytes` lowercases as it parses.
-                named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+                let name = HeaderName::from_bytes(token.as_bytes()).ok();
+                named.extend(name.filter(|n| !NEVER_NAMED.contains(n)));
             }
         }
         for n in named {
@@ -276,6 +288,23 @@ mod tests {
         plain.insert("content-length", HeaderValue::from_static("3"));
         prepare_response(&mut plain, false);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_framing_fields_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Host, Content-Length, TE, x-a"),
+        );
+        h.insert("host", HeaderValue::from_static("a.example"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        prepare_response(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "te"]);
     }
 
     #[test]
