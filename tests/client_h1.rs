@@ -48,6 +48,9 @@ const BROKEN_CHUNK: &[u8] =
     b"POST /broken HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
 const NO_HOST: &[u8] = b"GET /nohost HTTP/1.1\r\n\r\n";
 const TWO_HOSTS: &[u8] = b"GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+const HOST_WITH_SPACE: &[u8] = b"GET /space HTTP/1.1\r\nHost: a b\r\n\r\n";
+const HOST_WITH_USERINFO: &[u8] = b"GET /userinfo HTTP/1.1\r\nHost: user@a\r\n\r\n";
+const TARGET_WITH_USERINFO: &[u8] = b"GET http://user:pw@a/userinfo HTTP/1.1\r\nHost: a\r\n\r\n";
 
 /// A head with 200 fields (the listener allows 128).
 fn too_many_fields() -> Vec<u8> {
@@ -715,6 +718,29 @@ async fn two_host_headers_are_400_dpe_and_reach_nothing() {
         let (gw, upstream) = setup().await;
         let (reply, _client) = one(gw.addr, TWO_HOSTS).await;
         assert_dpe_host(&reply);
+        upstream.assert_untouched();
+        assert_still_serving(&gw).await;
+        assert_eq!(upstream.targets(), ["/after"]);
+    })
+    .await
+}
+
+/// A Host that is not `host[:port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a space, or userinfo, which
+/// RFC 9110 §4.2.4 says to treat as an error, in the Host header or in an absolute-form target.
+#[tokio::test]
+async fn an_invalid_host_is_400_dpe_and_reaches_nothing() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        for request in [HOST_WITH_SPACE, HOST_WITH_USERINFO, TARGET_WITH_USERINFO] {
+            let (reply, _client) = one(gw.addr, request).await;
+            assert_dpe_host(&reply);
+            assert_eq!(
+                reply.body,
+                "DPE: the Host is not a valid host[:port]\n",
+                "{:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
         upstream.assert_untouched();
         assert_still_serving(&gw).await;
         assert_eq!(upstream.targets(), ["/after"]);

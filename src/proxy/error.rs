@@ -35,6 +35,10 @@ pub enum ProxyError {
     /// A request with more than one Host header (RFC 9112 §3.2).
     #[error("request with more than one Host header")]
     DuplicateHost,
+    /// A Host (header, absolute-form target or `:authority`) that is not `host[:port]`: a space,
+    /// userinfo, or another byte an authority cannot hold (RFC 9110 §4.2.4 and §7.2).
+    #[error("the Host is not a valid host[:port]")]
+    InvalidHost,
 }
 
 impl ProxyError {
@@ -60,6 +64,7 @@ impl ProxyError {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StreamIdle => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
+            Self::InvalidHost => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -75,6 +80,7 @@ impl ProxyError {
             Self::StreamIdle => "SI",
             Self::UpgradeToHttp2 => "UPE",
             Self::MissingHost | Self::DuplicateHost => "DPE",
+            Self::InvalidHost => "DPE",
         }
     }
 
@@ -87,6 +93,7 @@ impl ProxyError {
             Self::ClientBody(_) => "13",                     // INTERNAL
             Self::UpgradeToHttp2 => "13",                    // INTERNAL
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
+            Self::InvalidHost => "13",                       // INTERNAL
             _ => "14",                                       // UNAVAILABLE
         }
     }
@@ -106,6 +113,7 @@ impl ProxyError {
             }
             Self::MissingHost => "DPE: an HTTP/1.1 request needs a Host header\n",
             Self::DuplicateHost => "DPE: the request has more than one Host header\n",
+            Self::InvalidHost => "DPE: the Host is not a valid host[:port]\n",
         }
     }
 }

@@ -119,28 +119,83 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
 /// in absolute form, and HTTP/2's `:authority`, name the host: it replaces any Host header
 /// (§3.2.2), which an HTTP/1.1 upstream needs. Otherwise an HTTP/1.1 request needs exactly one
 /// Host header; HTTP/1.0 may send none.
+///
+/// The host must be `host[:port]` (RFC 9110 §7.2): one the upstream reads as the gateway did.
+/// Userinfo (`user@`) is refused rather than dropped, as RFC 9110 §4.2.4 asks, since it mostly
+/// serves to disguise the host.
 pub fn settle_host(parts: &mut Parts) -> Result<(), ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     let Some(authority) = parts.uri.authority() else {
         return match (first, second) {
-            (Some(_), None) => Ok(()),
+            (Some(h), None) if is_host(h.as_bytes()) => Ok(()),
+            (Some(_), None) => Err(ProxyError::InvalidHost),
             (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
             (None, _) if parts.version == Version::HTTP_11 => Err(ProxyError::MissingHost),
             (None, _) => Ok(()),
         };
     };
-    // Userinfo (`user@`) is not part of a Host.
-    let host = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, h)| h);
+    let host = authority.as_str();
+    if !is_host(host.as_bytes()) {
+        return Err(ProxyError::InvalidHost);
+    }
     if second.is_some() || first.is_none_or(|f| f.as_bytes() != host.as_bytes()) {
         // Never fails: the characters a URI allows are all valid in a header value.
         let value = HeaderValue::from_str(host).map_err(|_| ProxyError::MissingHost)?;
         parts.headers.insert(header::HOST, value);
     }
     Ok(())
+}
+
+/// Whether `host` is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
+/// literal, or a reg-name (which covers IPv4 addresses and DNS names), then an optional port of
+/// digits. An empty Host is allowed, as RFC 9112 §3.2 allows it.
+fn is_host(host: &[u8]) -> bool {
+    let (name_ok, rest) = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && literal[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+                &literal[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+            (is_reg_name(&host[..end]), &host[end..])
+        }
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
+}
+
+/// RFC 3986's reg-name: unreserved characters, sub-delims and percent-encoded octets.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
@@ -350,7 +405,10 @@ mod tests {
         );
         assert_eq!(settled(v11, abs, &[]).unwrap(), ["other.example:8081"]);
         let userinfo = "http://user:pw@other.example/p";
-        assert_eq!(settled(v11, userinfo, &[]).unwrap(), ["other.example"]);
+        assert!(matches!(
+            settled(v11, userinfo, &[]),
+            Err(ProxyError::InvalidHost)
+        ));
         let h2 = "https://api.example.com/x";
         assert_eq!(
             settled(Version::HTTP_2, h2, &["evil.example"]).unwrap(),
@@ -375,6 +433,45 @@ mod tests {
         ));
         assert!(settled(Version::HTTP_10, "/", &[]).unwrap().is_empty());
         assert!(settled(Version::HTTP_2, "/", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_are_host_and_optional_port() {
+        for good in [
+            "a",
+            "shop.example.com",
+            "shop.example.com:8080",
+            "10.0.0.7:9080",
+            "[::1]:8080",
+            "[2001:db8::7]",
+            "xn--bcher-kva.example",
+            "a%2Db",
+            "a:",
+            "[::1]:",
+            "",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "a b",
+            "user@a",
+            "user:pw@a:80",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "a:80x",
+            "a:8:0",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a%2",
+            "a%zz",
+            "\u{e9}.example",
+            "a\tb",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]
