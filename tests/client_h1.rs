@@ -39,6 +39,10 @@ const MINUS_CONTENT_LENGTH: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Leng
 const TE_GZIP: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc";
 const TE_CHUNKED_GZIP: &[u8] =
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n";
+const TE_GZIP_THEN_CHUNKED: &[u8] =
+    b"POST /gzip HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+const TE_GZIP_LINE_THEN_CHUNKED_LINE: &[u8] = b"POST /gzip HTTP/1.1\r\nHost: a\r\n\
+      Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
 const TE_IN_HTTP10: &[u8] =
     b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 const CL_BESIDE_CHUNKED: &[u8] =
@@ -478,6 +482,32 @@ async fn transfer_encoding_chunked_then_gzip_is_400_and_reaches_nothing() {
 #[tokio::test]
 async fn transfer_encoding_in_http10_is_400_and_reaches_nothing() {
     refused(TE_IN_HTTP10, 400).await;
+}
+
+/// A transfer coding other than chunked (which the listener decodes) is refused as Envoy and
+/// nginx refuse it: forwarded, its body would reach the upstream either still gzip-coded and
+/// labelled as plain chunked, or with a coding many upstreams cannot undo. 501 (RFC 9112 §6.1),
+/// with the flag of a downstream protocol error, and the connection closes, as its body is not
+/// read.
+#[tokio::test]
+async fn a_transfer_coding_besides_chunked_is_501_dpe_and_reaches_nothing() {
+    for request in [TE_GZIP_THEN_CHUNKED, TE_GZIP_LINE_THEN_CHUNKED_LINE] {
+        bounded(async {
+            let (gw, upstream) = setup().await;
+            let (reply, mut client) = one(gw.addr, request).await;
+            assert_eq!(reply.status, 501, "{reply:?}");
+            assert_eq!(
+                reply.body,
+                "DPE: transfer codings other than chunked are not supported\n"
+            );
+            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+            client.assert_closed().await;
+            upstream.assert_untouched();
+            assert_still_serving(&gw).await;
+            assert_eq!(upstream.targets(), ["/after"]);
+        })
+        .await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

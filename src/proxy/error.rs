@@ -39,6 +39,10 @@ pub enum ProxyError {
     /// userinfo, or another byte an authority cannot hold (RFC 9110 §4.2.4 and §7.2).
     #[error("the Host is not a valid host[:port]")]
     InvalidHost,
+    /// A request whose `transfer-encoding` is anything but one `chunked`, such as `gzip, chunked`
+    /// (RFC 9112 §6.1: 501 for a coding the server does not implement).
+    #[error("transfer coding other than chunked")]
+    UnsupportedTransferCoding,
 }
 
 impl ProxyError {
@@ -65,6 +69,7 @@ impl ProxyError {
             Self::StreamIdle => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
             Self::InvalidHost => StatusCode::BAD_REQUEST,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -81,6 +86,7 @@ impl ProxyError {
             Self::UpgradeToHttp2 => "UPE",
             Self::MissingHost | Self::DuplicateHost => "DPE",
             Self::InvalidHost => "DPE",
+            Self::UnsupportedTransferCoding => "DPE",
         }
     }
 
@@ -94,6 +100,7 @@ impl ProxyError {
             Self::UpgradeToHttp2 => "13",                    // INTERNAL
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
             Self::InvalidHost => "13",                       // INTERNAL
+            Self::UnsupportedTransferCoding => "12",         // UNIMPLEMENTED, as for any 501
             _ => "14",                                       // UNAVAILABLE
         }
     }
@@ -114,6 +121,15 @@ impl ProxyError {
             Self::MissingHost => "DPE: an HTTP/1.1 request needs a Host header\n",
             Self::DuplicateHost => "DPE: the request has more than one Host header\n",
             Self::InvalidHost => "DPE: the Host is not a valid host[:port]\n",
+            Self::UnsupportedTransferCoding => {
+                "DPE: transfer codings other than chunked are not supported\n"
+            }
         }
+    }
+
+    /// Whether the client's connection closes after this answer (HTTP/1.x): the request's body
+    /// is left unread, and its framing can't be trusted to find where the next request begins.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::UnsupportedTransferCoding)
     }
 }

@@ -115,6 +115,33 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
+/// Refuses what the gateway does not forward, before routing, then settles the Host (see
+/// [`settle_host`]).
+pub fn check_request(parts: &mut Parts) -> Result<(), ProxyError> {
+    if !only_chunked(&parts.headers) {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    settle_host(parts)
+}
+
+/// Whether the request's transfer codings, over all its `transfer-encoding` fields, are none or
+/// one `chunked`. The listener decodes chunked and refuses a list that does not end with it;
+/// another coding before it (`gzip, chunked`) would reach the upstream re-framed as plain
+/// chunked, its coding lost, so it is refused rather than forwarded.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(c), None) => c.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// Leaves the request with the one Host it is routed and forwarded by (RFC 9112 §3.2). A target
 /// in absolute form, and HTTP/2's `:authority`, name the host: it replaces any Host header
 /// (§3.2.2), which an HTTP/1.1 upstream needs. Otherwise an HTTP/1.1 request needs exactly one
@@ -471,6 +498,32 @@ mod tests {
             "a\tb",
         ] {
             assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_one_chunked_are_refused() {
+        let check = |values: &[&str]| {
+            let mut req = http::Request::post("/").header("host", "a");
+            for v in values {
+                req = req.header("transfer-encoding", *v);
+            }
+            let (mut parts, ()) = req.body(()).unwrap().into_parts();
+            check_request(&mut parts)
+        };
+        assert!(check(&[]).is_ok());
+        assert!(check(&["chunked"]).is_ok());
+        assert!(check(&["Chunked"]).is_ok());
+        for refused in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, chunked"],
+            &["identity, chunked"],
+        ] {
+            assert!(
+                matches!(check(refused), Err(ProxyError::UnsupportedTransferCoding)),
+                "{refused:?}"
+            );
         }
     }
 
