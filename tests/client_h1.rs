@@ -1,4 +1,4 @@
-//! Malformed and hostile HTTP/1.1 from clients, on the wire. Each test writes exact bytes to the
+//! Malformed and hostile HTTP/1.1 from clients, on the wire (and CONNECT over h2c too). Each test writes exact bytes to the
 //! listener and checks what the client gets (status, body, whether the connection closes) and,
 //! above all, what reached the upstream: nothing, or requests framed one way only. A recording
 //! upstream keeps every byte it receives, per connection.
@@ -43,6 +43,10 @@ const TE_GZIP_THEN_CHUNKED: &[u8] =
     b"POST /gzip HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
 const TE_GZIP_LINE_THEN_CHUNKED_LINE: &[u8] = b"POST /gzip HTTP/1.1\r\nHost: a\r\n\
       Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+const CONNECT: &[u8] = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+/// CONNECT with what a client sends into the tunnel right behind it: an HTTP request.
+const CONNECT_THEN_TUNNEL: &[u8] =
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /tunnelled HTTP/1.1\r\nHost: a\r\n\r\n";
 const TE_IN_HTTP10: &[u8] =
     b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 const CL_BESIDE_CHUNKED: &[u8] =
@@ -508,6 +512,58 @@ async fn a_transfer_coding_besides_chunked_is_501_dpe_and_reaches_nothing() {
         })
         .await
     }
+}
+
+/// The gateway is not a forward proxy: CONNECT gets Envoy's answer when it is not configured for
+/// CONNECT (403, no response flag), nothing reaches the upstream, and the connection closes, so
+/// bytes sent into the hoped-for tunnel never become a request.
+#[tokio::test]
+async fn connect_is_403_closes_and_reaches_nothing() {
+    for request in [CONNECT, CONNECT_THEN_TUNNEL] {
+        bounded(async {
+            let (gw, upstream) = setup().await;
+            let (reply, mut client) = one(gw.addr, request).await;
+            assert_eq!(reply.status, 403, "{reply:?}");
+            assert_eq!(
+                reply.body,
+                "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+            );
+            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+            client.assert_closed().await;
+            upstream.assert_untouched();
+            assert_still_serving(&gw).await;
+            assert_eq!(upstream.targets(), ["/after"]);
+        })
+        .await
+    }
+}
+
+/// CONNECT over HTTP/2 (h2c) is refused the same way, and the connection serves on.
+#[tokio::test]
+async fn connect_over_h2c_is_403_and_reaches_nothing() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        let client = h2c_client();
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(gw.url("/"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let reply = send(&client, connect).await;
+        assert_eq!(reply.status, 403, "{reply:?}");
+        assert_eq!(
+            reply.body,
+            "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+        );
+        upstream.assert_untouched();
+        let after = get(&client, &gw.url("/after"), &[]).await;
+        assert_eq!(
+            (after.status.as_u16(), after.body.as_str()),
+            (200, "target=/after")
+        );
+        assert_eq!(upstream.targets(), ["/after"]);
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ pub enum ProxyError {
     /// (RFC 9112 §6.1: 501 for a coding the server does not implement).
     #[error("transfer coding other than chunked")]
     UnsupportedTransferCoding,
+    /// A CONNECT request: the gateway is a reverse proxy and opens no tunnels.
+    #[error("CONNECT is not served")]
+    Connect,
 }
 
 impl ProxyError {
@@ -70,6 +73,7 @@ impl ProxyError {
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
             Self::InvalidHost => StatusCode::BAD_REQUEST,
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::Connect => StatusCode::FORBIDDEN,
         }
     }
 
@@ -87,6 +91,8 @@ impl ProxyError {
             Self::MissingHost | Self::DuplicateHost => "DPE",
             Self::InvalidHost => "DPE",
             Self::UnsupportedTransferCoding => "DPE",
+            // Envoy refuses an upgrade it is not configured for (CONNECT is one) without a flag.
+            Self::Connect => "-",
         }
     }
 
@@ -101,6 +107,7 @@ impl ProxyError {
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
             Self::InvalidHost => "13",                       // INTERNAL
             Self::UnsupportedTransferCoding => "12",         // UNIMPLEMENTED, as for any 501
+            Self::Connect => "7",                            // PERMISSION_DENIED, as for any 403
             _ => "14",                                       // UNAVAILABLE
         }
     }
@@ -124,12 +131,17 @@ impl ProxyError {
             Self::UnsupportedTransferCoding => {
                 "DPE: transfer codings other than chunked are not supported\n"
             }
+            // No flag to start with (see `flag`).
+            Self::Connect => {
+                "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+            }
         }
     }
 
-    /// Whether the client's connection closes after this answer (HTTP/1.x): the request's body
-    /// is left unread, and its framing can't be trusted to find where the next request begins.
+    /// Whether the client's connection closes after this answer (HTTP/1.x): what follows the
+    /// head can't be trusted to be the next request, whether a body of unknown framing or the
+    /// bytes a CONNECT client sends into the tunnel it expects.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::UnsupportedTransferCoding)
+        matches!(self, Self::UnsupportedTransferCoding | Self::Connect)
     }
 }

@@ -4,7 +4,7 @@ use super::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Uri;
-use http::Version;
+use http::{Method, Version};
 use rand::RngCore;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), dropped both ways.
@@ -118,6 +118,10 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
 /// Refuses what the gateway does not forward, before routing, then settles the Host (see
 /// [`settle_host`]).
 pub fn check_request(parts: &mut Parts) -> Result<(), ProxyError> {
+    // A reverse proxy: a CONNECT target names no route's upstream, and a tunnel is not a request.
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
     if !only_chunked(&parts.headers) {
         return Err(ProxyError::UnsupportedTransferCoding);
     }
