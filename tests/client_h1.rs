@@ -54,6 +54,9 @@ const CL_BESIDE_CHUNKED: &[u8] =
       0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 const BROKEN_CHUNK: &[u8] =
     b"POST /broken HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+/// A chunked body that stops in the middle of a chunk; the client then closes its side.
+const CUT_CHUNKED: &[u8] =
+    b"POST /cut HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
 const NO_HOST: &[u8] = b"GET /nohost HTTP/1.1\r\n\r\n";
 const TWO_HOSTS: &[u8] = b"GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
 const HOST_WITH_SPACE: &[u8] = b"GET /space HTTP/1.1\r\nHost: a b\r\n\r\n";
@@ -417,6 +420,16 @@ async fn refused(request: &[u8], status: u16) {
     .await
 }
 
+/// The `istio_requests_total` lines of the app's metrics endpoint.
+async fn requests_total_lines(app: &TestApp) -> Vec<String> {
+    let metrics = format!("http://{}/stats/prometheus", app.app.metrics_addr);
+    let text = get(&http1_client(), &metrics, &[]).await.body;
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A `400 DPE` answer about the Host header.
 fn assert_dpe_host(reply: &Reply) {
     assert_eq!(reply.status, 400, "{reply:?}");
@@ -593,15 +606,18 @@ async fn content_length_beside_chunked_cannot_smuggle_a_request() {
     .await
 }
 
-/// A chunked body that breaks off is `400 DC`; the upstream connection it was going to is not
-/// used again, so the next request reaches the upstream whole, with nothing before it.
+/// A malformed chunk is `400 DPE`; the upstream connection it was going to is not used again, so
+/// the next request reaches the upstream whole, with nothing before it.
 #[tokio::test]
-async fn a_malformed_chunk_size_is_400_dc_and_poisons_nothing() {
+async fn a_malformed_chunk_size_is_400_dpe_and_poisons_nothing() {
     bounded(async {
         let (gw, upstream) = setup().await;
         let (reply, mut client) = one(gw.addr, BROKEN_CHUNK).await;
         assert_eq!(reply.status, 400, "{reply:?}");
-        assert_eq!(reply.body, "DC: the request body broke off\n");
+        assert_eq!(
+            reply.body,
+            "DPE: the request body's chunked framing is malformed\n"
+        );
         client.assert_closed().await;
         assert_still_serving(&gw).await;
         let conns = upstream.received();
@@ -619,6 +635,39 @@ async fn a_malformed_chunk_size_is_400_dc_and_poisons_nothing() {
             ("GET", "/after")
         );
         assert_eq!(used, bytes.len(), "{text:?}");
+    })
+    .await
+}
+
+/// Envoy's flags tell a client that broke the protocol from one that went away: a malformed
+/// chunk is counted `400 DPE`, a body the client stops sending by closing its side stays `DC`.
+#[tokio::test]
+async fn a_malformed_chunk_is_counted_dpe_and_a_body_the_client_cut_dc() {
+    bounded(async {
+        let upstream = Recorder::start().await;
+        let app = spawn_app(&config(&upstream)).await;
+        let (reply, _client) = one(app.addr, BROKEN_CHUNK).await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        let mut client = Client::connect(app.addr).await;
+        client.send(CUT_CHUNKED).await.unwrap();
+        client.stream.shutdown().await.unwrap();
+        let reply = client.reply().await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert_eq!(reply.body, "DC: the request body broke off\n");
+        let lines = requests_total_lines(&app).await;
+        let counted = |code: &str, flags: &str| {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("response_flags=\"{flags}\""))
+                })
+                .map(|l| l.rsplit_once(' ').map_or("", |(_, v)| v))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counted("400", "DPE"), ["1"], "{lines:#?}");
+        assert_eq!(counted("400", "DC"), ["1"], "{lines:#?}");
+        assert_eq!(lines.len(), 2, "{lines:#?}");
     })
     .await
 }
