@@ -920,7 +920,7 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
     bounded(async {
         let (gw, upstream) = setup().await;
         let (many, huge) = (too_many_fields(), huge_value());
-        let cases: [(&str, &[u8], u16); 16] = [
+        let cases: [(&str, &[u8], u16); 23] = [
             ("bad request line", BAD_REQUEST_LINE, 400),
             ("space before colon", SPACE_BEFORE_COLON, 400),
             ("obs-fold", OBS_FOLD, 400),
@@ -937,6 +937,13 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
             ("broken chunk", BROKEN_CHUNK, 400),
             ("no Host", NO_HOST, 400),
             ("two Hosts", TWO_HOSTS, 400),
+            ("Host with a space", HOST_WITH_SPACE, 400),
+            ("Host with userinfo", HOST_WITH_USERINFO, 400),
+            ("target with userinfo", TARGET_WITH_USERINFO, 400),
+            ("TE gzip, chunked", TE_GZIP_THEN_CHUNKED, 501),
+            ("TE on two lines", TE_GZIP_LINE_THEN_CHUNKED_LINE, 501),
+            ("CONNECT", CONNECT, 403),
+            ("CONNECT and tunnel bytes", CONNECT_THEN_TUNNEL, 403),
         ];
         let replies =
             futures_util::future::join_all(cases.iter().map(|(_, req, _)| one(gw.addr, req))).await;
@@ -961,6 +968,7 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
         targets.sort();
         assert_eq!(targets, ["/", "/after"], "{text:?}");
         assert_eq!(find(&conns.concat(), b"/smuggled"), None, "{text:?}");
+        assert_eq!(find(&conns.concat(), b"/tunnelled"), None, "{text:?}");
     })
     .await
 }
