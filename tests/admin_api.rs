@@ -660,6 +660,55 @@ async fn token_is_required_on_every_v1_call() {
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
+/// The auth scheme is case-insensitive (RFC 9110 §11.1), and one or more spaces may follow it
+/// (§11.4); the token itself is compared exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let dir = temp_dir("admin-token-case");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-t0ken\n").unwrap();
+    let yaml = format!(
+        "{}\nadmin: {{ address: \"127.0.0.1:0\", token_file: \"{}\" }}\n",
+        two_subset_config(stable.addr, canary.addr, RULES),
+        token_file.display()
+    );
+    let app = spawn_app_in(dir, &yaml).await;
+    let admin = app.app.admin_addr;
+    for auth in [
+        "BEARER s3cret-t0ken",
+        "bearer s3cret-t0ken",
+        "bEaReR s3cret-t0ken",
+        "Bearer   s3cret-t0ken",
+    ] {
+        let r = call(
+            admin,
+            Method::GET,
+            "/v1/state",
+            None,
+            &[("authorization", auth)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.raw);
+    }
+    for auth in [
+        "BEARER S3CRET-T0KEN",
+        "Bearers3cret-t0ken",
+        "Bear s3cret-t0ken",
+    ] {
+        let r = call(
+            admin,
+            Method::GET,
+            "/v1/state",
+            None,
+            &[("authorization", auth)],
+        )
+        .await;
+        r.expect_error(401, "Authorization");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Header routes
 

@@ -221,11 +221,7 @@ fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), ApiError
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         _ => Err(ApiError::new(
@@ -234,6 +230,13 @@ fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), ApiError
             "a valid bearer token is required",
         )),
     }
+}
+
+/// The token of `Bearer <token>`. The scheme is matched in any case (RFC 9110 §11.1) and may be
+/// followed by several spaces (§11.4); the token is taken as sent.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing about the token.
@@ -294,7 +297,17 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in ["Bearer t", "bearer t", "BEARER t", "BeArEr   t"] {
+            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
+        }
+        for v in ["Bearert", "Basic t", "Bear t", "t"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 
     #[test]
     fn token_comparison() {
