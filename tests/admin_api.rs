@@ -1499,6 +1499,128 @@ async fn bad_header_route_conditions_name_the_api_field() {
     assert_eq!(state(admin).await["generation"], 1);
 }
 
+/// An answer read off a raw connection.
+struct RawReply {
+    status: u16,
+    /// Header fields, names lowercased.
+    headers: Vec<(String, String)>,
+    json: Value,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one whole answer (its body framed by `content-length`, and JSON) from `stream`.
+async fn raw_reply(stream: &mut tokio::net::TcpStream) -> RawReply {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(head) = resp.parse(&got).expect("an HTTP answer") {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value).into_owned();
+                    (h.name.to_ascii_lowercase(), value)
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            if got.len() >= head + len {
+                let json = serde_json::from_slice(&got[head..head + len]).expect("a JSON body");
+                return RawReply {
+                    status: resp.code.unwrap(),
+                    headers,
+                    json,
+                };
+            }
+        }
+        let mut buf = [0u8; 8192];
+        let n = bounded("the answer", stream.read(&mut buf))
+            .await
+            .expect("the connection is not reset under the answer");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Asserts that the gateway closes `stream` cleanly (no reset), with nothing more to read.
+async fn assert_closed_cleanly(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    bounded("the close", stream.read_to_end(&mut rest))
+        .await
+        .expect("closed, not reset");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// A body over the 64 KiB limit is 413 with the usual JSON error, whether its length is
+/// declared or it comes chunked, and even when the client writes all of it before reading: the
+/// gateway reads and drops the rest, so its close does not reset the connection under the
+/// answer. Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_64_kib_is_413_with_a_json_error() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let padded = format!(
+        r#"{{"weights": {{"stable": 0, "canary": 100}}, "rule": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    put(admin, "/v1/routes/main/weights", &padded)
+        .await
+        .expect_error(413, "body");
+
+    let big = vec![b' '; 8 << 20];
+    let declared = format!(
+        "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    let chunked = "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\n\
+                   transfer-encoding: chunked\r\n\r\n";
+    for (head, framed) in [
+        (declared.as_str(), big.clone()),
+        (
+            chunked,
+            [
+                format!("{:x}\r\n", big.len()).as_bytes(),
+                &big,
+                b"\r\n0\r\n\r\n",
+            ]
+            .concat(),
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = [head.as_bytes(), &framed].concat();
+        bounded("writing 8 MiB", stream.write_all(&request))
+            .await
+            .expect("the gateway reads the whole body");
+        let reply = raw_reply(&mut stream).await;
+        assert_eq!(reply.status, 413, "{head}: {}", reply.json);
+        assert_eq!(reply.json["field"], "body", "{}", reply.json);
+        let error = reply.json["error"].as_str().unwrap_or_default();
+        assert!(error.contains("65536"), "{error}");
+        assert_eq!(reply.header("connection"), Some("close"));
+        assert_closed_cleanly(&mut stream).await;
+    }
+    assert_eq!(state(admin).await["generation"], 1);
+    all_go_to(app.addr, 20, &[], "stable").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_not_allowed_lists_the_allowed_methods() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
