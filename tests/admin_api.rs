@@ -1621,6 +1621,36 @@ async fn a_body_over_64_kib_is_413_with_a_json_error() {
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
+/// Deeply nested JSON is refused as its first bytes arrive, not after the whole body: a client
+/// that sends `[[[[…` slowly, or never finishes, gets its 400 at once, and other calls meanwhile
+/// are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_is_400_at_once_and_blocks_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    // 60,000 bytes announced, within the limit; only the first 1,000 are ever sent.
+    let head = "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: 60000\r\n\r\n";
+    let first = [head.as_bytes(), &[b'['; 1000]].concat();
+    stream.write_all(&first).await.unwrap();
+    let meanwhile = tokio::spawn(async move { state(admin).await["generation"].clone() });
+    let reply = raw_reply(&mut stream).await;
+    assert_eq!(reply.status, 400, "{}", reply.json);
+    assert_eq!(reply.json["field"], "body", "{}", reply.json);
+    let error = reply.json["error"].as_str().unwrap_or_default();
+    assert!(error.contains("nested deeper than"), "{error}");
+    assert_eq!(reply.header("connection"), Some("close"));
+    let generation = bounded("the call made meanwhile", meanwhile).await.unwrap();
+    assert_eq!(generation, 1);
+    // The whole body, sent at once, is refused the same way.
+    let nested = "[".repeat(60_000);
+    put(admin, "/v1/routes/main/weights", &nested)
+        .await
+        .expect_error(400, "body");
+    assert_eq!(state(admin).await["generation"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn method_not_allowed_lists_the_allowed_methods() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;

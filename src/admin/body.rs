@@ -1,5 +1,6 @@
-//! Reading an admin request's JSON body: at most 64 KiB, and a refused body is read to its end
-//! in the background so that the connection closes cleanly under the answer.
+//! Reading an admin request's JSON body: at most 64 KiB and nested at most 32 deep, both checked
+//! as the bytes arrive, and a refused body is read to its end in the background so that the
+//! connection closes cleanly under the answer.
 
 use super::ApiError;
 use bytes::BytesMut;
@@ -17,6 +18,9 @@ const DRAIN_MAX: usize = 16 * 1024 * 1024;
 /// Longest time spent reading a refused body, so a client that sends slowly or stops can't
 /// hold its connection.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// Deepest nesting of arrays and objects accepted. The API's bodies need 5; serde_json would
+/// stop at 128, but only once the whole body is in, which a client may take its time to send.
+const MAX_DEPTH: u32 = 32;
 
 /// Reads the body of `req` and parses it as a `T`.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -41,6 +45,7 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         return Err(refuse(body, too_large()));
     }
     let mut bytes = BytesMut::new();
+    let mut nesting = Nesting::default();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ApiError::bad("body", format!("cannot read the body: {e}")))?;
@@ -50,9 +55,54 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         if bytes.len() + data.len() > MAX_BODY {
             return Err(refuse(body, too_large()));
         }
+        if !nesting.scan(&data) {
+            let e = ApiError::bad(
+                "body",
+                format!("invalid JSON body: nested deeper than {MAX_DEPTH} levels"),
+            );
+            return Err(refuse(body, e));
+        }
         bytes.extend_from_slice(&data);
     }
     parse(&bytes)
+}
+
+/// How deep the JSON read so far is nested, kept across the body's frames.
+#[derive(Debug, Default)]
+struct Nesting {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    /// Follows `data`; `false` once the nesting passes `MAX_DEPTH`. Brackets inside strings
+    /// don't count. Whether the JSON is valid is for the parser to say, afterwards.
+    fn scan(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return false;
+                    }
+                }
+                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        true
+    }
 }
 
 fn too_large() -> ApiError {
@@ -104,4 +154,37 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fits(parts: &[&str]) -> bool {
+        let mut n = Nesting::default();
+        parts.iter().all(|p| n.scan(p.as_bytes()))
+    }
+
+    #[test]
+    fn nesting_is_followed_across_frames_and_strings() {
+        let deep = |n: usize| "[".repeat(n);
+        assert!(fits(&[&deep(32)]));
+        assert!(!fits(&[&deep(33)]));
+        assert!(!fits(&[&deep(20), &deep(13)]), "across frames");
+        let closed = "[]".repeat(1000);
+        assert!(
+            fits(&[&closed, &deep(32)]),
+            "closed brackets give their level back"
+        );
+        let quoted = format!(r#"{{"rule": "{}"}}"#, deep(100));
+        assert!(fits(&[&quoted]), "brackets in a string");
+        let escaped = format!(r#"{{"rule": "\\\"{}"}}"#, deep(100));
+        assert!(
+            fits(&[&escaped]),
+            "an escaped quote does not end the string"
+        );
+        assert!(fits(&[r#"{"rule": "a\"#, &format!("\"{}\"}}", deep(100))]));
+        let mirror = r#"{"subset": "c", "match": [{"headers": {"x": {"exact": "["}}}]}"#;
+        assert!(fits(&[mirror]));
+    }
 }
