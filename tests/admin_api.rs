@@ -1617,6 +1617,21 @@ async fn a_body_over_64_kib_is_413_with_a_json_error() {
         assert_eq!(reply.header("connection"), Some("close"));
         assert_closed_cleanly(&mut stream).await;
     }
+    // A client that waits for `100 Continue` is told 413 instead, and sends nothing.
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let waiting = format!(
+        "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\n\r\n",
+        big.len()
+    );
+    stream.write_all(waiting.as_bytes()).await.unwrap();
+    let reply = raw_reply(&mut stream).await;
+    assert_eq!(reply.status, 413, "{}", reply.json);
+    // Closed at once: no wait for a body that was never asked for (dropping one waits up to 5 s).
+    let mut rest = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest);
+    let closed = tokio::time::timeout(Duration::from_secs(3), read).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
     assert_eq!(state(admin).await["generation"], 1);
     all_go_to(app.addr, 20, &[], "stable").await;
 }

@@ -33,6 +33,10 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = req.into_body();
     let refuse = |body: Incoming, mut e: ApiError| {
         if h1 {
@@ -42,6 +46,13 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
         e
     };
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        if expects_continue {
+            // Nothing sent yet: reading would ask for the body with `100 Continue`. Unread,
+            // the client gets the 413 in its place and the connection closes.
+            let mut e = too_large();
+            e.close = h1;
+            return Err(e);
+        }
         return Err(refuse(body, too_large()));
     }
     let mut bytes = BytesMut::new();
