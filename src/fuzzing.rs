@@ -2,7 +2,7 @@
 //! parsers and header rules the library keeps private, exactly as the gateway calls them, and
 //! check what must hold whatever the input. Not for any other use.
 
-use crate::proxy::headers::{is_upgrade, prepare_request, settle_host, ConnInfo};
+use crate::proxy::headers::{check_request, is_upgrade, prepare_request, ConnInfo};
 use crate::upstream::h1::{self, Framing, ReqFraming, Step};
 use bytes::BytesMut;
 use http::request::Parts;
@@ -31,7 +31,7 @@ pub fn request_parts(bytes: &[u8]) -> Option<Parts> {
     builder.body(()).ok().map(|r| r.into_parts().0)
 }
 
-/// A request head through the gateway's header rules (`settle_host`, then `prepare_request`)
+/// A request head through the gateway's header rules (`check_request`, then `prepare_request`)
 /// and into the head written upstream. Panics if that head does not parse back as one whole
 /// HTTP/1.1 request with the same target: what the gateway writes must never be ambiguous.
 pub fn request_head(bytes: &[u8]) {
@@ -39,7 +39,7 @@ pub fn request_head(bytes: &[u8]) {
         return;
     };
     let _ = crate::routing::request_authority(&parts);
-    if settle_host(&mut parts).is_err() {
+    if check_request(&mut parts).is_err() {
         return;
     }
     let conn = ConnInfo {

@@ -660,6 +660,55 @@ async fn token_is_required_on_every_v1_call() {
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
+/// The auth scheme is case-insensitive (RFC 9110 §11.1), and one or more spaces may follow it
+/// (§11.4); the token itself is compared exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let dir = temp_dir("admin-token-case");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-t0ken\n").unwrap();
+    let yaml = format!(
+        "{}\nadmin: {{ address: \"127.0.0.1:0\", token_file: \"{}\" }}\n",
+        two_subset_config(stable.addr, canary.addr, RULES),
+        token_file.display()
+    );
+    let app = spawn_app_in(dir, &yaml).await;
+    let admin = app.app.admin_addr;
+    for auth in [
+        "BEARER s3cret-t0ken",
+        "bearer s3cret-t0ken",
+        "bEaReR s3cret-t0ken",
+        "Bearer   s3cret-t0ken",
+    ] {
+        let r = call(
+            admin,
+            Method::GET,
+            "/v1/state",
+            None,
+            &[("authorization", auth)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{auth:?}: {}", r.raw);
+    }
+    for auth in [
+        "BEARER S3CRET-T0KEN",
+        "Bearers3cret-t0ken",
+        "Bear s3cret-t0ken",
+    ] {
+        let r = call(
+            admin,
+            Method::GET,
+            "/v1/state",
+            None,
+            &[("authorization", auth)],
+        )
+        .await;
+        r.expect_error(401, "Authorization");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Header routes
 
@@ -1447,6 +1496,173 @@ async fn bad_header_route_conditions_name_the_api_field() {
             r.raw
         );
     }
+    assert_eq!(state(admin).await["generation"], 1);
+}
+
+/// An answer read off a raw connection.
+struct RawReply {
+    status: u16,
+    /// Header fields, names lowercased.
+    headers: Vec<(String, String)>,
+    json: Value,
+}
+
+impl RawReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one whole answer (its body framed by `content-length`, and JSON) from `stream`.
+async fn raw_reply(stream: &mut tokio::net::TcpStream) -> RawReply {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut fields);
+        if let httparse::Status::Complete(head) = resp.parse(&got).expect("an HTTP answer") {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value).into_owned();
+                    (h.name.to_ascii_lowercase(), value)
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            if got.len() >= head + len {
+                let json = serde_json::from_slice(&got[head..head + len]).expect("a JSON body");
+                return RawReply {
+                    status: resp.code.unwrap(),
+                    headers,
+                    json,
+                };
+            }
+        }
+        let mut buf = [0u8; 8192];
+        let n = bounded("the answer", stream.read(&mut buf))
+            .await
+            .expect("the connection is not reset under the answer");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Asserts that the gateway closes `stream` cleanly (no reset), with nothing more to read.
+async fn assert_closed_cleanly(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    bounded("the close", stream.read_to_end(&mut rest))
+        .await
+        .expect("closed, not reset");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+/// A body over the 64 KiB limit is 413 with the usual JSON error, whether its length is
+/// declared or it comes chunked, and even when the client writes all of it before reading: the
+/// gateway reads and drops the rest, so its close does not reset the connection under the
+/// answer. Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_64_kib_is_413_with_a_json_error() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let padded = format!(
+        r#"{{"weights": {{"stable": 0, "canary": 100}}, "rule": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    put(admin, "/v1/routes/main/weights", &padded)
+        .await
+        .expect_error(413, "body");
+
+    let big = vec![b' '; 8 << 20];
+    let declared = format!(
+        "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    let chunked = "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\n\
+                   transfer-encoding: chunked\r\n\r\n";
+    for (head, framed) in [
+        (declared.as_str(), big.clone()),
+        (
+            chunked,
+            [
+                format!("{:x}\r\n", big.len()).as_bytes(),
+                &big,
+                b"\r\n0\r\n\r\n",
+            ]
+            .concat(),
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = [head.as_bytes(), &framed].concat();
+        bounded("writing 8 MiB", stream.write_all(&request))
+            .await
+            .expect("the gateway reads the whole body");
+        let reply = raw_reply(&mut stream).await;
+        assert_eq!(reply.status, 413, "{head}: {}", reply.json);
+        assert_eq!(reply.json["field"], "body", "{}", reply.json);
+        let error = reply.json["error"].as_str().unwrap_or_default();
+        assert!(error.contains("65536"), "{error}");
+        assert_eq!(reply.header("connection"), Some("close"));
+        assert_closed_cleanly(&mut stream).await;
+    }
+    // A client that waits for `100 Continue` is told 413 instead, and sends nothing.
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let waiting = format!(
+        "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\n\r\n",
+        big.len()
+    );
+    stream.write_all(waiting.as_bytes()).await.unwrap();
+    let reply = raw_reply(&mut stream).await;
+    assert_eq!(reply.status, 413, "{}", reply.json);
+    // Closed at once: no wait for a body that was never asked for (dropping one waits up to 5 s).
+    let mut rest = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest);
+    let closed = tokio::time::timeout(Duration::from_secs(3), read).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    assert_eq!(state(admin).await["generation"], 1);
+    all_go_to(app.addr, 20, &[], "stable").await;
+}
+
+/// Deeply nested JSON is refused as its first bytes arrive, not after the whole body: a client
+/// that sends `[[[[…` slowly, or never finishes, gets its 400 at once, and other calls meanwhile
+/// are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_is_400_at_once_and_blocks_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    // 60,000 bytes announced, within the limit; only the first 1,000 are ever sent.
+    let head = "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: 60000\r\n\r\n";
+    let first = [head.as_bytes(), &[b'['; 1000]].concat();
+    stream.write_all(&first).await.unwrap();
+    let meanwhile = tokio::spawn(async move { state(admin).await["generation"].clone() });
+    let reply = raw_reply(&mut stream).await;
+    assert_eq!(reply.status, 400, "{}", reply.json);
+    assert_eq!(reply.json["field"], "body", "{}", reply.json);
+    let error = reply.json["error"].as_str().unwrap_or_default();
+    assert!(error.contains("nested deeper than"), "{error}");
+    assert_eq!(reply.header("connection"), Some("close"));
+    let generation = bounded("the call made meanwhile", meanwhile).await.unwrap();
+    assert_eq!(generation, 1);
+    // The whole body, sent at once, is refused the same way.
+    let nested = "[".repeat(60_000);
+    put(admin, "/v1/routes/main/weights", &nested)
+        .await
+        .expect_error(400, "body");
     assert_eq!(state(admin).await["generation"], 1);
 }
 

@@ -1,4 +1,4 @@
-//! Malformed and hostile HTTP/1.1 from clients, on the wire. Each test writes exact bytes to the
+//! Malformed and hostile HTTP/1.1 from clients, on the wire (and CONNECT over h2c too). Each test writes exact bytes to the
 //! listener and checks what the client gets (status, body, whether the connection closes) and,
 //! above all, what reached the upstream: nothing, or requests framed one way only. A recording
 //! upstream keeps every byte it receives, per connection.
@@ -39,6 +39,14 @@ const MINUS_CONTENT_LENGTH: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Leng
 const TE_GZIP: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc";
 const TE_CHUNKED_GZIP: &[u8] =
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n";
+const TE_GZIP_THEN_CHUNKED: &[u8] =
+    b"POST /gzip HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+const TE_GZIP_LINE_THEN_CHUNKED_LINE: &[u8] = b"POST /gzip HTTP/1.1\r\nHost: a\r\n\
+      Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+const CONNECT: &[u8] = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+/// CONNECT with what a client sends into the tunnel right behind it: an HTTP request.
+const CONNECT_THEN_TUNNEL: &[u8] =
+    b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /tunnelled HTTP/1.1\r\nHost: a\r\n\r\n";
 const TE_IN_HTTP10: &[u8] =
     b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 const CL_BESIDE_CHUNKED: &[u8] =
@@ -46,8 +54,14 @@ const CL_BESIDE_CHUNKED: &[u8] =
       0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 const BROKEN_CHUNK: &[u8] =
     b"POST /broken HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+/// A chunked body that stops in the middle of a chunk; the client then closes its side.
+const CUT_CHUNKED: &[u8] =
+    b"POST /cut HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel";
 const NO_HOST: &[u8] = b"GET /nohost HTTP/1.1\r\n\r\n";
 const TWO_HOSTS: &[u8] = b"GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+const HOST_WITH_SPACE: &[u8] = b"GET /space HTTP/1.1\r\nHost: a b\r\n\r\n";
+const HOST_WITH_USERINFO: &[u8] = b"GET /userinfo HTTP/1.1\r\nHost: user@a\r\n\r\n";
+const TARGET_WITH_USERINFO: &[u8] = b"GET http://user:pw@a/userinfo HTTP/1.1\r\nHost: a\r\n\r\n";
 
 /// A head with 200 fields (the listener allows 128).
 fn too_many_fields() -> Vec<u8> {
@@ -406,6 +420,16 @@ async fn refused(request: &[u8], status: u16) {
     .await
 }
 
+/// The `istio_requests_total` lines of the app's metrics endpoint.
+async fn requests_total_lines(app: &TestApp) -> Vec<String> {
+    let metrics = format!("http://{}/stats/prometheus", app.app.metrics_addr);
+    let text = get(&http1_client(), &metrics, &[]).await.body;
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A `400 DPE` answer about the Host header.
 fn assert_dpe_host(reply: &Reply) {
     assert_eq!(reply.status, 400, "{reply:?}");
@@ -477,6 +501,84 @@ async fn transfer_encoding_in_http10_is_400_and_reaches_nothing() {
     refused(TE_IN_HTTP10, 400).await;
 }
 
+/// A transfer coding other than chunked (which the listener decodes) is refused as Envoy and
+/// nginx refuse it: forwarded, its body would reach the upstream either still gzip-coded and
+/// labelled as plain chunked, or with a coding many upstreams cannot undo. 501 (RFC 9112 §6.1),
+/// with the flag of a downstream protocol error, and the connection closes, as its body is not
+/// read.
+#[tokio::test]
+async fn a_transfer_coding_besides_chunked_is_501_dpe_and_reaches_nothing() {
+    for request in [TE_GZIP_THEN_CHUNKED, TE_GZIP_LINE_THEN_CHUNKED_LINE] {
+        bounded(async {
+            let (gw, upstream) = setup().await;
+            let (reply, mut client) = one(gw.addr, request).await;
+            assert_eq!(reply.status, 501, "{reply:?}");
+            assert_eq!(
+                reply.body,
+                "DPE: transfer codings other than chunked are not supported\n"
+            );
+            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+            client.assert_closed().await;
+            upstream.assert_untouched();
+            assert_still_serving(&gw).await;
+            assert_eq!(upstream.targets(), ["/after"]);
+        })
+        .await
+    }
+}
+
+/// The gateway is not a forward proxy: CONNECT gets Envoy's answer when it is not configured for
+/// CONNECT (403, no response flag), nothing reaches the upstream, and the connection closes, so
+/// bytes sent into the hoped-for tunnel never become a request.
+#[tokio::test]
+async fn connect_is_403_closes_and_reaches_nothing() {
+    for request in [CONNECT, CONNECT_THEN_TUNNEL] {
+        bounded(async {
+            let (gw, upstream) = setup().await;
+            let (reply, mut client) = one(gw.addr, request).await;
+            assert_eq!(reply.status, 403, "{reply:?}");
+            assert_eq!(
+                reply.body,
+                "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+            );
+            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+            client.assert_closed().await;
+            upstream.assert_untouched();
+            assert_still_serving(&gw).await;
+            assert_eq!(upstream.targets(), ["/after"]);
+        })
+        .await
+    }
+}
+
+/// CONNECT over HTTP/2 (h2c) is refused the same way, and the connection serves on.
+#[tokio::test]
+async fn connect_over_h2c_is_403_and_reaches_nothing() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        let client = h2c_client();
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(gw.url("/"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let reply = send(&client, connect).await;
+        assert_eq!(reply.status, 403, "{reply:?}");
+        assert_eq!(
+            reply.body,
+            "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+        );
+        upstream.assert_untouched();
+        let after = get(&client, &gw.url("/after"), &[]).await;
+        assert_eq!(
+            (after.status.as_u16(), after.body.as_str()),
+            (200, "target=/after")
+        );
+        assert_eq!(upstream.targets(), ["/after"]);
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Smuggling and framing
 // ---------------------------------------------------------------------------------------------
@@ -504,15 +606,18 @@ async fn content_length_beside_chunked_cannot_smuggle_a_request() {
     .await
 }
 
-/// A chunked body that breaks off is `400 DC`; the upstream connection it was going to is not
-/// used again, so the next request reaches the upstream whole, with nothing before it.
+/// A malformed chunk is `400 DPE`; the upstream connection it was going to is not used again, so
+/// the next request reaches the upstream whole, with nothing before it.
 #[tokio::test]
-async fn a_malformed_chunk_size_is_400_dc_and_poisons_nothing() {
+async fn a_malformed_chunk_size_is_400_dpe_and_poisons_nothing() {
     bounded(async {
         let (gw, upstream) = setup().await;
         let (reply, mut client) = one(gw.addr, BROKEN_CHUNK).await;
         assert_eq!(reply.status, 400, "{reply:?}");
-        assert_eq!(reply.body, "DC: the request body broke off\n");
+        assert_eq!(
+            reply.body,
+            "DPE: the request body's chunked framing is malformed\n"
+        );
         client.assert_closed().await;
         assert_still_serving(&gw).await;
         let conns = upstream.received();
@@ -530,6 +635,39 @@ async fn a_malformed_chunk_size_is_400_dc_and_poisons_nothing() {
             ("GET", "/after")
         );
         assert_eq!(used, bytes.len(), "{text:?}");
+    })
+    .await
+}
+
+/// Envoy's flags tell a client that broke the protocol from one that went away: a malformed
+/// chunk is counted `400 DPE`, a body the client stops sending by closing its side stays `DC`.
+#[tokio::test]
+async fn a_malformed_chunk_is_counted_dpe_and_a_body_the_client_cut_dc() {
+    bounded(async {
+        let upstream = Recorder::start().await;
+        let app = spawn_app(&config(&upstream)).await;
+        let (reply, _client) = one(app.addr, BROKEN_CHUNK).await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        let mut client = Client::connect(app.addr).await;
+        client.send(CUT_CHUNKED).await.unwrap();
+        client.stream.shutdown().await.unwrap();
+        let reply = client.reply().await;
+        assert_eq!(reply.status, 400, "{reply:?}");
+        assert_eq!(reply.body, "DC: the request body broke off\n");
+        let lines = requests_total_lines(&app).await;
+        let counted = |code: &str, flags: &str| {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("response_flags=\"{flags}\""))
+                })
+                .map(|l| l.rsplit_once(' ').map_or("", |(_, v)| v))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counted("400", "DPE"), ["1"], "{lines:#?}");
+        assert_eq!(counted("400", "DC"), ["1"], "{lines:#?}");
+        assert_eq!(lines.len(), 2, "{lines:#?}");
     })
     .await
 }
@@ -664,6 +802,33 @@ async fn an_absolute_form_target_replaces_host() {
     .await
 }
 
+/// `Connection` may name only hop-by-hop fields: a client naming Host, the framing fields or TE
+/// there cannot strip them from what the upstream gets. Custom fields it names still go.
+#[tokio::test]
+async fn connection_naming_host_or_framing_fields_strips_none_of_them() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        let (reply, _client) = one(
+            gw.addr,
+            b"POST /named HTTP/1.1\r\nHost: a\r\n\
+              Connection: host, content-length, transfer-encoding, te, x-drop\r\n\
+              X-Drop: 1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "target=/named"));
+        let requests = upstream.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        let req = &requests[0];
+        assert_eq!(req.all("host"), ["a"], "{req:?}");
+        assert_eq!(req.all("x-forwarded-host"), ["a"], "{req:?}");
+        assert_eq!(req.all("content-length"), ["5"], "{req:?}");
+        assert_eq!(req.body, b"hello");
+        assert!(req.all("x-drop").is_empty(), "{req:?}");
+        assert!(req.all("connection").is_empty(), "{req:?}");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn http11_without_host_is_400_dpe_and_the_connection_goes_on() {
     bounded(async {
@@ -688,6 +853,29 @@ async fn two_host_headers_are_400_dpe_and_reach_nothing() {
         let (gw, upstream) = setup().await;
         let (reply, _client) = one(gw.addr, TWO_HOSTS).await;
         assert_dpe_host(&reply);
+        upstream.assert_untouched();
+        assert_still_serving(&gw).await;
+        assert_eq!(upstream.targets(), ["/after"]);
+    })
+    .await
+}
+
+/// A Host that is not `host[:port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a space, or userinfo, which
+/// RFC 9110 §4.2.4 says to treat as an error, in the Host header or in an absolute-form target.
+#[tokio::test]
+async fn an_invalid_host_is_400_dpe_and_reaches_nothing() {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        for request in [HOST_WITH_SPACE, HOST_WITH_USERINFO, TARGET_WITH_USERINFO] {
+            let (reply, _client) = one(gw.addr, request).await;
+            assert_dpe_host(&reply);
+            assert_eq!(
+                reply.body,
+                "DPE: the Host is not a valid host[:port]\n",
+                "{:?}",
+                String::from_utf8_lossy(request)
+            );
+        }
         upstream.assert_untouched();
         assert_still_serving(&gw).await;
         assert_eq!(upstream.targets(), ["/after"]);
@@ -732,7 +920,7 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
     bounded(async {
         let (gw, upstream) = setup().await;
         let (many, huge) = (too_many_fields(), huge_value());
-        let cases: [(&str, &[u8], u16); 16] = [
+        let cases: [(&str, &[u8], u16); 23] = [
             ("bad request line", BAD_REQUEST_LINE, 400),
             ("space before colon", SPACE_BEFORE_COLON, 400),
             ("obs-fold", OBS_FOLD, 400),
@@ -749,6 +937,13 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
             ("broken chunk", BROKEN_CHUNK, 400),
             ("no Host", NO_HOST, 400),
             ("two Hosts", TWO_HOSTS, 400),
+            ("Host with a space", HOST_WITH_SPACE, 400),
+            ("Host with userinfo", HOST_WITH_USERINFO, 400),
+            ("target with userinfo", TARGET_WITH_USERINFO, 400),
+            ("TE gzip, chunked", TE_GZIP_THEN_CHUNKED, 501),
+            ("TE on two lines", TE_GZIP_LINE_THEN_CHUNKED_LINE, 501),
+            ("CONNECT", CONNECT, 403),
+            ("CONNECT and tunnel bytes", CONNECT_THEN_TUNNEL, 403),
         ];
         let replies =
             futures_util::future::join_all(cases.iter().map(|(_, req, _)| one(gw.addr, req))).await;
@@ -773,6 +968,7 @@ async fn the_gateway_keeps_serving_after_a_burst_of_hostile_requests() {
         targets.sort();
         assert_eq!(targets, ["/", "/after"], "{text:?}");
         assert_eq!(find(&conns.concat(), b"/smuggled"), None, "{text:?}");
+        assert_eq!(find(&conns.concat(), b"/tunnelled"), None, "{text:?}");
     })
     .await
 }

@@ -2,21 +2,19 @@
 //! `Control::change` or `Control::reload`; a refused call changes nothing.
 
 mod api;
+mod body;
 pub mod client;
 
 use crate::control::overlay::{HeaderRoute, MirrorRoute};
 use crate::control::{ChangeError, Control};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// Largest request body the admin API reads.
-const MAX_BODY: usize = 64 * 1024;
 
 /// What every admin request needs.
 #[derive(Debug, Clone)]
@@ -36,6 +34,8 @@ pub struct ApiError {
     extra: Option<serde_json::Value>,
     /// For 405: the methods the path takes.
     allow: Option<&'static str>,
+    /// Close the connection after the answer (an HTTP/1.x request whose body was refused).
+    close: bool,
 }
 
 impl ApiError {
@@ -46,6 +46,7 @@ impl ApiError {
             field: field.into(),
             extra: None,
             allow: None,
+            close: false,
         }
     }
 
@@ -64,6 +65,10 @@ impl ApiError {
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
@@ -86,6 +91,7 @@ impl From<ChangeError> for ApiError {
                 field: "If-Match".into(),
                 extra: Some(serde_json::json!({ "generation": current })),
                 allow: None,
+                close: false,
             },
             ChangeError::Config(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
@@ -95,6 +101,7 @@ impl From<ChangeError> for ApiError {
                     serde_json::json!({ "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
                 ),
                 allow: None,
+                close: false,
             },
         }
     }
@@ -163,18 +170,18 @@ async fn route(
             Ok(json(StatusCode::OK, &body))
         }
         (&Method::PUT, ["v1", "routes", route, "weights"]) => {
-            let body = read_json(req).await?;
+            let body = body::read_json(req).await?;
             generation(api::set_weights(control, if_match, route, body).await?)
         }
         (&Method::PUT, ["v1", "routes", route, "header-routes", name]) => {
-            let body = read_json(req).await?;
+            let body = body::read_json(req).await?;
             generation(api::put_named::<HeaderRoute>(control, if_match, route, name, body).await?)
         }
         (&Method::DELETE, ["v1", "routes", route, "header-routes", name]) => {
             generation(api::delete_named::<HeaderRoute>(control, if_match, route, name).await?)
         }
         (&Method::PUT, ["v1", "routes", route, "mirror-routes", name]) => {
-            let body = read_json(req).await?;
+            let body = body::read_json(req).await?;
             generation(api::put_named::<MirrorRoute>(control, if_match, route, name, body).await?)
         }
         (&Method::DELETE, ["v1", "routes", route, "mirror-routes", name]) => {
@@ -221,11 +228,7 @@ fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), ApiError
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         _ => Err(ApiError::new(
@@ -234,6 +237,13 @@ fn authorize(ctx: &AdminContext, req: &Request<Incoming>) -> Result<(), ApiError
             "a valid bearer token is required",
         )),
     }
+}
+
+/// The token of `Bearer <token>`. The scheme is matched in any case (RFC 9110 §11.1) and may be
+/// followed by several spaces (§11.4); the token is taken as sent.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing about the token.
@@ -255,46 +265,19 @@ fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
     })
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::bad(
-                "body",
-                format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
-            )
-        })?
-        .to_bytes();
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let text = inner.to_string();
-        // A missing field is reported at its parent: name the field itself.
-        let missing = text
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split('`').next());
-        let field = match (path.as_str(), missing) {
-            (".", Some(m)) => m.to_string(),
-            (p, Some(m)) => format!("{p}.{m}"),
-            (".", None) => "body".to_string(),
-            (p, None) => p.to_string(),
-        };
-        ApiError::bad(field, format!("invalid JSON body: {text}"))
-    })?;
-    de.end().map_err(|e| {
-        ApiError::bad(
-            "body",
-            format!("invalid JSON body: trailing data after the value ({e})"),
-        )
-    })?;
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        for v in ["Bearer t", "bearer t", "BEARER t", "BeArEr   t"] {
+            assert_eq!(bearer_token(v), Some("t"), "{v:?}");
+        }
+        for v in ["Bearert", "Basic t", "Bear t", "t"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 
     #[test]
     fn token_comparison() {

@@ -41,13 +41,31 @@ pub enum ProxyError {
     /// Every connection the endpoint may have was busy for the whole connect timeout.
     #[error("upstream connection limit reached: {0}")]
     UpstreamOverflow(String),
+    /// A Host (header, absolute-form target or `:authority`) that is not `host[:port]`: a space,
+    /// userinfo, or another byte an authority cannot hold (RFC 9110 §4.2.4 and §7.2).
+    #[error("the Host is not a valid host[:port]")]
+    InvalidHost,
+    /// A request whose `transfer-encoding` is anything but one `chunked`, such as `gzip, chunked`
+    /// (RFC 9112 §6.1: 501 for a coding the server does not implement).
+    #[error("transfer coding other than chunked")]
+    UnsupportedTransferCoding,
+    /// A CONNECT request: the gateway is a reverse proxy and opens no tunnels.
+    #[error("CONNECT is not served")]
+    Connect,
+    /// The client's request body broke its own framing (a malformed chunk): a downstream
+    /// protocol error, where [`Self::ClientBody`] is a client that went away.
+    #[error("malformed client body: {0}")]
+    MalformedBody(#[source] crate::upstream::BoxError),
 }
 
 impl ProxyError {
-    /// The failure of a client's request body: the stream idle timeout, or a broken body.
+    /// The failure of a client's request body: the stream idle timeout, a body whose framing
+    /// is malformed, or one that broke off.
     pub fn client_body(e: crate::upstream::BoxError) -> Self {
         if super::idle::is_stream_idle(&*e) {
             Self::StreamIdle
+        } else if is_malformed(&*e) {
+            Self::MalformedBody(e)
         } else {
             Self::ClientBody(e)
         }
@@ -68,6 +86,10 @@ impl ProxyError {
             Self::UpgradeToHttp2 => StatusCode::BAD_GATEWAY,
             Self::UpgradeRefused => StatusCode::FORBIDDEN,
             Self::UpstreamOverflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidHost => StatusCode::BAD_REQUEST,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::Connect => StatusCode::FORBIDDEN,
+            Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -86,6 +108,11 @@ impl ProxyError {
             // Envoy refuses an upgrade it is not configured for with a 403 and no flag.
             Self::UpgradeRefused => "-",
             Self::UpstreamOverflow(_) => "UO",
+            Self::InvalidHost => "DPE",
+            Self::UnsupportedTransferCoding => "DPE",
+            // Envoy refuses an upgrade it is not configured for (CONNECT is one) without a flag.
+            Self::Connect => "-",
+            Self::MalformedBody(_) => "DPE",
         }
     }
 
@@ -99,6 +126,10 @@ impl ProxyError {
             Self::UpgradeToHttp2 => "13",                    // INTERNAL
             Self::MissingHost | Self::DuplicateHost => "13", // INTERNAL
             Self::UpgradeRefused => "7",                     // PERMISSION_DENIED
+            Self::InvalidHost => "13",                       // INTERNAL
+            Self::UnsupportedTransferCoding => "12",         // UNIMPLEMENTED, as for any 501
+            Self::Connect => "7",                            // PERMISSION_DENIED, as for any 403
+            Self::MalformedBody(_) => "13",                  // INTERNAL
             _ => "14",                                       // UNAVAILABLE
         }
     }
@@ -124,6 +155,64 @@ impl ProxyError {
             Self::UpstreamOverflow(_) => {
                 "UO: every upstream connection the endpoint may have stayed busy\n"
             }
+            Self::InvalidHost => "DPE: the Host is not a valid host[:port]\n",
+            Self::UnsupportedTransferCoding => {
+                "DPE: transfer codings other than chunked are not supported\n"
+            }
+            // No flag to start with (see `flag`).
+            Self::Connect => {
+                "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
+            }
+            Self::MalformedBody(_) => "DPE: the request body's chunked framing is malformed\n",
         }
+    }
+
+    /// Whether the client's connection closes after this answer (HTTP/1.x): what follows the
+    /// head can't be trusted to be the next request, whether a body of unknown framing or the
+    /// bytes a CONNECT client sends into the tunnel it expects.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::UnsupportedTransferCoding | Self::Connect)
+    }
+}
+
+/// Whether a body error is the client's framing, not its going away. hyper's HTTP/1.1 decoder
+/// reports a malformed chunk as `InvalidData` or `InvalidInput`, and a connection that ends
+/// mid-body as `UnexpectedEof` (or the socket's own error).
+fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn body_failures_are_told_apart() {
+        let io = |kind| -> crate::upstream::BoxError { Box::new(io::Error::new(kind, "body")) };
+        let malformed = ProxyError::client_body(io(io::ErrorKind::InvalidData));
+        assert_eq!(
+            (malformed.status(), malformed.flag()),
+            (StatusCode::BAD_REQUEST, "DPE")
+        );
+        let malformed = ProxyError::client_body(io(io::ErrorKind::InvalidInput));
+        assert_eq!(malformed.flag(), "DPE");
+        for gone in [io::ErrorKind::UnexpectedEof, io::ErrorKind::ConnectionReset] {
+            assert_eq!(ProxyError::client_body(io(gone)).flag(), "DC", "{gone:?}");
+        }
+        let idle = Box::new(super::super::idle::StreamIdle(
+            std::time::Duration::from_secs(1),
+        ));
+        assert_eq!(ProxyError::client_body(idle).flag(), "SI");
     }
 }

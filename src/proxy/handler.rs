@@ -43,7 +43,12 @@ pub async fn handle(
     let grpc = protocol == "grpc";
     // Answered without a destination, and counted as Envoy does: destination unknown.
     let unrouted = |parts: &http::request::Parts, e: ProxyError| {
-        let resp = error_response(&e, grpc);
+        let mut resp = error_response(&e, grpc);
+        // HTTP/2 has no Connection field: a refused stream never affects the others.
+        if e.closes_connection() && parts.version < http::Version::HTTP_2 {
+            let close = HeaderValue::from_static("close");
+            resp.headers_mut().insert(header::CONNECTION, close);
+        }
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
@@ -59,7 +64,7 @@ pub async fn handle(
         }
         resp
     };
-    if let Err(e) = headers::settle_host(&mut parts) {
+    if let Err(e) = headers::check_request(&mut parts) {
         return unrouted(&parts, e);
     }
     let Some(hit) = rt.router.find(&parts) else {
@@ -294,7 +299,6 @@ async fn tunnel(client: OnUpgrade, (mut upstream, early): (Io, Bytes)) {
     }
 }
 
-/// The gateway's own answer for a failure.
 /// The gateway's own answer for a failure. A gRPC client gets it in gRPC form, as Envoy sends
 /// it: HTTP 200, no body, and the failure in `grpc-status` and `grpc-message`.
 pub fn error_response(e: &ProxyError, grpc: bool) -> Response<ProxyBody> {

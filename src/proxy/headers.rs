@@ -4,7 +4,7 @@ use super::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Uri;
-use http::Version;
+use http::{Method, Version};
 use rand::RngCore;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), dropped both ways.
@@ -16,6 +16,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
+];
+
+/// Fields that `Connection` may not name away (RFC 9110 §7.6.1: it lists hop-by-hop fields only).
+/// Host is end-to-end and the upstream routes by it. The framing fields and TE have their own
+/// rules here and in the HTTP/1.1 writer; a client naming them must not change what the upstream
+/// is sent.
+const NEVER_NAMED: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
 ];
 
 /// `x-forwarded-for`.
@@ -82,7 +93,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 .any(|u| token.eq_ignore_ascii_case(u));
             if !usual && !token.is_empty() {
                 // `from_bytes` lowercases as it parses.
-                named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+                let name = HeaderName::from_bytes(token.as_bytes()).ok();
+                named.extend(name.filter(|n| !NEVER_NAMED.contains(n)));
             }
         }
         for n in named {
@@ -103,32 +115,118 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
+/// Refuses what the gateway does not forward, before routing, then settles the Host (see
+/// [`settle_host`]).
+pub fn check_request(parts: &mut Parts) -> Result<(), ProxyError> {
+    // A reverse proxy: a CONNECT target names no route's upstream, and a tunnel is not a request.
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    if !only_chunked(&parts.headers) {
+        return Err(ProxyError::UnsupportedTransferCoding);
+    }
+    settle_host(parts)
+}
+
+/// Whether the request's transfer codings, over all its `transfer-encoding` fields, are none or
+/// one `chunked`. The listener decodes chunked and refuses a list that does not end with it;
+/// another coding before it (`gzip, chunked`) would reach the upstream re-framed as plain
+/// chunked, its coding lost, so it is refused rather than forwarded.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(c), None) => c.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// Leaves the request with the one Host it is routed and forwarded by (RFC 9112 §3.2). A target
 /// in absolute form, and HTTP/2's `:authority`, name the host: it replaces any Host header
 /// (§3.2.2), which an HTTP/1.1 upstream needs. Otherwise an HTTP/1.1 request needs exactly one
 /// Host header; HTTP/1.0 may send none.
+///
+/// The host must be `host[:port]` (RFC 9110 §7.2): one the upstream reads as the gateway did.
+/// Userinfo (`user@`) is refused rather than dropped, as RFC 9110 §4.2.4 asks, since it mostly
+/// serves to disguise the host.
 pub fn settle_host(parts: &mut Parts) -> Result<(), ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
     let Some(authority) = parts.uri.authority() else {
         return match (first, second) {
-            (Some(_), None) => Ok(()),
+            (Some(h), None) if is_host(h.as_bytes()) => Ok(()),
+            (Some(_), None) => Err(ProxyError::InvalidHost),
             (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
             (None, _) if parts.version == Version::HTTP_11 => Err(ProxyError::MissingHost),
             (None, _) => Ok(()),
         };
     };
-    // Userinfo (`user@`) is not part of a Host.
-    let host = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, h)| h);
+    let host = authority.as_str();
+    if !is_host(host.as_bytes()) {
+        return Err(ProxyError::InvalidHost);
+    }
     if second.is_some() || first.is_none_or(|f| f.as_bytes() != host.as_bytes()) {
         // Never fails: the characters a URI allows are all valid in a header value.
         let value = HeaderValue::from_str(host).map_err(|_| ProxyError::MissingHost)?;
         parts.headers.insert(header::HOST, value);
     }
     Ok(())
+}
+
+/// Whether `host` is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
+/// literal, or a reg-name (which covers IPv4 addresses and DNS names), then an optional port of
+/// digits. An empty Host is allowed, as RFC 9112 §3.2 allows it.
+fn is_host(host: &[u8]) -> bool {
+    let (name_ok, rest) = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && literal[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+                &literal[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+            (is_reg_name(&host[..end]), &host[end..])
+        }
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
+}
+
+/// RFC 3986's reg-name: unreserved characters, sub-delims and percent-encoded octets.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
@@ -279,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_name_host_or_framing_fields_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Host, Content-Length, TE, x-a"),
+        );
+        h.insert("host", HeaderValue::from_static("a.example"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        prepare_response(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "host", "te"]);
+    }
+
+    #[test]
     fn http2_authority_becomes_host() {
         let req = http::Request::builder()
             .version(Version::HTTP_2)
@@ -321,7 +436,10 @@ mod tests {
         );
         assert_eq!(settled(v11, abs, &[]).unwrap(), ["other.example:8081"]);
         let userinfo = "http://user:pw@other.example/p";
-        assert_eq!(settled(v11, userinfo, &[]).unwrap(), ["other.example"]);
+        assert!(matches!(
+            settled(v11, userinfo, &[]),
+            Err(ProxyError::InvalidHost)
+        ));
         let h2 = "https://api.example.com/x";
         assert_eq!(
             settled(Version::HTTP_2, h2, &["evil.example"]).unwrap(),
@@ -346,6 +464,71 @@ mod tests {
         ));
         assert!(settled(Version::HTTP_10, "/", &[]).unwrap().is_empty());
         assert!(settled(Version::HTTP_2, "/", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_are_host_and_optional_port() {
+        for good in [
+            "a",
+            "shop.example.com",
+            "shop.example.com:8080",
+            "10.0.0.7:9080",
+            "[::1]:8080",
+            "[2001:db8::7]",
+            "xn--bcher-kva.example",
+            "a%2Db",
+            "a:",
+            "[::1]:",
+            "",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "a b",
+            "user@a",
+            "user:pw@a:80",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "a:80x",
+            "a:8:0",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a%2",
+            "a%zz",
+            "\u{e9}.example",
+            "a\tb",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_one_chunked_are_refused() {
+        let check = |values: &[&str]| {
+            let mut req = http::Request::post("/").header("host", "a");
+            for v in values {
+                req = req.header("transfer-encoding", *v);
+            }
+            let (mut parts, ()) = req.body(()).unwrap().into_parts();
+            check_request(&mut parts)
+        };
+        assert!(check(&[]).is_ok());
+        assert!(check(&["chunked"]).is_ok());
+        assert!(check(&["Chunked"]).is_ok());
+        for refused in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["chunked, chunked"],
+            &["identity, chunked"],
+        ] {
+            assert!(
+                matches!(check(refused), Err(ProxyError::UnsupportedTransferCoding)),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]
