@@ -75,7 +75,10 @@ impl Http {
             // The watchdog times heads and idle connections apart; hyper's one timer would
             // run from the end of the previous answer and so cut idle and slow alike.
             .header_read_timeout(None)
+            // The buffer bound keeps a slow head from growing past the limit; the head bound
+            // catches a head that arrived whole in one read.
             .max_buf_size(limits.max_head_bytes)
+            .max_header_size(limits.max_head_bytes)
             .max_headers(limits.max_headers)
             // One buffer per write (head and body together) rather than a gather write:
             // measured 7% more requests per CPU second on small answers (BENCHMARKS.md).
