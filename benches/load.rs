@@ -13,7 +13,8 @@
 //! * the load generator: hyper's low-level client connections (no pool) on a multi-thread tokio
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
-//! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`):
+//! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
+//! `hostile`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -33,6 +34,19 @@
 //!   keep-alive connections that each send one request and stay open for `--idle-hold` (1 s).
 //!   Reports the gateway's RSS (fresh, under load, with the idle connections), the KiB each idle
 //!   connection costs, and how many of them the gateway closed meanwhile.
+//! * `hostile`: on a fresh gateway, for `--hostile-duration` (20 s), `--hostile-connections` (400)
+//!   connections of each of four kinds at once, each reconnecting when the gateway closes it: silent
+//!   (connects, sends nothing), slowloris (a request head, then one header byte a second), preface
+//!   drip (the HTTP/2 preface, one byte a second) and big head (a 200 KB head as fast as it goes).
+//!   Meanwhile `--rate` (1000/s) legitimate requests over a few keep-alive connections, and a few new
+//!   connections a second. Reports the legitimate requests, the gateway's peak RSS (sampled every
+//!   100 ms), how long the gateway took to close each kind against the deadline that applies
+//!   (`--hostile-deadline`, written into its config as `first_byte_timeout` and
+//!   `request_headers_timeout`), and its `splitgate_downstream_connections_closed_total` lines.
+//!
+//! The attackers of `hostile` run on a thread and runtime of their own, so the legitimate
+//! clients, which share this process's CPU with them, keep their fair share of it. It prints the
+//! goals beside the figures.
 //!
 //! To set the gateway beside the proxy you run now, start that proxy on the bench's upstreams and
 //! name it with `--peer NAME=ADDR` (repeatable): `max` and `open` then measure it too, after the
@@ -51,6 +65,7 @@
 //! cargo bench --bench load                                    # max, open, h2, flip: about 70 s
 //! cargo bench --bench load -- --duration 3s --scenario max,h2
 //! cargo bench --bench load -- --scenario idle --idle-connections 10000
+//! cargo bench --bench load -- --scenario hostile --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
 //! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
 //!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
@@ -82,6 +97,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+// The edge scenarios live beside this file, in `benches/load/`.
+#[path = "load/hostile.rs"]
+mod hostile;
+#[path = "load/probe.rs"]
+mod probe;
 
 /// The `Host` every load request carries.
 const HOST_NAME: &str = "bench.example.com";
@@ -115,7 +136,7 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
     /// Open-loop rate in requests/s [default: half of the gateway's `max` rps of this run, or
-    /// 10000 without `max`].
+    /// 10000 without `max`; 1000 for hostile].
     #[arg(long)]
     rate: Option<u64>,
     /// HTTP/1.1 keep-alive connections of max, open and flip.
@@ -143,6 +164,15 @@ struct Args {
     /// idle: how long the idle connections stay open before the gateway's RSS is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     idle_hold: Duration,
+    /// hostile: how long the attack lasts (the legitimate requests are measured throughout).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    hostile_duration: Duration,
+    /// hostile: connections of each of the four kinds held at once.
+    #[arg(long, default_value_t = 400)]
+    hostile_connections: usize,
+    /// hostile: the gateway's first_byte_timeout and request_headers_timeout (its defaults).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    hostile_deadline: Duration,
     /// Gateway worker threads (`splitgate run --concurrency`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: usize,
@@ -185,7 +215,19 @@ enum Scenario {
     H2,
     Flip,
     Idle,
+    Hostile,
     All,
+}
+
+impl Scenario {
+    /// Whether it runs on the gateway started once for the whole run (the others start their
+    /// own, fresh).
+    fn shares_gateway(self) -> bool {
+        matches!(
+            self,
+            Scenario::Max | Scenario::Open | Scenario::H2 | Scenario::Flip
+        )
+    }
 }
 
 impl Args {
@@ -201,6 +243,9 @@ impl Args {
             "--h2-connections=2",
             "--rate=500",
             "--idle-connections=200",
+            "--hostile-duration=2s",
+            "--hostile-connections=8",
+            "--hostile-deadline=1s",
         ])
     }
 
@@ -214,6 +259,7 @@ impl Args {
                 Scenario::H2,
                 Scenario::Flip,
                 Scenario::Idle,
+                Scenario::Hostile,
             ]
         } else {
             self.scenario.clone()
@@ -221,6 +267,20 @@ impl Args {
         list.sort();
         list.dedup();
         list
+    }
+
+    /// Open files this process and the gateway need for the scenarios that hold many
+    /// connections.
+    fn fds_needed(&self, scenarios: &[Scenario]) -> Option<u64> {
+        let mut need = None;
+        if scenarios.contains(&Scenario::Idle) {
+            need = Some(self.idle_connections as u64);
+        }
+        if scenarios.contains(&Scenario::Hostile) {
+            let hostile = hostile::KINDS as u64 * self.hostile_connections as u64;
+            need = need.max(Some(hostile));
+        }
+        need.map(|n| n + FD_MARGIN)
     }
 
     fn timing(&self) -> Timing {
@@ -239,6 +299,12 @@ impl Args {
         }
         if self.rate == Some(0) {
             bail!("--rate must be above 0");
+        }
+        if self.hostile_connections == 0 || self.hostile_duration.is_zero() {
+            bail!("--hostile-connections and --hostile-duration must be above 0");
+        }
+        if self.hostile_deadline < Duration::from_millis(1) {
+            bail!("--hostile-deadline must be at least 1ms");
         }
         if !(self.flip_rate >= 0.0 && self.flip_rate.is_finite()) {
             bail!("--flip-rate must be a number from 0 up");
@@ -341,8 +407,8 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
     if let Some(cpus) = &args.pin_client {
         pin_self(cpus)?;
     }
-    if scenarios.contains(&Scenario::Idle) {
-        ensure_own_fd_limit(args.idle_connections as u64 + FD_MARGIN)?;
+    if let Some(need) = args.fds_needed(&scenarios) {
+        ensure_own_fd_limit(need)?;
     }
     let started = utc_now();
     let upstreams = match &args.upstreams {
@@ -358,7 +424,7 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the client runtime")?;
-    let report = client.block_on(run_scenarios(args, &scenarios, &upstreams.addrs))?;
+    let report = client.block_on(run_scenarios(args, &scenarios, &upstreams))?;
     drop(client);
     drop(upstreams);
 
@@ -389,15 +455,12 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
     Ok(())
 }
 
-async fn run_scenarios(
-    args: &Args,
-    scenarios: &[Scenario],
-    upstreams: &UpstreamAddrs,
-) -> Result<Report> {
+async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> Result<Report> {
     let mut report = Report::default();
+    let upstreams = &own.addrs;
     check_outside_parts(args, upstreams).await?;
-    let shared = if scenarios.iter().any(|s| *s != Scenario::Idle) {
-        Some(Gateway::start(args, upstreams).await?)
+    let shared = if scenarios.iter().any(|s| s.shares_gateway()) {
+        Some(Gateway::start(args, upstreams, &Tweaks::default()).await?)
     } else {
         None
     };
@@ -411,6 +474,7 @@ async fn run_scenarios(
             Scenario::H2 => run_h2(args, gw()?, report).await?,
             Scenario::Flip => run_flip(args, gw()?, report).await?,
             Scenario::Idle => run_idle(args, upstreams, report).await?,
+            Scenario::Hostile => hostile::run(args, upstreams, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -605,7 +669,7 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
 
 /// `idle`: the memory a fresh gateway takes at a steady 1000 requests/s and per idle connection.
 async fn run_idle(args: &Args, upstreams: &UpstreamAddrs, report: &mut Report) -> Result<()> {
-    let gw = Gateway::start(args, upstreams).await?;
+    let gw = Gateway::start(args, upstreams, &Tweaks::default()).await?;
     gw.ensure_fd_limit(args.idle_connections as u64 + FD_MARGIN)?;
     let target = Target::gateway(gw.listen, Proto::H1);
     let rss_fresh = gw.rss_kib()?;
@@ -1459,10 +1523,10 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway and waits until it serves both subsets. A port that another process
     /// took between our pick and the gateway's bind gets a retry with new ports.
-    async fn start(args: &Args, upstreams: &UpstreamAddrs) -> Result<Gateway> {
+    async fn start(args: &Args, upstreams: &UpstreamAddrs, tweaks: &Tweaks) -> Result<Gateway> {
         let mut attempt = 1;
         loop {
-            let gw = Gateway::spawn(args, upstreams)?;
+            let gw = Gateway::spawn(args, upstreams, tweaks)?;
             match gw.wait_ready().await {
                 Ok(()) => return Ok(gw),
                 Err(_) if attempt < 3 && gw.log_tail(20).contains("in use") => {
@@ -1474,7 +1538,7 @@ impl Gateway {
         }
     }
 
-    fn spawn(args: &Args, upstreams: &UpstreamAddrs) -> Result<Gateway> {
+    fn spawn(args: &Args, upstreams: &UpstreamAddrs, tweaks: &Tweaks) -> Result<Gateway> {
         let bin = match &args.gateway_bin {
             Some(path) => path.clone(),
             None => PathBuf::from(env!("CARGO_BIN_EXE_splitgate")),
@@ -1488,10 +1552,10 @@ impl Gateway {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let [listen, admin, readiness, metrics] = free_ports()?;
         let config = dir.join("splitgate.yaml");
-        let yaml = gateway_config(listen, admin, readiness, metrics, upstreams);
+        let yaml = gateway_config(listen, admin, readiness, metrics, upstreams, tweaks);
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
         let log = std::fs::File::create(dir.join("gateway.log"))?;
-        // A shell raises the open-files limit to the hard limit first: the idle scenario holds
+        // A shell raises the open-files limit to the hard limit first: idle and hostile hold
         // thousands of connections.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -1637,7 +1701,8 @@ impl Gateway {
         if soft < need {
             bail!(
                 "the gateway may open only {soft} files (hard limit {hard}) and this needs about \
-                 {need}: raise the hard limit (`ulimit -Hn`) or lower --idle-connections"
+                 {need}: raise the hard limit (`ulimit -Hn`) or lower --idle-connections or \
+                 --hostile-connections"
             );
         }
         Ok(())
@@ -1656,27 +1721,44 @@ impl Gateway {
     }
 }
 
+/// What a scenario's gateway sets beyond the bench's base config.
+#[derive(Clone, Debug, Default)]
+struct Tweaks {
+    /// The listener's `limits.first_byte_timeout` and `limits.request_headers_timeout`.
+    head_deadline: Option<Duration>,
+    /// The service's `policy.max_connections_per_endpoint`.
+    upstream_cap: Option<usize>,
+}
+
 fn gateway_config(
     listen: SocketAddr,
     admin: SocketAddr,
     readiness: SocketAddr,
     metrics: SocketAddr,
     upstreams: &UpstreamAddrs,
+    tweaks: &Tweaks,
 ) -> String {
     let (stable, canary) = (upstreams.stable, upstreams.canary);
+    let limits = tweaks.head_deadline.map_or(String::new(), |d| {
+        let ms = d.as_millis();
+        format!("    limits: {{ first_byte_timeout: {ms}ms, request_headers_timeout: {ms}ms }}\n")
+    });
+    let policy = tweaks.upstream_cap.map_or(String::new(), |n| {
+        format!("    policy: {{ max_connections_per_endpoint: {n} }}\n")
+    });
     format!(
         r#"# Written by benches/load.rs.
 listeners:
   - name: bench
     address: "{listen}"
-admin: {{ address: "{admin}" }}
+{limits}admin: {{ address: "{admin}" }}
 readiness: {{ address: "{readiness}" }}
 metrics: {{ address: "{metrics}" }}
 services:
   bench:
     namespace: default
     host: bench.default.svc.cluster.local
-    subsets:
+{policy}    subsets:
       stable: {{ labels: {{ version: v1 }}, endpoints: ["{stable}"] }}
       canary: {{ labels: {{ version: v2 }}, endpoints: ["{canary}"] }}
 routes:
@@ -1756,9 +1838,9 @@ fn ensure_own_fd_limit(need: u64) -> Result<()> {
         }
     }
     bail!(
-        "the idle scenario needs about {need} open files, but this process may open only {soft} \
+        "this run needs about {need} open files, but this process may open only {soft} \
          (hard limit {hard}). Run `ulimit -n 65536` in this shell first (as root, or after raising \
-         the hard limit, if that is refused), or lower --idle-connections."
+         the hard limit, if that is refused), or lower --idle-connections or --hostile-connections."
     )
 }
 
@@ -1816,6 +1898,9 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "flip_rate": args.flip_rate,
         "idle_connections": args.idle_connections,
         "idle_hold_s": args.idle_hold.as_secs_f64(),
+        "hostile_duration_s": args.hostile_duration.as_secs_f64(),
+        "hostile_connections": args.hostile_connections,
+        "hostile_deadline_s": args.hostile_deadline.as_secs_f64(),
         "gateway_threads": args.gateway_threads,
         "pin_gateway": args.pin_gateway,
         "pin_client": args.pin_client,
@@ -1974,7 +2059,7 @@ impl Row {
         let cell = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let latency = |i: usize| cell(self.latency.map(|l| l[i].to_string()));
         format!(
-            "{:<9} {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
+            "{:<9} {:<19} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
             self.scenario,
             self.target,
             cell(self.rps.map(|r| format!("{r:.0}"))),
@@ -2000,7 +2085,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut out = format!(
-            "{:<9} {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}\n",
+            "{:<9} {:<19} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}\n",
             "scenario",
             "target",
             "rps",
