@@ -14,7 +14,7 @@
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
 //! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
-//! `hostile`):
+//! `hostile` and `h2flood`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -43,10 +43,18 @@
 //!   100 ms), how long the gateway took to close each kind against the deadline that applies
 //!   (`--hostile-deadline`, written into its config as `first_byte_timeout` and
 //!   `request_headers_timeout`), and its `splitgate_downstream_connections_closed_total` lines.
+//! * `h2flood`: on a fresh gateway each, for `--flood-duration` (10 s), `--flood-connections` h2c
+//!   connections of raw frames: rapid reset (HEADERS then RST_STREAM, as fast as they go), the
+//!   same with the resets 1 ms behind (late reset: the gateway has accepted the streams), and a
+//!   CONTINUATION flood (a HEADERS frame without END_HEADERS, then CONTINUATION frames of junk);
+//!   each reconnects when closed. Meanwhile legitimate HTTP/1.1 requests at a modest fixed rate.
+//!   Reports the gateway's CPU, how fast it closed the attacking connections, what reached the
+//!   upstreams (their requests and peak connections, against `max_connections_per_endpoint`,
+//!   set to 64 here), and TIME_WAIT sockets before and after.
 //!
-//! The attackers of `hostile` run on a thread and runtime of their own, so the legitimate
-//! clients, which share this process's CPU with them, keep their fair share of it. It prints the
-//! goals beside the figures.
+//! The attackers of `hostile` and `h2flood` run on a thread and runtime of their own, so the
+//! legitimate clients, which share this process's CPU with them, keep their fair share of it.
+//! Both print the goals beside the figures.
 //!
 //! To set the gateway beside the proxy you run now, start that proxy on the bench's upstreams and
 //! name it with `--peer NAME=ADDR` (repeatable): `max` and `open` then measure it too, after the
@@ -65,7 +73,7 @@
 //! cargo bench --bench load                                    # max, open, h2, flip: about 70 s
 //! cargo bench --bench load -- --duration 3s --scenario max,h2
 //! cargo bench --bench load -- --scenario idle --idle-connections 10000
-//! cargo bench --bench load -- --scenario hostile --pin-gateway 0 --pin-client 1
+//! cargo bench --bench load -- --scenario hostile,h2flood --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
 //! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
 //!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
@@ -99,6 +107,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 // The edge scenarios live beside this file, in `benches/load/`.
+#[path = "load/h2flood.rs"]
+mod h2flood;
 #[path = "load/hostile.rs"]
 mod hostile;
 #[path = "load/probe.rs"]
@@ -173,6 +183,12 @@ struct Args {
     /// hostile: the gateway's first_byte_timeout and request_headers_timeout (its defaults).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     hostile_deadline: Duration,
+    /// h2flood: how long each attack lasts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    flood_duration: Duration,
+    /// h2flood: attacking connections at once.
+    #[arg(long, default_value_t = 4)]
+    flood_connections: usize,
     /// Gateway worker threads (`splitgate run --concurrency`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: usize,
@@ -216,6 +232,7 @@ enum Scenario {
     Flip,
     Idle,
     Hostile,
+    H2flood,
     All,
 }
 
@@ -246,6 +263,8 @@ impl Args {
             "--hostile-duration=2s",
             "--hostile-connections=8",
             "--hostile-deadline=1s",
+            "--flood-duration=1s",
+            "--flood-connections=2",
         ])
     }
 
@@ -260,6 +279,7 @@ impl Args {
                 Scenario::Flip,
                 Scenario::Idle,
                 Scenario::Hostile,
+                Scenario::H2flood,
             ]
         } else {
             self.scenario.clone()
@@ -300,8 +320,11 @@ impl Args {
         if self.rate == Some(0) {
             bail!("--rate must be above 0");
         }
-        if self.hostile_connections == 0 || self.hostile_duration.is_zero() {
-            bail!("--hostile-connections and --hostile-duration must be above 0");
+        if self.hostile_connections == 0 || self.flood_connections == 0 {
+            bail!("--hostile-connections and --flood-connections must be above 0");
+        }
+        if self.hostile_duration.is_zero() || self.flood_duration.is_zero() {
+            bail!("--hostile-duration and --flood-duration must be above 0");
         }
         if self.hostile_deadline < Duration::from_millis(1) {
             bail!("--hostile-deadline must be at least 1ms");
@@ -475,6 +498,7 @@ async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> 
             Scenario::Flip => run_flip(args, gw()?, report).await?,
             Scenario::Idle => run_idle(args, upstreams, report).await?,
             Scenario::Hostile => hostile::run(args, upstreams, report).await?,
+            Scenario::H2flood => h2flood::run(args, own, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -1423,7 +1447,34 @@ struct UpstreamAddrs {
 /// The two upstreams, on a runtime of their own.
 struct Upstreams {
     addrs: UpstreamAddrs,
+    /// What the bench's own upstreams have seen (none for `--upstreams`).
+    seen: Option<[Arc<Seen>; 2]>,
     _runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Requests and connections one of the bench's upstreams has seen.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    open: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Seen {
+    fn opened(&self) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Starts a new peak from the connections open now.
+    fn reset_peak(&self) {
+        self.peak
+            .store(self.open.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl Upstreams {
@@ -1431,6 +1482,7 @@ impl Upstreams {
     fn external(addrs: UpstreamAddrs) -> Upstreams {
         Upstreams {
             addrs,
+            seen: None,
             _runtime: None,
         }
     }
@@ -1442,14 +1494,16 @@ impl Upstreams {
             .enable_all()
             .build()
             .context("starting the upstream runtime")?;
+        let seen = [Arc::new(Seen::default()), Arc::new(Seen::default())];
         let addrs = runtime.block_on(async {
             Ok::<_, anyhow::Error>(UpstreamAddrs {
-                stable: serve_upstream("stable", body_size).await?,
-                canary: serve_upstream("canary", body_size).await?,
+                stable: serve_upstream("stable", body_size, seen[0].clone()).await?,
+                canary: serve_upstream("canary", body_size, seen[1].clone()).await?,
             })
         })?;
         Ok(Upstreams {
             addrs,
+            seen: Some(seen),
             _runtime: Some(runtime),
         })
     }
@@ -1465,8 +1519,13 @@ fn upstream_body(name: &str, size: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// An HTTP/1.1 server on a free loopback port that answers every request 200 with its body.
-async fn serve_upstream(name: &'static str, body_size: usize) -> Result<SocketAddr> {
+/// An HTTP/1.1 server on a free loopback port that answers every request 200 with its body,
+/// counting requests and connections in `seen`.
+async fn serve_upstream(
+    name: &'static str,
+    body_size: usize,
+    seen: Arc<Seen>,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .with_context(|| format!("binding the {name} upstream"))?;
@@ -1483,15 +1542,20 @@ async fn serve_upstream(name: &'static str, body_size: usize) -> Result<SocketAd
                 }
             };
             let _ = stream.set_nodelay(true);
-            let body = body.clone();
+            seen.opened();
+            let (body, counted) = (body.clone(), seen.clone());
             let service = hyper::service::service_fn(move |_req| {
+                counted.requests.fetch_add(1, Ordering::Relaxed);
                 let body = body.clone();
                 async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                seen.closed();
+            });
         }
     });
     Ok(addr)
@@ -1901,6 +1965,8 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "hostile_duration_s": args.hostile_duration.as_secs_f64(),
         "hostile_connections": args.hostile_connections,
         "hostile_deadline_s": args.hostile_deadline.as_secs_f64(),
+        "flood_duration_s": args.flood_duration.as_secs_f64(),
+        "flood_connections": args.flood_connections,
         "gateway_threads": args.gateway_threads,
         "pin_gateway": args.pin_gateway,
         "pin_client": args.pin_client,
