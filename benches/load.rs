@@ -180,6 +180,10 @@ struct Args {
     /// hostile: connections of each of the four kinds held at once.
     #[arg(long, default_value_t = 400)]
     hostile_connections: usize,
+    /// hostile: the kinds of hostile connection, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = hostile::Kind::ALL)]
+    hostile_kinds: Vec<hostile::Kind>,
     /// hostile: the gateway's first_byte_timeout and request_headers_timeout (its defaults).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     hostile_deadline: Duration,
@@ -297,10 +301,18 @@ impl Args {
             need = Some(self.idle_connections as u64);
         }
         if scenarios.contains(&Scenario::Hostile) {
-            let hostile = hostile::KINDS as u64 * self.hostile_connections as u64;
+            let hostile = self.hostile_kinds().len() as u64 * self.hostile_connections as u64;
             need = need.max(Some(hostile));
         }
         need.map(|n| n + FD_MARGIN)
+    }
+
+    /// The hostile kinds chosen, once each.
+    fn hostile_kinds(&self) -> Vec<hostile::Kind> {
+        let mut kinds = self.hostile_kinds.clone();
+        kinds.sort();
+        kinds.dedup();
+        kinds
     }
 
     fn timing(&self) -> Timing {
@@ -998,20 +1010,24 @@ async fn attempt(target: &Target, slot: &mut Option<Sender>) -> Result<Answer, S
 struct Live {
     ok: AtomicU64,
     errors: AtomicU64,
+    /// The highest latency since the last progress line, µs.
+    slowest: AtomicU64,
 }
 
 impl Live {
-    fn count(&self, result: &Result<Answer, String>) {
+    fn count(&self, result: &Result<Answer, String>, latency: Duration) {
         let counter = match result {
             Ok(Answer::Ok(_)) => &self.ok,
             _ => &self.errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.slowest.fetch_max(us, Ordering::Relaxed);
     }
 }
 
-/// Prints a line to stderr every second of the window: the answers of that second and the errors
-/// so far.
+/// Prints a line to stderr every second of the window: the answers of that second, the errors
+/// so far and the slowest answer of that second (which shows when a stall happened).
 fn spawn_progress(label: String, live: Arc<Live>, window: Window) -> JoinHandle<()> {
     tokio::spawn(async move {
         eprintln!("{label}: warming up");
@@ -1024,8 +1040,9 @@ fn spawn_progress(label: String, live: Arc<Live>, window: Window) -> JoinHandle<
             tokio::time::sleep_until(at.into()).await;
             let ok = live.ok.load(Ordering::Relaxed);
             let errors = live.errors.load(Ordering::Relaxed);
+            let slowest = live.slowest.swap(0, Ordering::Relaxed) as f64 / 1e3;
             eprintln!(
-                "  {label}: {second:>3} s {:>8} rps, {errors} errors",
+                "  {label}: {second:>3} s {:>8} rps, {errors} errors, slowest {slowest:.1} ms",
                 ok - last
             );
             last = ok;
@@ -1066,7 +1083,7 @@ async fn closed_worker(target: Target, sender: Sender, window: Window, live: Arc
         let done = Instant::now();
         if window.contains(done) {
             tally.record(&result, done - sent);
-            live.count(&result);
+            live.count(&result, done - sent);
         }
     }
     tally
@@ -1151,8 +1168,9 @@ async fn open_worker(
         let result = attempt(&target, &mut slot).await;
         let done = Instant::now();
         if measured {
-            tally.record(&result, done.saturating_duration_since(due));
-            live.count(&result);
+            let latency = done.saturating_duration_since(due);
+            tally.record(&result, latency);
+            live.count(&result, latency);
         }
     }
     tally
@@ -1964,6 +1982,7 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "idle_hold_s": args.idle_hold.as_secs_f64(),
         "hostile_duration_s": args.hostile_duration.as_secs_f64(),
         "hostile_connections": args.hostile_connections,
+        "hostile_kinds": args.hostile_kinds().iter().map(|k| format!("{k:?}")).collect::<Vec<_>>(),
         "hostile_deadline_s": args.hostile_deadline.as_secs_f64(),
         "flood_duration_s": args.flood_duration.as_secs_f64(),
         "flood_connections": args.flood_connections,

@@ -15,7 +15,7 @@
 //! up to `GRACE` before they count as never closed. The gateway's service has
 //! `max_connections_per_endpoint: 64` so that the cap shows in the upstreams' peak connections.
 
-use super::probe::{self, Ports, Sampler};
+use super::probe::{self, Ports, Sampler, Watch};
 use super::{
     open_loop, Args, Gateway, Proto, Report, Row, Target, Timing, Tweaks, Upstreams, HOST_NAME,
 };
@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// The gateway's `max_connections_per_endpoint` here (its default is 1024).
 const UPSTREAM_CAP: u64 = 64;
@@ -193,12 +192,7 @@ async fn run_attack(
     report: &mut Report,
 ) -> Result<()> {
     let upstreams = &own.addrs;
-    let ports = Ports {
-        gateway: 0,
-        upstreams: [upstreams.stable.port(), upstreams.canary.port()],
-    };
-    // Connections to the upstreams open already, from gateways of earlier scenarios.
-    let before = probe::sockets(ports);
+    // Connections the upstreams hold already, from gateways of earlier scenarios.
     let held_before: Option<Vec<u64>> = own.seen.as_ref().map(|seen| {
         seen.iter()
             .map(|s| s.open.load(Ordering::Relaxed))
@@ -213,7 +207,8 @@ async fn run_attack(
     let target = Target::gateway(gw.listen, Proto::H1);
     let ports = Ports {
         gateway: gw.listen.port(),
-        ..ports
+        upstreams: [upstreams.stable.port(), upstreams.canary.port()],
+        gateway_pid: gw.pid,
     };
     let tw_before = probe::sockets(ports);
     if let Some(seen) = &own.seen {
@@ -227,7 +222,7 @@ async fn run_attack(
         args.flood_duration.as_secs_f64()
     );
     let sampler = Sampler::start(gw.pid, Some(ports));
-    let cpu_before = probe::cpu_time(gw.pid)?;
+    let watch = Watch::start(gw.pid)?;
     let started = Instant::now();
     let stop_opening = started + args.flood_duration;
     let live = Arc::new(Live::default());
@@ -249,11 +244,10 @@ async fn run_attack(
         probe::on_own_thread("load-flood", attackers),
     );
     progress.abort();
-    let elapsed = started.elapsed();
-    let cpu = probe::cpu_time(gw.pid)?.saturating_sub(cpu_before);
     let after = probe::sockets(ports);
+    let (legit, (flood, attack_thread)) = (legit?, flood?);
+    let watched = watch.stop(attack_thread)?;
     let samples = sampler.stop().await?;
-    let (legit, flood) = (legit?, flood?);
     gw.check_alive()?;
     let closed_lines = probe::closed_lines(&gw).await?;
     let requests = upstream_requests(own)
@@ -261,9 +255,7 @@ async fn run_attack(
         .map(|(after, before)| after - before);
     // The gateway's connections to each upstream: at the gateway's end, every 100 ms; and as
     // the upstreams counted them, every one, but with their closes seen late.
-    let peaks: Vec<u64> = (0..2)
-        .map(|i| samples.peak_to_upstream[i].saturating_sub(before.to_upstream[i]))
-        .collect();
+    let peaks = samples.peak_to_upstream;
     let counted: Option<Vec<u64>> = own.seen.as_ref().zip(held_before).map(|(seen, before)| {
         seen.iter()
             .zip(before)
@@ -285,7 +277,7 @@ async fn run_attack(
         .collect();
 
     // The goals.
-    let cpu_share = cpu.as_secs_f64() / elapsed.as_secs_f64();
+    let cpu_share = watched.gateway_cpu;
     let peak_upstream = peaks.iter().max().copied().unwrap_or(0);
     let tw_grown = [
         tw_after[0].saturating_sub(tw_before[0]),
@@ -321,14 +313,14 @@ async fn run_attack(
         flood.goaway_text(),
     ));
     let mut upstream_text = format!(
-        "peak connections to stable / canary {} / {} (cap {UPSTREAM_CAP}; the gateway's sockets, \
-         read every 100 ms)",
+        "the gateway's connections to stable / canary peaked at {} / {} (cap {UPSTREAM_CAP}; its \
+         sockets, read every 100 ms)",
         peaks[0], peaks[1]
     );
     match (&requests, &counted) {
         (Some(requests), Some(counted)) => upstream_text.push_str(&format!(
-            ", {} / {} as the upstreams counted them; {requests} requests reached the upstreams \
-             ({} legitimate 2xx answers among them)",
+            " and the upstreams, which see closes late, counted up to {} / {} open; {requests} \
+             requests reached the upstreams ({} legitimate 2xx answers among them)",
             counted[0],
             counted[1],
             legit.answered()
@@ -336,15 +328,15 @@ async fn run_attack(
         _ => upstream_text.push_str("; the upstreams of --upstreams count no requests"),
     }
     report.notes.push(format!(
-        "h2flood {name}: gateway CPU {cpu_share:.2} of a core over {:.1} s; {upstream_text}; \
-         TIME_WAIT toward the gateway {} → {} (peak {}), toward the upstreams {} → {} (peak {})",
-        elapsed.as_secs_f64(),
+        "h2flood {name}: {upstream_text}; TIME_WAIT toward the gateway {} → {} (peak {}), toward \
+         the upstreams {} → {} (peak {}); {}",
         tw_before[0],
         tw_after[0],
         tw_peak[0],
         tw_before[1],
         tw_after[1],
         tw_peak[1],
+        watched.text(),
     ));
     report.notes.push(format!(
         "h2flood {name}: the gateway's counters at the end:\n    {}",
@@ -388,7 +380,7 @@ async fn run_attack(
         "goaways": flood.goaways.iter().map(|(code, n)| {
             (code.map_or("none".to_string(), error_name), json!(n))
         }).collect::<serde_json::Map<_, _>>(),
-        "gateway_cpu_share": cpu_share,
+        "cpu": watched.json(),
         "upstream_requests": requests,
         "upstream_peak_connections": { "gateway_sockets": peaks, "upstreams_counted": counted },
         "upstream_cap": UPSTREAM_CAP,
@@ -455,7 +447,7 @@ async fn attacker(
     let mut tally = FloodTally::new();
     let give_up = stop_opening + GRACE;
     while Instant::now() < stop_opening {
-        let stream = match TcpStream::connect(addr).await {
+        let stream = match probe::connect_attacker(addr).await {
             Ok(stream) => stream,
             Err(e) => {
                 tally.connect_failed += 1;

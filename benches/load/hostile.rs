@@ -4,12 +4,13 @@
 //! until the gateway closes them (or their deadline is `GRACE` behind them), so that every
 //! connection opened has a close time or is counted as never closed.
 
-use super::probe::{self, Sampler};
+use super::probe::{self, Sampler, Watch};
 use super::{
     attempt, join_tallies, open_loop, Args, Gateway, Proto, Report, Row, Tally, Target, Timing,
     Tweaks, UpstreamAddrs,
 };
 use anyhow::Result;
+use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -47,8 +48,9 @@ const NEW_CONNECTIONS_PER_S: f64 = 50.0;
 const P99_GOAL_US: u64 = 50_000;
 const RSS_GOAL_KIB: u64 = 64 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+/// A kind of hostile connection (`--hostile-kinds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub(super) enum Kind {
     /// Connects and sends nothing.
     Silent,
     /// A request head, then a header byte a second.
@@ -60,7 +62,7 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; KINDS] = [
+    pub(super) const ALL: [Kind; KINDS] = [
         Kind::Silent,
         Kind::Slowloris,
         Kind::PrefaceDrip,
@@ -183,37 +185,45 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
     };
     let gw = Gateway::start(args, upstreams, &tweaks).await?;
     let n = args.hostile_connections;
-    gw.ensure_fd_limit((KINDS * n) as u64 + super::FD_MARGIN)?;
+    let chosen = args.hostile_kinds();
+    gw.ensure_fd_limit((chosen.len() * n) as u64 + super::FD_MARGIN)?;
     let rate = args.rate.map_or(LEGIT_RATE, |r| r as f64);
     let target = Target::gateway(gw.listen, Proto::H1);
     let rss_fresh = gw.rss_kib()?;
 
     eprintln!(
-        "  hostile: {n} connections of each of {KINDS} kinds for {:.0} s, {rate}/s legitimate",
+        "  hostile: {n} connections of each of {} kinds for {:.0} s, {rate}/s legitimate",
+        chosen.len(),
         args.hostile_duration.as_secs_f64()
     );
     let sampler = Sampler::start(gw.pid, None);
-    let cpu_before = probe::cpu_time(gw.pid)?;
+    let watch = Watch::start(gw.pid)?;
     let started = Instant::now();
     let stop_opening = started + args.hostile_duration;
     let held = Arc::new(Held::default());
-    let attackers = attack(gw.listen, n, head_deadline, stop_opening, held.clone());
+    let attackers = attack(
+        chosen.clone(),
+        gw.listen,
+        n,
+        head_deadline,
+        stop_opening,
+        held.clone(),
+    );
     let timing = Timing {
         warmup: Duration::ZERO,
         duration: args.hostile_duration,
     };
     let label = format!("hostile: legit {rate}/s");
-    let progress = spawn_held_progress(held.clone(), started, stop_opening);
+    let progress = spawn_held_progress(chosen.clone(), held.clone(), started, stop_opening);
     let (kept, fresh, kinds) = tokio::join!(
         open_loop(&label, &target, LEGIT_CONNECTIONS, rate, timing),
         new_connections(&target, NEW_CONNECTIONS_PER_S, timing),
         probe::on_own_thread("load-attack", attackers),
     );
     progress.abort();
-    let elapsed = started.elapsed();
-    let cpu = probe::cpu_time(gw.pid)?.saturating_sub(cpu_before);
+    let (kept, fresh, (kinds, attack_thread)) = (kept?, fresh?, kinds?);
+    let watched = watch.stop(attack_thread)?;
     let samples = sampler.stop().await?;
-    let (kept, fresh, kinds) = (kept?, fresh?, kinds?);
     gw.check_alive()?;
     let closed_lines = probe::closed_lines(&gw).await?;
     let peak_hwm = gw.peak_rss_kib()?;
@@ -232,7 +242,6 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
         peak_rss < RSS_GOAL_KIB,
         missed == 0,
     ];
-    let cpu_share = cpu.as_secs_f64() / elapsed.as_secs_f64();
 
     report.notes.push(format!(
         "hostile: legitimate requests {sent} sent, {} succeeded, {} failed; latency p50 {:.1} / \
@@ -245,13 +254,14 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
     ));
     report.notes.push(format!(
         "hostile: gateway RSS {rss_fresh} KiB fresh, peak {peak_rss} KiB ({:.1} MiB) in {} reads \
-         every 100 ms (VmHWM {peak_hwm} KiB); CPU {:.2} of a core over {:.1} s",
+         every 100 ms (VmHWM {peak_hwm} KiB); {}",
         peak_rss as f64 / 1024.0,
         samples.rss_reads,
-        cpu_share,
-        elapsed.as_secs_f64()
+        watched.text()
     ));
-    report.notes.push(kinds_table(&kinds, head_deadline));
+    report
+        .notes
+        .push(kinds_table(&chosen, &kinds, head_deadline));
     report.notes.push(format!(
         "hostile: the gateway's counters at the end:\n    {}",
         closed_lines.join("\n    ")
@@ -272,6 +282,7 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
     let kinds_json: Vec<_> = Kind::ALL
         .iter()
         .zip(&kinds)
+        .filter(|(kind, _)| chosen.contains(kind))
         .map(|(kind, t)| {
             let (deadline, limit) = kind.deadline(head_deadline);
             json!({
@@ -306,7 +317,7 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
         "attackers": kinds_json,
         "rss_kib": { "fresh": rss_fresh, "peak_sampled": peak_rss, "vm_hwm": peak_hwm,
                      "reads": samples.rss_reads },
-        "gateway_cpu_share": cpu_share,
+        "cpu": watched.json(),
         "closed_counters": closed_lines,
         "goals": {
             "legit_all_succeed": goals[0], "legit_p99_under_50ms": goals[1],
@@ -323,13 +334,16 @@ pub(super) async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Rep
 }
 
 /// A small table of the attackers, one line a kind.
-fn kinds_table(kinds: &[KindTally], head_deadline: Duration) -> String {
+fn kinds_table(chosen: &[Kind], kinds: &[KindTally], head_deadline: Duration) -> String {
     let mut out = format!(
         "hostile: attackers (closed: by the gateway; lived: from connect to close, min / median / \
          max)\n    {:<13} {:>7} {:>7} {:>7}  {:<27} {:<30} {:>9} {:>6}",
         "kind", "opened", "closed", "refused", "lived", "deadline", ">1s late", "never"
     );
     for (kind, t) in Kind::ALL.iter().zip(kinds) {
+        if !chosen.contains(kind) {
+            continue;
+        }
         let (deadline, limit) = kind.deadline(head_deadline);
         let unit = if deadline.is_zero() { "ms" } else { "s" };
         out.push_str(&format!(
@@ -364,8 +378,10 @@ fn deadline_text(deadline: Duration, limit: &str) -> String {
     format!("{limit} {:.1} s", deadline.as_secs_f64())
 }
 
-/// Every attacker, `n` of each kind; their first connections spread over `RAMP`.
+/// Every attacker, `n` of each kind chosen; their first connections spread over `RAMP`. The
+/// tallies are by kind, in the order of `Kind::ALL`.
 async fn attack(
+    chosen: Vec<Kind>,
     addr: SocketAddr,
     n: usize,
     head_deadline: Duration,
@@ -373,10 +389,10 @@ async fn attack(
     held: Arc<Held>,
 ) -> Vec<KindTally> {
     let start = Instant::now();
-    let total = (KINDS * n) as u32;
+    let total = (chosen.len() * n) as u32;
     let mut slots: Vec<(usize, tokio::task::JoinHandle<KindTally>)> = Vec::new();
     for i in 0..total {
-        let kind = Kind::ALL[i as usize % KINDS];
+        let kind = chosen[i as usize % chosen.len()];
         let first = start + RAMP * i / total;
         let held = held.clone();
         let slot = attacker(kind, addr, first, stop_opening, head_deadline, held);
@@ -410,7 +426,7 @@ async fn attacker(
     let (deadline, _) = kind.deadline(head_deadline);
     tokio::time::sleep_until(first.into()).await;
     while Instant::now() < stop_opening {
-        let stream = match TcpStream::connect(addr).await {
+        let stream = match probe::connect_attacker(addr).await {
             Ok(stream) => stream,
             Err(e) => {
                 tally.connect_failed += 1;
@@ -526,6 +542,7 @@ async fn new_connections(target: &Target, per_s: f64, timing: Timing) -> Result<
 
 /// Prints the connections held, by kind, once a second while the attack lasts.
 fn spawn_held_progress(
+    chosen: Vec<Kind>,
     held: Arc<Held>,
     started: Instant,
     end: Instant,
@@ -537,7 +554,7 @@ fn spawn_held_progress(
                 break;
             }
             tokio::time::sleep_until(at.into()).await;
-            let counts: Vec<String> = Kind::ALL
+            let counts: Vec<String> = chosen
                 .iter()
                 .map(|k| {
                     let open = held.open[*k as usize].load(Ordering::Relaxed);

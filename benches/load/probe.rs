@@ -7,10 +7,13 @@ use super::{call, get_request, Gateway, LATENCY_MAX_US};
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// How often the gateway's RSS (and, when asked, its sockets) is read.
@@ -96,8 +99,8 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in {path}"))
 }
 
-/// User plus system CPU time the process `pid` has used, from `/proc/<pid>/stat`.
-pub(super) fn cpu_time(pid: u32) -> Result<Duration> {
+/// User plus system CPU time the process `pid` (or `self`) has used, from `/proc/<pid>/stat`.
+fn cpu_time(pid: &str) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces; the fields after it start at field 3.
@@ -130,11 +133,14 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// The ports whose sockets a [`Sampler`] counts: the gateway's listener and the two upstreams.
+/// The sockets a [`Sampler`] counts: those on the gateway's listening port and the two
+/// upstreams' ports, and the gateway process, whose own connections to the upstreams are told
+/// apart by their inodes.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Ports {
     pub gateway: u16,
     pub upstreams: [u16; 2],
+    pub gateway_pid: u32,
 }
 
 /// One read of the loopback TCP sockets on [`Ports`].
@@ -144,30 +150,38 @@ pub(super) struct Sockets {
     pub time_wait_gateway: u64,
     /// TIME_WAIT with either end on an upstream's port: the gateway's upstream connections.
     pub time_wait_upstreams: u64,
-    /// ESTABLISHED connections to each upstream, counted at their connecting end (so once
-    /// each, and closed as soon as the gateway closes them, however late the upstream notices).
+    /// The gateway's ESTABLISHED connections to each upstream: sockets it held open when the
+    /// read began (its descriptors are listed first) and still established when the table was
+    /// read. Sockets opened while the table is read are not counted, so under churn the count
+    /// stays at or below what was open at once; it is read at the gateway's end, which knows of
+    /// a close at once, however late the upstream notices it.
     pub to_upstream: [u64; 2],
 }
 
 /// Counts the sockets on `ports` in `/proc/net/tcp` (and `tcp6`); unreadable tables count as
-/// empty.
+/// empty. The kernel writes the table a page at a time, so a socket may be listed twice while
+/// sockets come and go: each is counted once, by its two ends.
 pub(super) fn sockets(ports: Ports) -> Sockets {
     let mut count = Sockets::default();
+    let owned = socket_inodes(ports.gateway_pid);
+    let mut seen = HashSet::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(table) = std::fs::read_to_string(path) else {
             continue;
         };
         for line in table.lines().skip(1) {
-            let mut fields = line.split_whitespace().skip(1);
-            let (Some(local), Some(remote), Some(state)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
+            let fields: Vec<&str> = line.split_whitespace().take(10).collect();
+            // sl, local, remote, state, queues, timer, retransmits, uid, timeout, inode
+            let [_, local, remote, state, _, _, _, _, _, inode] = fields[..] else {
                 continue;
             };
             let port = |end: &str| {
                 end.rsplit_once(':')
                     .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
             };
+            if !seen.insert((local.to_string(), remote.to_string())) {
+                continue;
+            }
             let (local, remote) = (port(local), port(remote));
             let on = |p: u16| local == Some(p) || remote == Some(p);
             match state {
@@ -175,7 +189,7 @@ pub(super) fn sockets(ports: Ports) -> Sockets {
                 TIME_WAIT if ports.upstreams.iter().any(|p| on(*p)) => {
                     count.time_wait_upstreams += 1
                 }
-                ESTABLISHED => {
+                ESTABLISHED if inode.parse().is_ok_and(|i: u64| owned.contains(&i)) => {
                     for (n, p) in count.to_upstream.iter_mut().zip(ports.upstreams) {
                         *n += u64::from(remote == Some(p));
                     }
@@ -185,6 +199,23 @@ pub(super) fn sockets(ports: Ports) -> Sockets {
         }
     }
     count
+}
+
+/// The inodes of the sockets process `pid` holds open, from `/proc/<pid>/fd`.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// The gateway's `splitgate_downstream_connections_closed_total` sample lines.
@@ -200,8 +231,8 @@ pub(super) async fn closed_lines(gw: &Gateway) -> Result<Vec<String>> {
 
 /// Runs `work` on a thread with a current-thread runtime of its own: the attackers then compete
 /// with the load generator for the CPU as one more thread, not as hundreds of tasks queued in
-/// front of its requests.
-pub(super) async fn on_own_thread<F, T>(name: &str, work: F) -> Result<T>
+/// front of its requests. Returns its output and what the thread ran and waited.
+pub(super) async fn on_own_thread<F, T>(name: &str, work: F) -> Result<(T, Sched)>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -210,16 +241,218 @@ where
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
+            let before = sched("/proc/thread-self/schedstat");
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
-            let _ = done.send(runtime.map(|rt| rt.block_on(work)));
+            let output = runtime.map(|rt| rt.block_on(work));
+            let used = sched("/proc/thread-self/schedstat").minus(before);
+            let _ = done.send(output.map(|o| (o, used)));
         })
         .with_context(|| format!("starting the {name} thread"))?;
     result
         .await
         .with_context(|| format!("the {name} thread panicked"))?
         .with_context(|| format!("starting the {name} runtime"))
+}
+
+/// The send buffer of an attacker's socket. The kernel's default grows to megabytes on
+/// loopback: an attacker would then copy megabytes the gateway never reads (it closes first),
+/// spending the CPU the legitimate clients share with it. With a small buffer the gateway's
+/// reading sets the pace, as it would over a network.
+const ATTACKER_SEND_BUFFER: u32 = 64 * 1024;
+
+/// Connects as an attacker: with a small send buffer.
+pub(super) async fn connect_attacker(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_send_buffer_size(ATTACKER_SEND_BUFFER)?;
+    socket.connect(addr).await
+}
+
+/// Time a thread (or, summed, a process's threads) ran on a CPU, and was runnable but waited
+/// for one: from `schedstat`, which the kernel keeps per thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Sched {
+    pub ran: Duration,
+    pub waited: Duration,
+}
+
+impl Sched {
+    fn minus(self, earlier: Sched) -> Sched {
+        Sched {
+            ran: self.ran.saturating_sub(earlier.ran),
+            waited: self.waited.saturating_sub(earlier.waited),
+        }
+    }
+
+    fn plus(self, other: Sched) -> Sched {
+        Sched {
+            ran: self.ran + other.ran,
+            waited: self.waited + other.waited,
+        }
+    }
+}
+
+/// One `schedstat` file; zero when unreadable.
+fn sched(path: &str) -> Sched {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut ns = text
+        .split_whitespace()
+        .map(|v| Duration::from_nanos(v.parse().unwrap_or(0)));
+    Sched {
+        ran: ns.next().unwrap_or_default(),
+        waited: ns.next().unwrap_or_default(),
+    }
+}
+
+/// Every live thread of process `pid` (`self` for this one), by thread id.
+fn threads(pid: &str) -> BTreeMap<String, Sched> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .map(|e| {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let stat = sched(&format!("/proc/{pid}/task/{tid}/schedstat"));
+            (tid, stat)
+        })
+        .collect()
+}
+
+/// The machine-wide TCP counters of a listener that accepts too slowly: connections dropped
+/// because an accept queue was full, and SYNs sent again (a client whose SYN was dropped
+/// waits 1 s, then 3 s, before it tries again).
+#[derive(Clone, Copy, Debug, Default)]
+struct Net {
+    listen_overflows: u64,
+    syn_retransmits: u64,
+}
+
+fn net() -> Net {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let mut out = Net::default();
+    if let [names, values] = lines[..] {
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            match name {
+                "ListenOverflows" => out.listen_overflows = value.parse().unwrap_or(0),
+                "TCPSynRetrans" => out.syn_retransmits = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Who had the CPUs during an attack: the gateway, this process (client, upstreams, and the
+/// attackers' thread, which reports its own), what they waited for a CPU, the machine's load
+/// and its accept-queue overflows. On a shared machine this tells a slow gateway from a busy
+/// machine.
+pub(super) struct Watch {
+    at: Instant,
+    pid: u32,
+    gateway_cpu: Duration,
+    gateway: BTreeMap<String, Sched>,
+    own: BTreeMap<String, Sched>,
+    own_cpu: Duration,
+    net: Net,
+    load: String,
+}
+
+/// What a [`Watch`] saw, as shares of the wall time (1.0: one CPU's worth).
+pub(super) struct Watched {
+    pub elapsed: Duration,
+    /// utime + stime from `/proc/<pid>/stat`.
+    pub gateway_cpu: f64,
+    pub gateway_waited: f64,
+    pub own_cpu: f64,
+    pub own_waited: f64,
+    pub listen_overflows: u64,
+    pub syn_retransmits: u64,
+    /// `/proc/loadavg`'s first three fields at the start.
+    pub load: String,
+}
+
+impl Watch {
+    pub(super) fn start(pid: u32) -> Result<Watch> {
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        Ok(Watch {
+            at: Instant::now(),
+            pid,
+            gateway_cpu: cpu_time(&pid.to_string())?,
+            gateway: threads(&pid.to_string()),
+            own: threads("self"),
+            own_cpu: cpu_time("self")?,
+            net: net(),
+            load: load
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+
+    /// Ends the watch; `attackers` is what the attackers' thread ran and waited.
+    pub(super) fn stop(self, attackers: Sched) -> Result<Watched> {
+        let elapsed = self.at.elapsed();
+        let delta = |before: &BTreeMap<String, Sched>, now: BTreeMap<String, Sched>| {
+            now.into_iter()
+                .map(|(tid, s)| s.minus(before.get(&tid).copied().unwrap_or_default()))
+                .fold(Sched::default(), Sched::plus)
+        };
+        let gateway = delta(&self.gateway, threads(&self.pid.to_string()));
+        let own = delta(&self.own, threads("self")).plus(attackers);
+        let share = |d: Duration| d.as_secs_f64() / elapsed.as_secs_f64();
+        let net = net();
+        Ok(Watched {
+            elapsed,
+            gateway_cpu: share(cpu_time(&self.pid.to_string())?.saturating_sub(self.gateway_cpu)),
+            gateway_waited: share(gateway.waited),
+            own_cpu: share(cpu_time("self")?.saturating_sub(self.own_cpu)),
+            own_waited: share(own.waited),
+            listen_overflows: net
+                .listen_overflows
+                .saturating_sub(self.net.listen_overflows),
+            syn_retransmits: net.syn_retransmits.saturating_sub(self.net.syn_retransmits),
+            load: self.load,
+        })
+    }
+}
+
+impl Watched {
+    /// One line for the notes.
+    pub(super) fn text(&self) -> String {
+        format!(
+            "over {:.1} s the gateway used {:.2} of a core and waited for one {:.2} of the time; \
+             this process (clients, upstreams, attackers) used {:.2} and its threads waited \
+             {:.2}; the machine's load average was {} at the start; {} connections were dropped \
+             at a full accept queue on the machine, {} SYNs sent again",
+            self.elapsed.as_secs_f64(),
+            self.gateway_cpu,
+            self.gateway_waited,
+            self.own_cpu,
+            self.own_waited,
+            self.load,
+            self.listen_overflows,
+            self.syn_retransmits
+        )
+    }
+
+    pub(super) fn json(&self) -> Value {
+        json!({
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "gateway_cpu_share": self.gateway_cpu,
+            "gateway_waited_share": self.gateway_waited,
+            "own_cpu_share": self.own_cpu,
+            "own_waited_share": self.own_waited,
+            "load_average": self.load,
+            "listen_overflows": self.listen_overflows,
+            "syn_retransmits": self.syn_retransmits,
+        })
+    }
 }
 
 /// How long connections lived, in µs: up to a minute.
