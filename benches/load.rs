@@ -52,9 +52,12 @@
 //!   upstreams (their requests and peak connections, against `max_connections_per_endpoint`,
 //!   set to 64 here), and TIME_WAIT sockets before and after.
 //!
-//! The attackers of `hostile` and `h2flood` run on a thread and runtime of their own, so the
-//! legitimate clients, which share this process's CPU with them, keep their fair share of it.
-//! Both print the goals beside the figures.
+//! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
+//! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
+//! own at nice 19 and take only the CPU the measuring side leaves. Both scenarios print the goals
+//! beside the figures, and who had the CPUs (the gateway's and this process's CPU, and how long
+//! their threads waited for one), so that a busy machine is not read as a slow gateway.
+//! `--hostile-kinds` runs some of the hostile kinds alone, to tell which one costs what.
 //!
 //! To set the gateway beside the proxy you run now, start that proxy on the bench's upstreams and
 //! name it with `--peer NAME=ADDR` (repeatable): `max` and `open` then measure it too, after the
