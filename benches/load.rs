@@ -13,7 +13,8 @@
 //! * the load generator: hyper's low-level client connections (no pool) on a multi-thread tokio
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
-//! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`):
+//! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
+//! `hostile` and `h2flood`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -33,6 +34,30 @@
 //!   keep-alive connections that each send one request and stay open for `--idle-hold` (1 s).
 //!   Reports the gateway's RSS (fresh, under load, with the idle connections), the KiB each idle
 //!   connection costs, and how many of them the gateway closed meanwhile.
+//! * `hostile`: on a fresh gateway, for `--hostile-duration` (20 s), `--hostile-connections` (400)
+//!   connections of each of four kinds at once, each reconnecting when the gateway closes it: silent
+//!   (connects, sends nothing), slowloris (a request head, then one header byte a second), preface
+//!   drip (the HTTP/2 preface, one byte a second) and big head (a 200 KB head as fast as it goes).
+//!   Meanwhile `--rate` (1000/s) legitimate requests over a few keep-alive connections, and a few new
+//!   connections a second. Reports the legitimate requests, the gateway's peak RSS (sampled every
+//!   100 ms), how long the gateway took to close each kind against the deadline that applies
+//!   (`--hostile-deadline`, written into its config as `first_byte_timeout` and
+//!   `request_headers_timeout`), and its `splitgate_downstream_connections_closed_total` lines.
+//! * `h2flood`: on a fresh gateway each, for `--flood-duration` (10 s), `--flood-connections` h2c
+//!   connections of raw frames: rapid reset (HEADERS then RST_STREAM, as fast as they go), the
+//!   same with the resets 1 ms behind (late reset: the gateway has accepted the streams), and a
+//!   CONTINUATION flood (a HEADERS frame without END_HEADERS, then CONTINUATION frames of junk);
+//!   each reconnects when closed. Meanwhile legitimate HTTP/1.1 requests at a modest fixed rate.
+//!   Reports the gateway's CPU, how fast it closed the attacking connections, what reached the
+//!   upstreams (their requests and peak connections, against `max_connections_per_endpoint`,
+//!   set to 64 here), and TIME_WAIT sockets before and after.
+//!
+//! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
+//! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
+//! own at nice 19 and take only the CPU the measuring side leaves. Both scenarios print the goals
+//! beside the figures, and who had the CPUs (the gateway's and this process's CPU, and how long
+//! their threads waited for one), so that a busy machine is not read as a slow gateway.
+//! `--hostile-kinds` runs some of the hostile kinds alone, to tell which one costs what.
 //!
 //! To set the gateway beside the proxy you run now, start that proxy on the bench's upstreams and
 //! name it with `--peer NAME=ADDR` (repeatable): `max` and `open` then measure it too, after the
@@ -51,6 +76,7 @@
 //! cargo bench --bench load                                    # max, open, h2, flip: about 70 s
 //! cargo bench --bench load -- --duration 3s --scenario max,h2
 //! cargo bench --bench load -- --scenario idle --idle-connections 10000
+//! cargo bench --bench load -- --scenario hostile,h2flood --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
 //! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
 //!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
@@ -82,6 +108,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+// The edge scenarios live beside this file, in `benches/load/`.
+#[path = "load/h2flood.rs"]
+mod h2flood;
+#[path = "load/hostile.rs"]
+mod hostile;
+#[path = "load/probe.rs"]
+mod probe;
 
 /// The `Host` every load request carries.
 const HOST_NAME: &str = "bench.example.com";
@@ -115,7 +149,7 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
     /// Open-loop rate in requests/s [default: half of the gateway's `max` rps of this run, or
-    /// 10000 without `max`].
+    /// 10000 without `max`; 1000 for hostile].
     #[arg(long)]
     rate: Option<u64>,
     /// HTTP/1.1 keep-alive connections of max, open and flip.
@@ -143,6 +177,25 @@ struct Args {
     /// idle: how long the idle connections stay open before the gateway's RSS is read.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     idle_hold: Duration,
+    /// hostile: how long the attack lasts (the legitimate requests are measured throughout).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    hostile_duration: Duration,
+    /// hostile: connections of each of the four kinds held at once.
+    #[arg(long, default_value_t = 400)]
+    hostile_connections: usize,
+    /// hostile: the kinds of hostile connection, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = hostile::Kind::ALL)]
+    hostile_kinds: Vec<hostile::Kind>,
+    /// hostile: the gateway's first_byte_timeout and request_headers_timeout (its defaults).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    hostile_deadline: Duration,
+    /// h2flood: how long each attack lasts.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    flood_duration: Duration,
+    /// h2flood: attacking connections at once.
+    #[arg(long, default_value_t = 4)]
+    flood_connections: usize,
     /// Gateway worker threads (`splitgate run --concurrency`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: usize,
@@ -185,7 +238,20 @@ enum Scenario {
     H2,
     Flip,
     Idle,
+    Hostile,
+    H2flood,
     All,
+}
+
+impl Scenario {
+    /// Whether it runs on the gateway started once for the whole run (the others start their
+    /// own, fresh).
+    fn shares_gateway(self) -> bool {
+        matches!(
+            self,
+            Scenario::Max | Scenario::Open | Scenario::H2 | Scenario::Flip
+        )
+    }
 }
 
 impl Args {
@@ -201,6 +267,11 @@ impl Args {
             "--h2-connections=2",
             "--rate=500",
             "--idle-connections=200",
+            "--hostile-duration=2s",
+            "--hostile-connections=8",
+            "--hostile-deadline=1s",
+            "--flood-duration=1s",
+            "--flood-connections=2",
         ])
     }
 
@@ -214,6 +285,8 @@ impl Args {
                 Scenario::H2,
                 Scenario::Flip,
                 Scenario::Idle,
+                Scenario::Hostile,
+                Scenario::H2flood,
             ]
         } else {
             self.scenario.clone()
@@ -221,6 +294,28 @@ impl Args {
         list.sort();
         list.dedup();
         list
+    }
+
+    /// Open files this process and the gateway need for the scenarios that hold many
+    /// connections.
+    fn fds_needed(&self, scenarios: &[Scenario]) -> Option<u64> {
+        let mut need = None;
+        if scenarios.contains(&Scenario::Idle) {
+            need = Some(self.idle_connections as u64);
+        }
+        if scenarios.contains(&Scenario::Hostile) {
+            let hostile = self.hostile_kinds().len() as u64 * self.hostile_connections as u64;
+            need = need.max(Some(hostile));
+        }
+        need.map(|n| n + FD_MARGIN)
+    }
+
+    /// The hostile kinds chosen, once each.
+    fn hostile_kinds(&self) -> Vec<hostile::Kind> {
+        let mut kinds = self.hostile_kinds.clone();
+        kinds.sort();
+        kinds.dedup();
+        kinds
     }
 
     fn timing(&self) -> Timing {
@@ -239,6 +334,15 @@ impl Args {
         }
         if self.rate == Some(0) {
             bail!("--rate must be above 0");
+        }
+        if self.hostile_connections == 0 || self.flood_connections == 0 {
+            bail!("--hostile-connections and --flood-connections must be above 0");
+        }
+        if self.hostile_duration.is_zero() || self.flood_duration.is_zero() {
+            bail!("--hostile-duration and --flood-duration must be above 0");
+        }
+        if self.hostile_deadline < Duration::from_millis(1) {
+            bail!("--hostile-deadline must be at least 1ms");
         }
         if !(self.flip_rate >= 0.0 && self.flip_rate.is_finite()) {
             bail!("--flip-rate must be a number from 0 up");
@@ -341,8 +445,8 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
     if let Some(cpus) = &args.pin_client {
         pin_self(cpus)?;
     }
-    if scenarios.contains(&Scenario::Idle) {
-        ensure_own_fd_limit(args.idle_connections as u64 + FD_MARGIN)?;
+    if let Some(need) = args.fds_needed(&scenarios) {
+        ensure_own_fd_limit(need)?;
     }
     let started = utc_now();
     let upstreams = match &args.upstreams {
@@ -358,7 +462,7 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the client runtime")?;
-    let report = client.block_on(run_scenarios(args, &scenarios, &upstreams.addrs))?;
+    let report = client.block_on(run_scenarios(args, &scenarios, &upstreams))?;
     drop(client);
     drop(upstreams);
 
@@ -389,15 +493,12 @@ fn run(args: &Args, smoke: bool) -> Result<()> {
     Ok(())
 }
 
-async fn run_scenarios(
-    args: &Args,
-    scenarios: &[Scenario],
-    upstreams: &UpstreamAddrs,
-) -> Result<Report> {
+async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> Result<Report> {
     let mut report = Report::default();
+    let upstreams = &own.addrs;
     check_outside_parts(args, upstreams).await?;
-    let shared = if scenarios.iter().any(|s| *s != Scenario::Idle) {
-        Some(Gateway::start(args, upstreams).await?)
+    let shared = if scenarios.iter().any(|s| s.shares_gateway()) {
+        Some(Gateway::start(args, upstreams, &Tweaks::default()).await?)
     } else {
         None
     };
@@ -411,6 +512,8 @@ async fn run_scenarios(
             Scenario::H2 => run_h2(args, gw()?, report).await?,
             Scenario::Flip => run_flip(args, gw()?, report).await?,
             Scenario::Idle => run_idle(args, upstreams, report).await?,
+            Scenario::Hostile => hostile::run(args, upstreams, report).await?,
+            Scenario::H2flood => h2flood::run(args, own, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -605,7 +708,7 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
 
 /// `idle`: the memory a fresh gateway takes at a steady 1000 requests/s and per idle connection.
 async fn run_idle(args: &Args, upstreams: &UpstreamAddrs, report: &mut Report) -> Result<()> {
-    let gw = Gateway::start(args, upstreams).await?;
+    let gw = Gateway::start(args, upstreams, &Tweaks::default()).await?;
     gw.ensure_fd_limit(args.idle_connections as u64 + FD_MARGIN)?;
     let target = Target::gateway(gw.listen, Proto::H1);
     let rss_fresh = gw.rss_kib()?;
@@ -910,20 +1013,24 @@ async fn attempt(target: &Target, slot: &mut Option<Sender>) -> Result<Answer, S
 struct Live {
     ok: AtomicU64,
     errors: AtomicU64,
+    /// The highest latency since the last progress line, µs.
+    slowest: AtomicU64,
 }
 
 impl Live {
-    fn count(&self, result: &Result<Answer, String>) {
+    fn count(&self, result: &Result<Answer, String>, latency: Duration) {
         let counter = match result {
             Ok(Answer::Ok(_)) => &self.ok,
             _ => &self.errors,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.slowest.fetch_max(us, Ordering::Relaxed);
     }
 }
 
-/// Prints a line to stderr every second of the window: the answers of that second and the errors
-/// so far.
+/// Prints a line to stderr every second of the window: the answers of that second, the errors
+/// so far and the slowest answer of that second (which shows when a stall happened).
 fn spawn_progress(label: String, live: Arc<Live>, window: Window) -> JoinHandle<()> {
     tokio::spawn(async move {
         eprintln!("{label}: warming up");
@@ -936,8 +1043,9 @@ fn spawn_progress(label: String, live: Arc<Live>, window: Window) -> JoinHandle<
             tokio::time::sleep_until(at.into()).await;
             let ok = live.ok.load(Ordering::Relaxed);
             let errors = live.errors.load(Ordering::Relaxed);
+            let slowest = live.slowest.swap(0, Ordering::Relaxed) as f64 / 1e3;
             eprintln!(
-                "  {label}: {second:>3} s {:>8} rps, {errors} errors",
+                "  {label}: {second:>3} s {:>8} rps, {errors} errors, slowest {slowest:.1} ms",
                 ok - last
             );
             last = ok;
@@ -978,7 +1086,7 @@ async fn closed_worker(target: Target, sender: Sender, window: Window, live: Arc
         let done = Instant::now();
         if window.contains(done) {
             tally.record(&result, done - sent);
-            live.count(&result);
+            live.count(&result, done - sent);
         }
     }
     tally
@@ -1063,8 +1171,9 @@ async fn open_worker(
         let result = attempt(&target, &mut slot).await;
         let done = Instant::now();
         if measured {
-            tally.record(&result, done.saturating_duration_since(due));
-            live.count(&result);
+            let latency = done.saturating_duration_since(due);
+            tally.record(&result, latency);
+            live.count(&result, latency);
         }
     }
     tally
@@ -1359,7 +1468,34 @@ struct UpstreamAddrs {
 /// The two upstreams, on a runtime of their own.
 struct Upstreams {
     addrs: UpstreamAddrs,
+    /// What the bench's own upstreams have seen (none for `--upstreams`).
+    seen: Option<[Arc<Seen>; 2]>,
     _runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Requests and connections one of the bench's upstreams has seen.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    open: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Seen {
+    fn opened(&self) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Starts a new peak from the connections open now.
+    fn reset_peak(&self) {
+        self.peak
+            .store(self.open.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl Upstreams {
@@ -1367,6 +1503,7 @@ impl Upstreams {
     fn external(addrs: UpstreamAddrs) -> Upstreams {
         Upstreams {
             addrs,
+            seen: None,
             _runtime: None,
         }
     }
@@ -1378,14 +1515,16 @@ impl Upstreams {
             .enable_all()
             .build()
             .context("starting the upstream runtime")?;
+        let seen = [Arc::new(Seen::default()), Arc::new(Seen::default())];
         let addrs = runtime.block_on(async {
             Ok::<_, anyhow::Error>(UpstreamAddrs {
-                stable: serve_upstream("stable", body_size).await?,
-                canary: serve_upstream("canary", body_size).await?,
+                stable: serve_upstream("stable", body_size, seen[0].clone()).await?,
+                canary: serve_upstream("canary", body_size, seen[1].clone()).await?,
             })
         })?;
         Ok(Upstreams {
             addrs,
+            seen: Some(seen),
             _runtime: Some(runtime),
         })
     }
@@ -1401,8 +1540,13 @@ fn upstream_body(name: &str, size: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// An HTTP/1.1 server on a free loopback port that answers every request 200 with its body.
-async fn serve_upstream(name: &'static str, body_size: usize) -> Result<SocketAddr> {
+/// An HTTP/1.1 server on a free loopback port that answers every request 200 with its body,
+/// counting requests and connections in `seen`.
+async fn serve_upstream(
+    name: &'static str,
+    body_size: usize,
+    seen: Arc<Seen>,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .with_context(|| format!("binding the {name} upstream"))?;
@@ -1419,15 +1563,20 @@ async fn serve_upstream(name: &'static str, body_size: usize) -> Result<SocketAd
                 }
             };
             let _ = stream.set_nodelay(true);
-            let body = body.clone();
+            seen.opened();
+            let (body, counted) = (body.clone(), seen.clone());
             let service = hyper::service::service_fn(move |_req| {
+                counted.requests.fetch_add(1, Ordering::Relaxed);
                 let body = body.clone();
                 async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                seen.closed();
+            });
         }
     });
     Ok(addr)
@@ -1459,10 +1608,10 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway and waits until it serves both subsets. A port that another process
     /// took between our pick and the gateway's bind gets a retry with new ports.
-    async fn start(args: &Args, upstreams: &UpstreamAddrs) -> Result<Gateway> {
+    async fn start(args: &Args, upstreams: &UpstreamAddrs, tweaks: &Tweaks) -> Result<Gateway> {
         let mut attempt = 1;
         loop {
-            let gw = Gateway::spawn(args, upstreams)?;
+            let gw = Gateway::spawn(args, upstreams, tweaks)?;
             match gw.wait_ready().await {
                 Ok(()) => return Ok(gw),
                 Err(_) if attempt < 3 && gw.log_tail(20).contains("in use") => {
@@ -1474,7 +1623,7 @@ impl Gateway {
         }
     }
 
-    fn spawn(args: &Args, upstreams: &UpstreamAddrs) -> Result<Gateway> {
+    fn spawn(args: &Args, upstreams: &UpstreamAddrs, tweaks: &Tweaks) -> Result<Gateway> {
         let bin = match &args.gateway_bin {
             Some(path) => path.clone(),
             None => PathBuf::from(env!("CARGO_BIN_EXE_splitgate")),
@@ -1488,10 +1637,10 @@ impl Gateway {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let [listen, admin, readiness, metrics] = free_ports()?;
         let config = dir.join("splitgate.yaml");
-        let yaml = gateway_config(listen, admin, readiness, metrics, upstreams);
+        let yaml = gateway_config(listen, admin, readiness, metrics, upstreams, tweaks);
         std::fs::write(&config, yaml).with_context(|| format!("writing {}", config.display()))?;
         let log = std::fs::File::create(dir.join("gateway.log"))?;
-        // A shell raises the open-files limit to the hard limit first: the idle scenario holds
+        // A shell raises the open-files limit to the hard limit first: idle and hostile hold
         // thousands of connections.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
@@ -1637,7 +1786,8 @@ impl Gateway {
         if soft < need {
             bail!(
                 "the gateway may open only {soft} files (hard limit {hard}) and this needs about \
-                 {need}: raise the hard limit (`ulimit -Hn`) or lower --idle-connections"
+                 {need}: raise the hard limit (`ulimit -Hn`) or lower --idle-connections or \
+                 --hostile-connections"
             );
         }
         Ok(())
@@ -1656,27 +1806,44 @@ impl Gateway {
     }
 }
 
+/// What a scenario's gateway sets beyond the bench's base config.
+#[derive(Clone, Debug, Default)]
+struct Tweaks {
+    /// The listener's `limits.first_byte_timeout` and `limits.request_headers_timeout`.
+    head_deadline: Option<Duration>,
+    /// The service's `policy.max_connections_per_endpoint`.
+    upstream_cap: Option<usize>,
+}
+
 fn gateway_config(
     listen: SocketAddr,
     admin: SocketAddr,
     readiness: SocketAddr,
     metrics: SocketAddr,
     upstreams: &UpstreamAddrs,
+    tweaks: &Tweaks,
 ) -> String {
     let (stable, canary) = (upstreams.stable, upstreams.canary);
+    let limits = tweaks.head_deadline.map_or(String::new(), |d| {
+        let ms = d.as_millis();
+        format!("    limits: {{ first_byte_timeout: {ms}ms, request_headers_timeout: {ms}ms }}\n")
+    });
+    let policy = tweaks.upstream_cap.map_or(String::new(), |n| {
+        format!("    policy: {{ max_connections_per_endpoint: {n} }}\n")
+    });
     format!(
         r#"# Written by benches/load.rs.
 listeners:
   - name: bench
     address: "{listen}"
-admin: {{ address: "{admin}" }}
+{limits}admin: {{ address: "{admin}" }}
 readiness: {{ address: "{readiness}" }}
 metrics: {{ address: "{metrics}" }}
 services:
   bench:
     namespace: default
     host: bench.default.svc.cluster.local
-    subsets:
+{policy}    subsets:
       stable: {{ labels: {{ version: v1 }}, endpoints: ["{stable}"] }}
       canary: {{ labels: {{ version: v2 }}, endpoints: ["{canary}"] }}
 routes:
@@ -1756,9 +1923,9 @@ fn ensure_own_fd_limit(need: u64) -> Result<()> {
         }
     }
     bail!(
-        "the idle scenario needs about {need} open files, but this process may open only {soft} \
+        "this run needs about {need} open files, but this process may open only {soft} \
          (hard limit {hard}). Run `ulimit -n 65536` in this shell first (as root, or after raising \
-         the hard limit, if that is refused), or lower --idle-connections."
+         the hard limit, if that is refused), or lower --idle-connections or --hostile-connections."
     )
 }
 
@@ -1816,6 +1983,12 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "flip_rate": args.flip_rate,
         "idle_connections": args.idle_connections,
         "idle_hold_s": args.idle_hold.as_secs_f64(),
+        "hostile_duration_s": args.hostile_duration.as_secs_f64(),
+        "hostile_connections": args.hostile_connections,
+        "hostile_kinds": args.hostile_kinds().iter().map(|k| format!("{k:?}")).collect::<Vec<_>>(),
+        "hostile_deadline_s": args.hostile_deadline.as_secs_f64(),
+        "flood_duration_s": args.flood_duration.as_secs_f64(),
+        "flood_connections": args.flood_connections,
         "gateway_threads": args.gateway_threads,
         "pin_gateway": args.pin_gateway,
         "pin_client": args.pin_client,
@@ -1974,7 +2147,7 @@ impl Row {
         let cell = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let latency = |i: usize| cell(self.latency.map(|l| l[i].to_string()));
         format!(
-            "{:<9} {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
+            "{:<9} {:<19} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}",
             self.scenario,
             self.target,
             cell(self.rps.map(|r| format!("{r:.0}"))),
@@ -2000,7 +2173,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut out = format!(
-            "{:<9} {:<15} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}\n",
+            "{:<9} {:<19} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}  {}\n",
             "scenario",
             "target",
             "rps",
