@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The kinds of hostile connection, and so the connections held: this many times
-/// `--hostile-connections`.
-pub(super) const KINDS: usize = 4;
+/// The kinds of hostile connection.
+const KINDS: usize = 4;
 /// What a slowloris sends at once: a request head that never ends (the bench's `Host`).
 const HEAD_START: &[u8] = b"GET / HTTP/1.1\r\nHost: bench.example.com\r\n";
 /// What it sends next, a byte a second, then `a` for ever.
