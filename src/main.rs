@@ -183,6 +183,14 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
+    // hyper and h2 warn once per client connection that breaks the protocol (an HTTP/2 flood
+    // closed with GOAWAY, say): under attack that is thousands of lines a second about clients,
+    // not about the gateway. They log errors only, unless the filter names them.
+    let level = if level.contains("h2") || level.contains("hyper") {
+        level.to_string()
+    } else {
+        format!("{level},h2=error,hyper=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()

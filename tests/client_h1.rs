@@ -509,22 +509,30 @@ async fn transfer_encoding_in_http10_is_400_and_reaches_nothing() {
 #[tokio::test]
 async fn a_transfer_coding_besides_chunked_is_501_dpe_and_reaches_nothing() {
     for request in [TE_GZIP_THEN_CHUNKED, TE_GZIP_LINE_THEN_CHUNKED_LINE] {
-        bounded(async {
-            let (gw, upstream) = setup().await;
-            let (reply, mut client) = one(gw.addr, request).await;
-            assert_eq!(reply.status, 501, "{reply:?}");
-            assert_eq!(
-                reply.body,
-                "DPE: transfer codings other than chunked are not supported\n"
-            );
-            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
-            client.assert_closed().await;
-            upstream.assert_untouched();
-            assert_still_serving(&gw).await;
-            assert_eq!(upstream.targets(), ["/after"]);
-        })
-        .await
+        refused_and_closed(
+            request,
+            501,
+            "DPE: transfer codings other than chunked are not supported\n",
+        )
+        .await;
     }
+}
+
+/// Sends `request`, expects `status` and `body` with `connection: close`, the connection
+/// closed, nothing upstream, and the gateway serving the next client.
+async fn refused_and_closed(request: &'static [u8], status: u16, body: &str) {
+    bounded(async {
+        let (gw, upstream) = setup().await;
+        let (reply, mut client) = one(gw.addr, request).await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert_eq!(reply.body, body);
+        assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+        client.assert_closed().await;
+        upstream.assert_untouched();
+        assert_still_serving(&gw).await;
+        assert_eq!(upstream.targets(), ["/after"]);
+    })
+    .await
 }
 
 /// The gateway is not a forward proxy: CONNECT gets Envoy's answer when it is not configured for
@@ -533,21 +541,12 @@ async fn a_transfer_coding_besides_chunked_is_501_dpe_and_reaches_nothing() {
 #[tokio::test]
 async fn connect_is_403_closes_and_reaches_nothing() {
     for request in [CONNECT, CONNECT_THEN_TUNNEL] {
-        bounded(async {
-            let (gw, upstream) = setup().await;
-            let (reply, mut client) = one(gw.addr, request).await;
-            assert_eq!(reply.status, 403, "{reply:?}");
-            assert_eq!(
-                reply.body,
-                "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n"
-            );
-            assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
-            client.assert_closed().await;
-            upstream.assert_untouched();
-            assert_still_serving(&gw).await;
-            assert_eq!(upstream.targets(), ["/after"]);
-        })
-        .await
+        refused_and_closed(
+            request,
+            403,
+            "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy\n",
+        )
+        .await;
     }
 }
 

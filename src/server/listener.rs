@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -81,13 +81,11 @@ impl Gateway {
                     Some(TlsAcceptor::from(tls::server::server_config(store)))
                 }
             };
-            let listener = TcpListener::bind(l.addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source,
-                })?;
+            let listener = bind(l.addr).map_err(|source| ServeError::Bind {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            })?;
             let local = listener.local_addr().map_err(|source| ServeError::Bind {
                 name: l.name.clone(),
                 addr: l.addr,
@@ -150,6 +148,23 @@ impl Gateway {
             );
         }
     }
+}
+
+/// Clients that finished their handshake and wait to be accepted; the kernel caps it at
+/// `net.core.somaxconn`. Above tokio's 1,024, so that a burst waits in the queue instead of
+/// having its SYNs dropped and sent again a second later.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Loads a TLS listener's certificates and re-reads them whenever their files change.
