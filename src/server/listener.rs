@@ -150,6 +150,9 @@ impl Gateway {
     }
 }
 
+/// Connections accepted in a row before the accept loop lets the open connections run.
+const ACCEPTS_PER_TURN: u32 = 8;
+
 /// Clients that finished their handshake and wait to be accepted; the kernel caps it at
 /// `net.core.somaxconn`. Above tokio's 1,024, so that a burst waits in the queue instead of
 /// having its SYNs dropped and sent again a second later.
@@ -204,7 +207,15 @@ async fn accept_loop(
     let mut stop = shutdown.subscribe();
     let slots = Arc::new(Semaphore::new(http.limits().max_connections));
     let mut failures = AcceptFailures::default();
+    let mut accepted = 0u32;
     loop {
+        // A few accepts per turn, then the connections already open run: a flood of new
+        // connections (each cheap to refuse, but thousands a second) cannot starve the clients
+        // being served. HAProxy bounds its accepts per turn the same way (`tune.maxaccept`).
+        accepted += 1;
+        if accepted % ACCEPTS_PER_TURN == 0 {
+            tokio::task::yield_now().await;
+        }
         let (permit, (stream, peer)) = tokio::select! {
             accepted = async {
                 let permit = slots.clone().acquire_owned().await;
