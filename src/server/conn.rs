@@ -289,6 +289,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Let go of the detection buffer rather than keep it for the connection's life.
+                self.prefix = Bytes::new();
+            }
             self.state.on_read();
             return Poll::Ready(Ok(()));
         }
