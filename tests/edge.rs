@@ -430,8 +430,10 @@ async fn a_request_that_waits_past_the_connect_timeout_for_a_connection_gets_503
     let client = h2c_client();
     let url = gw.url("/");
     let (first, second) = tokio::join!(get(&client, &url, &[]), async {
-        // Behind the first, so that the first holds the one connection.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Behind the first: once the upstream has it, it holds the one connection.
+        while up.count() == 0 {
+            tokio::task::yield_now().await;
+        }
         get(&client, &url, &[]).await
     });
     assert_eq!(first.status, 200);

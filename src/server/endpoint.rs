@@ -1,6 +1,7 @@
 //! The small HTTP servers beside the data plane (admin API, readiness, metrics): HTTP/1.1 or h2c,
 //! one handler, served until told to stop, under the fixed limits of [`Limits::endpoint`].
 
+use super::accept::Acceptor;
 use super::conn::Http;
 use super::limits::Limits;
 use bytes::Bytes;
@@ -9,9 +10,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Serves `handler` on `listener` until `stop` turns true.
@@ -21,23 +21,8 @@ where
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let http = Arc::new(Http::new(Limits::endpoint()));
-    let slots = Arc::new(Semaphore::new(http.limits().max_connections));
-    loop {
-        let (permit, stream) = tokio::select! {
-            accepted = async {
-                let permit = slots.clone().acquire_owned().await;
-                (permit, listener.accept().await)
-            } => match accepted {
-                (Ok(permit), Ok((s, _))) => (permit, s),
-                (_, Err(e)) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                (Err(_), _) => return,
-            },
-            _ = stop.changed() => return,
-        };
+    let mut acceptor = Acceptor::new(listener, http.limits().max_connections);
+    while let Some((permit, stream, _)) = acceptor.next(&mut stop).await {
         let deadline = Instant::now() + http.limits().first_byte_timeout;
         let (handler, http, mut stop) = (handler.clone(), http.clone(), stop.clone());
         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! Binds the listeners, accepts connections and serves HTTP/1.1 and h2c on each; on a TLS
 //! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
+use super::accept::Acceptor;
 use super::conn::{Cut, Http};
 use super::limits::{derived_max_connections, raise_descriptor_limit};
 use crate::config::Config;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -150,9 +151,6 @@ impl Gateway {
     }
 }
 
-/// Connections accepted in a row before the accept loop lets the open connections run.
-const ACCEPTS_PER_TURN: u32 = 8;
-
 /// Clients that finished their handshake and wait to be accepted; the kernel caps it at
 /// `net.core.somaxconn`. Above tokio's 1,024, so that a burst waits in the queue instead of
 /// having its SYNs dropped and sent again a second later.
@@ -205,33 +203,8 @@ async fn accept_loop(
     shutdown: watch::Sender<bool>,
 ) {
     let mut stop = shutdown.subscribe();
-    let slots = Arc::new(Semaphore::new(http.limits().max_connections));
-    let mut failures = AcceptFailures::default();
-    let mut accepted = 0u32;
-    loop {
-        // A few accepts per turn, then the connections already open run: a flood of new
-        // connections (each cheap to refuse, but thousands a second) cannot starve the clients
-        // being served. HAProxy bounds its accepts per turn the same way (`tune.maxaccept`).
-        accepted += 1;
-        if accepted % ACCEPTS_PER_TURN == 0 {
-            tokio::task::yield_now().await;
-        }
-        let (permit, (stream, peer)) = tokio::select! {
-            accepted = async {
-                let permit = slots.clone().acquire_owned().await;
-                (permit, listener.accept().await)
-            } => match accepted {
-                (Ok(permit), Ok(a)) => (permit, a),
-                (_, Err(e)) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    failures.note(&e);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                (Err(_), _) => return,
-            },
-            _ = stop.changed() => return,
-        };
+    let mut acceptor = Acceptor::new(listener, http.limits().max_connections);
+    while let Some((permit, stream, peer)) = acceptor.next(&mut stop).await {
         let deadline = Instant::now() + http.limits().first_byte_timeout;
         let _ = stream.set_nodelay(true);
         let own = runtime.load().hub.own.clone();
@@ -261,30 +234,6 @@ async fn accept_loop(
             own.active_connections.dec();
             drop((stop, permit));
         });
-    }
-}
-
-/// Failed accepts, logged at most once every 10 s so that a descriptor shortage does not
-/// flood the log.
-#[derive(Default)]
-struct AcceptFailures {
-    last_log: Option<Instant>,
-    unlogged: u64,
-}
-
-impl AcceptFailures {
-    fn note(&mut self, e: &std::io::Error) {
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_some_and(|t| now < t + Duration::from_secs(10))
-        {
-            self.unlogged += 1;
-            return;
-        }
-        tracing::warn!(error = %e, more = self.unlogged, "accept failed");
-        self.last_log = Some(now);
-        self.unlogged = 0;
     }
 }
 

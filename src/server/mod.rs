@@ -1,5 +1,6 @@
 //! Listening sockets and connection serving.
 
+pub mod accept;
 pub mod conn;
 pub mod endpoint;
 pub mod limits;
