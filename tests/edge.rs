@@ -489,3 +489,32 @@ async fn an_http2_client_that_resets_streams_too_fast_is_disconnected() {
         .unwrap();
     assert_eq!(a.status, 200);
 }
+
+#[tokio::test]
+async fn a_route_passes_exactly_the_upgrades_it_lists() {
+    let up = spawn_upstream("stable", Behavior::Name).await;
+    let yaml = limited(up.addr, "{}").replacen(
+        "    hosts: [\"*\"]\n",
+        "    hosts: [\"*\"]\n    upgrades: [Foo]\n",
+        1,
+    );
+    let gw = spawn_gateway(&yaml).await;
+    let ask = |protocol: &str| {
+        format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n")
+    };
+    // Listed (compared without case): forwarded with its Upgrade header.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(ask("foo").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers.get("upgrade").unwrap(), "foo");
+    // websocket is the default only when the route lists nothing.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(ask("websocket").as_bytes()).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 403"));
+    assert_eq!(up.count(), 1);
+}
