@@ -1345,3 +1345,124 @@ async fn chunked_beside_content_length_is_read_chunked_and_not_reused() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Requests their clients gave up on
+// ---------------------------------------------------------------------------------------------
+
+/// An upstream that holds `/hold-head` (no answer) and `/hold-body` (head and 1 KiB of a
+/// `len`-byte body) until `go` is signalled, and answers anything else with `conn<N>`.
+async fn spawn_holding_upstream(go: Arc<tokio::sync::Notify>, len: usize) -> Scripted {
+    spawn_script(move |mut peer| {
+        let go = go.clone();
+        async move {
+            while let Some(req) = peer.read_request().await {
+                let sent = match req.target.as_str() {
+                    "/hold-head" => {
+                        go.notified().await;
+                        peer.write(&ok("late")).await
+                    }
+                    "/hold-body" => {
+                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                        let mut first = head.into_bytes();
+                        first.extend_from_slice(&[b'x'; 1024]);
+                        peer.write(&first).await && {
+                            go.notified().await;
+                            peer.write(&vec![b'y'; len - 1024]).await
+                        }
+                    }
+                    _ => peer.write(&ok(&format!("conn{}", req.conn))).await,
+                };
+                if !sent {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// A gateway (the whole app, for its metrics) to `upstream` with one connection allowed to
+/// it, so that a request after an abandoned one must wait for that connection: it gets it
+/// back when the abandoned exchange was finished, or a new one when that was given up.
+async fn one_connection_app_to(upstream: SocketAddr) -> TestApp {
+    let rule = "      - route:\n          - destination: { service: svc, subset: up }\n";
+    let yaml = svc_config(&subset("up", upstream), rule).replace(
+        "    host: svc.default.svc.cluster.local\n",
+        "    host: svc.default.svc.cluster.local\n    policy: { max_connections_per_endpoint: 1, connect_timeout: 10s }\n",
+    );
+    spawn_app(&yaml).await
+}
+
+/// Sends `path` over HTTP/2 and gives up on it (RST_STREAM) once the gateway has it: before
+/// the answer for `/hold-head`, after the answer's head for `/hold-body`. Returns when the
+/// gateway has recorded the client's departure (`DC`).
+async fn abandon_over_h2(app: &TestApp, up: &Scripted, path: &str) {
+    let metrics = app.app.metrics_addr;
+    let before = requests_total(metrics, &["response_flags=\"DC\""]).await;
+    let arrived = up.count_target(path);
+    let client = h2c_client();
+    let req = Request::get(app.url(path)).body(Full::default()).unwrap();
+    let task = tokio::spawn(async move {
+        let resp = client.request(req).await.expect("a response head");
+        // The head is here; dropping the response resets the stream mid-body.
+        drop(resp);
+        std::future::pending::<()>().await
+    });
+    while up.count_target(path) == arrived {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if path == "/hold-head" {
+        task.abort();
+    }
+    while requests_total(metrics, &["response_flags=\"DC\""]).await <= before {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_exchange_is_finished_and_its_connection_used_again() {
+    bounded(async {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let up = spawn_holding_upstream(go.clone(), 8 * 1024).await;
+        let app = one_connection_app_to(up.addr).await;
+        for path in ["/hold-head", "/hold-body"] {
+            abandon_over_h2(&app, &up, path).await;
+            assert_eq!(up.count_target(path), 1, "{path} reached the upstream");
+            go.notify_one();
+            let a = get(&http1_client(), &app.url("/next"), &[]).await;
+            assert_eq!(
+                (a.status.as_u16(), a.body.as_str()),
+                (200, "conn1"),
+                "after {path}: the next request rides the same upstream connection"
+            );
+        }
+        assert_eq!(up.connections(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_exchange_that_would_cost_too_much_closes_its_connection() {
+    bounded(async {
+        // A body far past what is read to keep a connection, then an upstream that never
+        // answers (given up after a second).
+        let go = Arc::new(tokio::sync::Notify::new());
+        let up = spawn_holding_upstream(go.clone(), 1024 * 1024).await;
+        let app = one_connection_app_to(up.addr).await;
+        abandon_over_h2(&app, &up, "/hold-body").await;
+        let a = get(&http1_client(), &app.url("/next"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn2"));
+        abandon_over_h2(&app, &up, "/hold-head").await;
+        let started = std::time::Instant::now();
+        let a = get(&http1_client(), &app.url("/next"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn3"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the silent upstream's connection was let go after about a second: {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}

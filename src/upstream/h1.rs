@@ -272,6 +272,33 @@ impl Writer {
         }
     }
 
+    /// A writer with nothing to send.
+    fn done() -> Self {
+        Writer {
+            body: None,
+            chunked: false,
+            pos: 0,
+            data: Bytes::new(),
+            tail: b"",
+            state: WriteState::Done,
+        }
+    }
+
+    /// This writer, leaving a finished one in its place.
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, Writer::done())
+    }
+
+    /// Whether the request can be sent to its end without the client: it is sent, or what is
+    /// left is in memory (not the client's stream, which ends with the client).
+    fn finishable_alone(&self) -> bool {
+        match self.state {
+            WriteState::Done => true,
+            WriteState::Broken => false,
+            WriteState::Sending => !matches!(self.body, Some(UpstreamBody::Stream(_))),
+        }
+    }
+
     /// Marks `n` bytes written, across `wbuf[pos..]`, `data` and `tail`.
     fn advance(&mut self, mut n: usize, wlen: usize) {
         let head = (wlen - self.pos).min(n);
@@ -341,70 +368,139 @@ pub(crate) enum Chunk {
     Trailers,
 }
 
-/// Sends a request on `conn` and reads the response head. `reused` tells whether the
-/// connection carried an exchange before (its failure may then be retried).
-pub async fn exchange(
-    mut conn: Conn,
-    head: &request::Parts,
-    body: UpstreamBody,
-    reused: bool,
-) -> Result<(http::response::Parts, ResponseBody), Failed> {
-    let retry = if reused && head.method.is_idempotent() {
-        body.replay()
-    } else {
-        None
-    };
-    let framing = request_framing(head, &body);
-    encode_head(&mut conn.wbuf, head, framing);
-    let no_body = framing == ReqFraming::None;
-    let mut writer = Writer {
-        body: (!no_body).then_some(body),
-        chunked: framing == ReqFraming::Chunked,
-        pos: 0,
-        data: Bytes::new(),
-        tail: b"",
-        state: WriteState::Sending,
-    };
-    let mut write_error = None;
-    let mut got_bytes = false;
-    let polled = std::future::poll_fn(|cx| {
-        match writer.drive(&mut conn, cx) {
-            Err(Error::ClientBody(e)) => return Poll::Ready(Err(Error::ClientBody(e))),
+/// How much of an abandoned response is read to keep its connection: past this, or past
+/// [`SALVAGE_TIME`], the connection is closed instead.
+pub const SALVAGE_BYTES: u64 = 64 * 1024;
+/// How long an abandoned response is waited for.
+pub const SALVAGE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One request on one connection, from the request head to the response head.
+///
+/// A named value rather than an `async fn`, so that an exchange its client gave up on (an
+/// HTTP/2 stream reset, a closed connection) can be finished apart: see [`Exchange::abandon`].
+#[derive(Debug)]
+pub struct Exchange {
+    /// `None` once the response head has been handed on, or the exchange failed.
+    conn: Option<Conn>,
+    writer: Writer,
+    head_request: bool,
+    got_bytes: bool,
+    write_error: Option<Error>,
+    retry: Option<UpstreamBody>,
+}
+
+impl Exchange {
+    /// Starts a request on `conn` (nothing is written before [`Exchange::response`] is polled).
+    /// `reused` tells whether the connection carried an exchange before: its failure may then
+    /// be retried.
+    pub fn new(mut conn: Conn, head: &request::Parts, body: UpstreamBody, reused: bool) -> Self {
+        let retry = if reused && head.method.is_idempotent() {
+            body.replay()
+        } else {
+            None
+        };
+        let framing = request_framing(head, &body);
+        encode_head(&mut conn.wbuf, head, framing);
+        let no_body = framing == ReqFraming::None;
+        Exchange {
+            conn: Some(conn),
+            writer: Writer {
+                body: (!no_body).then_some(body),
+                chunked: framing == ReqFraming::Chunked,
+                pos: 0,
+                data: Bytes::new(),
+                tail: b"",
+                state: WriteState::Sending,
+            },
+            head_request: head.method == Method::HEAD,
+            got_bytes: false,
+            write_error: None,
+            retry,
+        }
+    }
+
+    /// Sends the request and reads the response head. Cancel-safe: dropping the future leaves
+    /// the exchange where it was.
+    pub async fn response(&mut self) -> Result<(http::response::Parts, ResponseBody), Failed> {
+        std::future::poll_fn(|cx| self.poll_response(cx)).await
+    }
+
+    fn poll_response(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(http::response::Parts, ResponseBody), Failed>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(Failed {
+                error: Error::Closed,
+                retry: None,
+            }));
+        };
+        let polled = match self.writer.drive(conn, cx) {
+            Err(Error::ClientBody(e)) => Err(Error::ClientBody(e)),
             // The upstream may have answered before it stopped reading: read on.
-            Err(e) => write_error = Some(e),
-            Ok(()) => {}
-        }
-        poll_head(&mut conn, head.method == Method::HEAD, &mut got_bytes, cx)
-    })
-    .await;
-    let (head_in, framing) = match polled {
-        Ok(h) => h,
-        Err(error) => {
-            let closed = matches!(error, Error::Closed | Error::Io(_));
-            let error = match (error, write_error) {
-                (Error::Closed, Some(w)) => w,
-                (e, _) => e,
-            };
-            return Err(Failed {
-                retry: retry.filter(|_| closed && !got_bytes),
-                error,
-            });
-        }
-    };
-    let keep_alive = keep_alive(&head_in) && framing != Framing::Close;
-    let mut resp = http::Response::new(());
-    *resp.status_mut() = head_in.status;
-    *resp.version_mut() = head_in.version;
-    *resp.headers_mut() = head_in.headers;
-    let (parts, ()) = resp.into_parts();
-    let body = ResponseBody {
-        conn: Some(conn),
-        writer,
-        framing,
-        keep_alive,
-        upgrade: parts.status == StatusCode::SWITCHING_PROTOCOLS,
-    };
-    Ok((parts, body))
+            Err(e) => {
+                self.write_error = Some(e);
+                ready!(poll_head(conn, self.head_request, &mut self.got_bytes, cx))
+            }
+            Ok(()) => ready!(poll_head(conn, self.head_request, &mut self.got_bytes, cx)),
+        };
+        let conn = self.conn.take().expect("checked above");
+        let (head_in, framing) = match polled {
+            Ok(h) => h,
+            Err(error) => {
+                let closed = matches!(error, Error::Closed | Error::Io(_));
+                let error = match (error, self.write_error.take()) {
+                    (Error::Closed, Some(w)) => w,
+                    (e, _) => e,
+                };
+                let retry = self.retry.take();
+                return Poll::Ready(Err(Failed {
+                    retry: retry.filter(|_| closed && !self.got_bytes),
+                    error,
+                }));
+            }
+        };
+        let keep_alive = keep_alive(&head_in) && framing != Framing::Close;
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = head_in.status;
+        *resp.version_mut() = head_in.version;
+        *resp.headers_mut() = head_in.headers;
+        let (parts, ()) = resp.into_parts();
+        let body = ResponseBody {
+            conn: Some(conn),
+            writer: self.writer.take(),
+            framing,
+            keep_alive,
+            upgrade: parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        };
+        Poll::Ready(Ok((parts, body)))
+    }
+
+    /// The exchange, when its client gave up before the response head, if it can still be
+    /// finished without the client: the request is (or can be) sent in full and nothing broke.
+    /// Then [`Exchange::salvage`] reads the response and keeps the connection.
+    pub fn abandon(&mut self) -> Option<Exchange> {
+        let conn = self.conn.as_ref()?;
+        let quiet = self.write_error.is_none() && conn.rbuf.len() <= MAX_HEAD;
+        (quiet && self.writer.finishable_alone()).then(|| Exchange {
+            conn: self.conn.take(),
+            writer: self.writer.take(),
+            head_request: self.head_request,
+            got_bytes: self.got_bytes,
+            write_error: None,
+            retry: None,
+        })
+    }
+
+    /// Finishes an abandoned exchange: the response is read and thrown away, and the
+    /// connection comes back when that took at most [`SALVAGE_BYTES`] and [`SALVAGE_TIME`].
+    pub async fn salvage(mut self) -> Option<Conn> {
+        let finish = async {
+            let (_, body) = self.response().await.ok()?;
+            body.salvage_within().await
+        };
+        tokio::time::timeout(SALVAGE_TIME, finish).await.ok()?
+    }
 }
 
 /// Reads until a final response head (1xx other than 101 are skipped) is parsed.
@@ -666,6 +762,53 @@ impl ResponseBody {
         }
         let conn = self.conn.take()?;
         Some((conn.io, conn.rbuf.freeze()))
+    }
+
+    /// The rest of a body its client gave up on, when reading it (at most [`SALVAGE_BYTES`])
+    /// keeps the connection: see [`ResponseBody::salvage`].
+    pub fn abandon(&mut self) -> Option<ResponseBody> {
+        let small = match self.framing {
+            Framing::Length(n) => n <= SALVAGE_BYTES,
+            Framing::Chunked(_) => true,
+            Framing::Close | Framing::Done => false,
+        };
+        let keep = self.keep_alive && !self.upgrade && self.writer.finishable_alone();
+        (small && keep && self.conn.is_some()).then(|| ResponseBody {
+            conn: self.conn.take(),
+            writer: self.writer.take(),
+            framing: std::mem::replace(&mut self.framing, Framing::Done),
+            keep_alive: true,
+            upgrade: false,
+        })
+    }
+
+    /// Reads an abandoned body to its end and throws it away, within [`SALVAGE_BYTES`] and
+    /// [`SALVAGE_TIME`]; the connection, when it can carry another exchange.
+    pub async fn salvage(self) -> Option<Conn> {
+        tokio::time::timeout(SALVAGE_TIME, self.salvage_within())
+            .await
+            .ok()?
+    }
+
+    async fn salvage_within(mut self) -> Option<Conn> {
+        let mut read = 0;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await
+        {
+            if let Some(data) = frame.ok()?.data_ref() {
+                read += data.len() as u64;
+                if read > SALVAGE_BYTES {
+                    return None;
+                }
+            }
+        }
+        // The request may still be on its way (a body in memory, answered early).
+        if self.writer.state == WriteState::Sending {
+            let conn = self.conn.as_mut()?;
+            std::future::poll_fn(|cx| self.writer.poll(&mut conn.io, &mut conn.wbuf, cx))
+                .await
+                .ok()?;
+        }
+        self.take_reusable()
     }
 
     /// Reads more; a body with much left gets room for up to 64 KiB at once.

@@ -336,9 +336,14 @@ impl Endpoint {
                     }
                 },
             };
-            match h1::exchange(conn, &head, body, reused).await {
+            let mut pending = Pending {
+                ep: self,
+                exchange: h1::Exchange::new(conn, &head, body, reused),
+                slot: Some(slot),
+            };
+            match pending.exchange.response().await {
                 Ok((parts, body)) => {
-                    let body = PooledBody::new(Inner::H1(body), guard, Some(slot));
+                    let body = PooledBody::new(Inner::H1(body), guard, pending.slot.take());
                     return Ok(Response::from_parts(parts, body));
                 }
                 // The upstream closed an idle connection as the request went out: once more,
@@ -393,6 +398,24 @@ impl Endpoint {
                 },
             }
         }
+    }
+
+    /// Finishes an exchange its client gave up on in a task of its own, and pools the
+    /// connection if that works out: closing it instead would cost a new connection, and a
+    /// socket in TIME_WAIT, for every cancelled request (an HTTP/2 client resetting streams).
+    fn salvage<F>(self: &Arc<Self>, rest: F, slot: Slot)
+    where
+        F: std::future::Future<Output = Option<h1::Conn>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ep = self.clone();
+        runtime.spawn(async move {
+            if let Some(conn) = rest.await {
+                ep.put_idle(conn, slot);
+            }
+        });
     }
 
     fn drop_shared(&self) {
@@ -457,6 +480,25 @@ impl Body for UpstreamBody {
     }
 }
 
+/// An HTTP/1.1 exchange before its response head. Dropped before that (the client went
+/// away), it hands the exchange to [`Endpoint::salvage`] when it can still finish.
+struct Pending<'a> {
+    ep: &'a Arc<Endpoint>,
+    exchange: h1::Exchange,
+    /// Taken when the response head arrives.
+    slot: Option<Slot>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if let Some(rest) = self.exchange.abandon() {
+                self.ep.salvage(rest.salvage(), slot);
+            }
+        }
+    }
+}
+
 /// Counts a request against its endpoint until dropped.
 #[derive(Debug)]
 struct InFlight(Arc<Endpoint>);
@@ -514,6 +556,17 @@ impl PooledBody {
         match &mut self.inner {
             Inner::H1(b) => b.take_upgrade(),
             Inner::H2(_) => None,
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away mid-body.
+        if let (Inner::H1(body), Some(slot)) = (&mut self.inner, self.slot.take()) {
+            if let Some(rest) = body.abandon() {
+                self.guard.0.salvage(rest.salvage(), slot);
+            }
         }
     }
 }
