@@ -190,6 +190,10 @@ struct Args {
     /// hostile: the gateway's first_byte_timeout and request_headers_timeout (its defaults).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     hostile_deadline: Duration,
+    /// hostile, h2flood: the address the attackers connect from (the legitimate clients use
+    /// 127.0.0.1; give 127.0.0.1 to have both share one address, as behind one NAT).
+    #[arg(long, default_value = "127.0.0.2")]
+    attacker_source: std::net::IpAddr,
     /// h2flood: how long each attack lasts.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     flood_duration: Duration,
@@ -430,6 +434,7 @@ fn main() -> ExitCode {
     } else {
         Args::parse()
     };
+    probe::set_attacker_source(args.attacker_source);
     match run(&args, smoke) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -376,7 +376,7 @@ async fn a_route_may_allow_other_upgrades_by_name_but_never_h2c() {
 async fn limits_are_validated_with_their_paths() {
     let yaml = limited(
         "127.0.0.1:9".parse().unwrap(),
-        "{ max_request_headers_kb: 4, idle_timeout: 0s, max_connections: 0, first_byte_timeout: soon }",
+        "{ max_request_headers_kb: 4, idle_timeout: 0s, max_connections: 0, first_byte_timeout: soon, tarpit: 61s }",
     );
     let err = splitgate::config::from_str(&yaml, "t")
         .unwrap_err()
@@ -386,6 +386,7 @@ async fn limits_are_validated_with_their_paths() {
         "listeners[0].limits.idle_timeout: must be above 0",
         "listeners[0].limits.max_connections: must be above 0",
         "listeners[0].limits.first_byte_timeout: invalid duration",
+        "listeners[0].limits.tarpit: must be at most 60s, got 61s",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
@@ -517,4 +518,136 @@ async fn a_route_passes_exactly_the_upgrades_it_lists() {
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 403"));
     assert_eq!(up.count(), 1);
+}
+
+/// A connection to `to` from the loopback address `source` (an address of its own, as a
+/// client elsewhere would have).
+async fn connect_from(source: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+fn tarpitted(gw: &TestGateway) -> f64 {
+    metric(gw, "splitgate_downstream_connections_tarpitted_total").expect("the tarpit counter")
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_sending_oversized_heads_is_read_late_and_others_are_not() {
+    let up = spawn_upstream("stable", Behavior::Name).await;
+    let gw = spawn_gateway(&limited(
+        up.addr,
+        "{ max_request_headers_kb: 8, tarpit: 300ms }",
+    ))
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    let offender = [127, 0, 0, 2];
+    for i in 0..7 {
+        let mut s = connect_from(offender, gw.addr).await;
+        let _ = s.write_all(big.as_bytes()).await;
+        let (answer, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "head {i}: {answer}");
+    }
+    // 10, 20, 40, 80, 160 ms, then the 300 ms cap: every connection after the first waited.
+    assert_eq!(tarpitted(&gw), 6.0);
+
+    // The offender's next request is served, not refused: after the longest wait.
+    let started = Instant::now();
+    let mut s = connect_from(offender, gw.addr).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(tarpitted(&gw), 7.0);
+
+    // Another address is read at once.
+    let mut s = connect_from([127, 0, 0, 3], gw.addr).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(tarpitted(&gw), 7.0, "a clean address waits for nothing");
+}
+
+#[tokio::test]
+async fn the_tarpit_can_be_turned_off() {
+    let up = spawn_upstream("stable", Behavior::Name).await;
+    let gw = spawn_gateway(&limited(
+        up.addr,
+        "{ max_request_headers_kb: 8, tarpit: 0s }",
+    ))
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    for _ in 0..3 {
+        let mut s = connect_from([127, 0, 0, 2], gw.addr).await;
+        let _ = s.write_all(big.as_bytes()).await;
+        read_to_close(&mut s, Duration::from_secs(5)).await;
+    }
+    assert_eq!(tarpitted(&gw), 0.0);
+}
+
+/// An HTTP/2 frame header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_rapid_reset_flood_is_closed_counted_and_its_address_tarpitted() {
+    let up = spawn_upstream("stable", Behavior::Name).await;
+    let gw = spawn_gateway(&limited(up.addr, "{ tarpit: 50ms }")).await;
+    let mut s = connect_from([127, 0, 0, 4], gw.addr).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    // GET http://x/ from HPACK's static table, then its reset (CANCEL), 100 times in one write.
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    for i in 0..100u32 {
+        let id = 2 * i + 1;
+        out.extend(h2_frame(0x1, 0x4 | 0x1, id, &block));
+        out.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&out).await;
+    let (answer, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    // GOAWAY (type 7) carrying ENHANCE_YOUR_CALM (0xb) as its error code.
+    let mut rest = &answer[..];
+    let mut calm = false;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let Some(payload) = rest.get(9..9 + len) else {
+            break;
+        };
+        calm |= rest[3] == 0x7 && payload.get(4..8) == Some(&[0, 0, 0, 0xb][..]);
+        rest = &rest[9 + len..];
+    }
+    assert!(calm, "no GOAWAY ENHANCE_YOUR_CALM in {answer:?}");
+    assert_eq!(closed_metric(&gw, "http2_flood"), 1.0);
+    // The flooder's next connection waits; it is still served.
+    let mut s = connect_from([127, 0, 0, 4], gw.addr).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(tarpitted(&gw), 1.0);
 }

@@ -43,6 +43,8 @@ const LEGIT_CONNECTIONS: usize = 8;
 const LEGIT_RATE: f64 = 1000.0;
 /// Legitimate requests on new connections, one each, per second.
 const NEW_CONNECTIONS_PER_S: f64 = 50.0;
+/// The gateway's default `limits.tarpit`: the longest wait before an offender is read.
+const TARPIT: Duration = Duration::from_secs(1);
 /// The goals.
 const P99_GOAL_US: u64 = 50_000;
 const RSS_GOAL_KIB: u64 = 64 * 1024;
@@ -77,12 +79,15 @@ impl Kind {
         }
     }
 
-    /// By when the gateway must close it, from its connect, and the limit that says so.
+    /// By when the gateway must close it, from its connect, and the limit that says so. A
+    /// big head is answered at once, or after the gateway's `tarpit` (1 s by default) once its
+    /// address has been answered 431 before.
     fn deadline(self, head: Duration) -> (Duration, &'static str) {
         match self {
             Kind::Silent | Kind::PrefaceDrip => (head, "first_byte_timeout"),
-            Kind::Slowloris => (head, "request_headers_timeout"),
-            Kind::BigHead => (Duration::ZERO, "431 at once"),
+            // Timed from the head's first byte, which is read after the tarpit.
+            Kind::Slowloris => (head + TARPIT, "tarpit + request_headers_timeout"),
+            Kind::BigHead => (TARPIT, "431 within the tarpit"),
         }
     }
 }
@@ -369,7 +374,7 @@ fn kinds_table(chosen: &[Kind], kinds: &[KindTally], head_deadline: Duration) ->
     out
 }
 
-/// Like `first_byte_timeout 10 s`, or `431 at once` for no time at all.
+/// Like `first_byte_timeout 10 s`.
 fn deadline_text(deadline: Duration, limit: &str) -> String {
     if deadline.is_zero() {
         return limit.to_string();

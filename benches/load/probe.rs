@@ -265,13 +265,27 @@ where
 /// reading sets the pace, as it would over a network.
 const ATTACKER_SEND_BUFFER: u32 = 64 * 1024;
 
-/// Connects as an attacker: with a small send buffer.
+/// The address attackers connect from (`--attacker-source`).
+static ATTACKER_SOURCE: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Sets the attackers' source address, once.
+pub(super) fn set_attacker_source(ip: std::net::IpAddr) {
+    let _ = ATTACKER_SOURCE.set(ip);
+}
+
+/// Connects as an attacker: from the attackers' address, with a small send buffer.
 pub(super) async fn connect_attacker(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_send_buffer_size(ATTACKER_SEND_BUFFER)?;
+    if let Some(ip) = ATTACKER_SOURCE
+        .get()
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+    {
+        socket.bind(SocketAddr::new(*ip, 0))?;
+    }
     socket.connect(addr).await
 }
 

@@ -83,6 +83,18 @@ pub fn listener_limits(raw: Option<&RawLimits>, path: &str) -> Result<Limits, Ve
         }
         limits.http2_max_resets = n;
     }
+    if let Some(text) = &raw.tarpit {
+        match parse_duration(text) {
+            Ok(d) if d > Duration::from_secs(60) => fail(
+                "tarpit",
+                format!(
+                    "must be at most 60s, got {text}: a longer wait holds descriptors for nothing"
+                ),
+            ),
+            Ok(d) => limits.tarpit = d,
+            Err(m) => fail("tarpit", m),
+        }
+    }
     if errs.is_empty() {
         Ok(limits)
     } else {

@@ -76,6 +76,10 @@ pub struct RawLimits {
     /// default 200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_max_resets_per_10s: Option<u32>,
+    /// Longest wait before a new connection is read from an address that broke one of these
+    /// limits in the last 10 s (doubling per offence from 10 ms); `0s` turns it off; default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tarpit: Option<String>,
 }
 
 /// Listener TLS settings.

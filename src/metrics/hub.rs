@@ -58,6 +58,9 @@ pub struct SelfMetrics {
     /// `splitgate_downstream_connections_closed_total{reason}`: closed by the gateway at a
     /// listener limit.
     pub downstream_closed: Family<ReasonLabel, Counter>,
+    /// `splitgate_downstream_connections_tarpitted_total`: connections read only after a
+    /// wait, because their address broke a limit shortly before.
+    pub tarpitted: Counter,
 }
 
 impl SelfMetrics {
@@ -171,6 +174,11 @@ impl MetricsHub {
             own.tls_handshake_errors.clone(),
         );
         registry.register(
+            "splitgate_downstream_connections_tarpitted",
+            "Client connections read only after a wait, their address having broken a limit shortly before",
+            own.tarpitted.clone(),
+        );
+        registry.register(
             "splitgate_downstream_connections_closed",
             "Client connections the gateway closed at a listener limit, by reason",
             own.downstream_closed.clone(),
@@ -180,6 +188,7 @@ impl MetricsHub {
             "request_headers_timeout",
             "idle_timeout",
             "http2_reset_flood",
+            "http2_flood",
         ] {
             own.downstream_closed
                 .get_or_create_owned(&ReasonLabel { reason });

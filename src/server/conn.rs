@@ -45,6 +45,9 @@ pub enum Cut {
     Idle,
     /// An HTTP/2 client reset more streams than `http2_max_resets_per_10s`.
     ResetFlood,
+    /// h2 itself closed an HTTP/2 client for flooding it (streams reset before they were
+    /// accepted, endless CONTINUATION frames): `GOAWAY ENHANCE_YOUR_CALM`.
+    Http2Flood,
 }
 
 impl Cut {
@@ -55,6 +58,7 @@ impl Cut {
             Cut::RequestHeaders => "request_headers_timeout",
             Cut::Idle => "idle_timeout",
             Cut::ResetFlood => "http2_reset_flood",
+            Cut::Http2Flood => "http2_flood",
         }
     }
 }
@@ -383,6 +387,27 @@ impl Watchdog {
     }
 }
 
+/// How a client conducted its connection, as far as the limits go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conduct {
+    /// Within the limits (an idle connection closed at its timeout is within them).
+    Clean,
+    /// It broke one: a deadline, the head size, the HTTP/1.1 grammar, or an HTTP/2 flood.
+    Offence,
+}
+
+/// Whether h2 closed the connection for a flood (`GOAWAY ENHANCE_YOUR_CALM`).
+fn is_http2_flood(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Serves one accepted connection until it ends. `deadline` bounds the wait for the first
 /// bytes (and, on TLS listeners, was the handshake's). On shutdown, lets its current requests
 /// finish.
@@ -393,7 +418,8 @@ pub async fn serve<I, F, Fut, B>(
     metrics: Option<&SelfMetrics>,
     stop: &mut watch::Receiver<bool>,
     handler: F,
-) where
+) -> Conduct
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -410,14 +436,14 @@ pub async fn serve<I, F, Fut, B>(
     let proto = tokio::select! {
         r = tokio::time::timeout_at(deadline, detect(&mut io, &mut buf)) => match r {
             Ok(Ok(Some(p))) => p,
-            Ok(Ok(None) | Err(_)) => return,
+            Ok(Ok(None) | Err(_)) => return Conduct::Clean,
             Err(_) => {
                 count(Cut::FirstByte);
                 tracing::debug!("no request before the first-byte deadline; closing");
-                return;
+                return Conduct::Offence;
             }
         },
-        _ = stop.changed() => return,
+        _ = stop.changed() => return Conduct::Clean,
     };
     let limits = http.limits;
     let state = Arc::new(ConnState::new(proto, &limits));
@@ -447,11 +473,27 @@ pub async fn serve<I, F, Fut, B>(
         }
     };
     match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ok(Ok(())) => Conduct::Clean,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection ended with an error");
+            if is_http2_flood(&e) {
+                count(Cut::Http2Flood);
+                Conduct::Offence
+            } else if e.is_parse() || e.is_parse_too_large() {
+                // Answered 431 or 400 by hyper.
+                Conduct::Offence
+            } else {
+                Conduct::Clean
+            }
+        }
         Err(cut) => {
             count(cut);
             tracing::debug!(reason = cut.label(), "connection closed at a limit");
+            if cut == Cut::Idle {
+                Conduct::Clean
+            } else {
+                Conduct::Offence
+            }
         }
     }
 }

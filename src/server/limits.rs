@@ -20,6 +20,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// Streams an HTTP/2 client may reset within [`RESET_WINDOW`] by default.
 pub const DEFAULT_HTTP2_MAX_RESETS: u32 = 200;
+/// Longest wait, by default, before a connection from an address that recently broke a limit
+/// is read (see `server::offenders`).
+pub const DEFAULT_TARPIT: Duration = Duration::from_secs(1);
 /// The window over which client stream resets are counted.
 pub const RESET_WINDOW: Duration = Duration::from_secs(10);
 /// The smallest head limit: hyper's read buffer cannot be smaller.
@@ -48,6 +51,9 @@ pub struct Limits {
     pub http2_max_concurrent_streams: u32,
     /// Streams an HTTP/2 client may reset within [`RESET_WINDOW`]; one more closes it.
     pub http2_max_resets: u32,
+    /// Longest wait before a new connection from an address that recently broke one of these
+    /// limits is read; zero: no wait.
+    pub tarpit: Duration,
 }
 
 impl Limits {
@@ -62,6 +68,7 @@ impl Limits {
             max_connections,
             http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
             http2_max_resets: DEFAULT_HTTP2_MAX_RESETS,
+            tarpit: DEFAULT_TARPIT,
         }
     }
 
@@ -73,6 +80,7 @@ impl Limits {
             max_headers: 64,
             max_connections: 256,
             http2_max_concurrent_streams: 16,
+            tarpit: Duration::ZERO,
             ..Limits::listener(256)
         }
     }

@@ -2,8 +2,9 @@
 //! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
 use super::accept::Acceptor;
-use super::conn::{Cut, Http};
+use super::conn::{Conduct, Cut, Http};
 use super::limits::{derived_max_connections, raise_descriptor_limit};
+use super::offenders::Offenders;
 use crate::config::Config;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::SharedRuntime;
@@ -204,8 +205,8 @@ async fn accept_loop(
 ) {
     let mut stop = shutdown.subscribe();
     let mut acceptor = Acceptor::new(listener, http.limits().max_connections);
+    let offenders = Arc::new(Offenders::new(http.limits().tarpit));
     while let Some((permit, stream, peer)) = acceptor.next(&mut stop).await {
-        let deadline = Instant::now() + http.limits().first_byte_timeout;
         let _ = stream.set_nodelay(true);
         let own = runtime.load().hub.own.clone();
         let conn = Arc::new(ConnInfo {
@@ -217,20 +218,39 @@ async fn accept_loop(
         let runtime = runtime.clone();
         let http = http.clone();
         let tls = tls.clone();
+        let offenders = offenders.clone();
         let mut stop = shutdown.subscribe();
         tokio::spawn(async move {
             own.active_connections.inc();
-            match tls {
-                None => serve(stream, deadline, &http, runtime, conn, &mut stop).await,
-                // Boxed: a TLS stream is large, and plain connections need not reserve room
-                // for it.
-                Some(acceptor) => {
-                    let tls = serve_tls(
-                        acceptor, stream, peer, deadline, &http, runtime, conn, &mut stop,
-                    );
-                    Box::pin(tls).await
+            // The wait below counts against the first-byte deadline: a tarpitted client gets
+            // no more time in all than any other.
+            let deadline = Instant::now() + http.limits().first_byte_timeout;
+            let served = async {
+                // Accepted at once, so that the accept queue stays short; read later when its
+                // address broke a limit just before.
+                if let Some(wait) = offenders.delay(peer.ip()) {
+                    own.tarpitted.inc();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
-            }
+                let conduct = match tls {
+                    None => serve(stream, deadline, &http, runtime, conn, &mut stop).await,
+                    // Boxed: a TLS stream is large, and plain connections need not reserve
+                    // room for it.
+                    Some(acceptor) => {
+                        let tls = serve_tls(
+                            acceptor, stream, peer, deadline, &http, runtime, conn, &mut stop,
+                        );
+                        Box::pin(tls).await
+                    }
+                };
+                if conduct == Conduct::Offence {
+                    offenders.offence(peer.ip());
+                }
+            };
+            served.await;
             own.active_connections.dec();
             drop((stop, permit));
         });
@@ -248,7 +268,7 @@ async fn serve_tls(
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
-) {
+) -> Conduct {
     let own = runtime.load().hub.own.clone();
     let handshake = tokio::time::timeout_at(deadline, async {
         // A client that connects and leaves without a byte (a TCP health check, a port probe,
@@ -260,19 +280,21 @@ async fn serve_tls(
     });
     let accepted = tokio::select! {
         r = handshake => r,
-        _ = stop.changed() => return,
+        _ = stop.changed() => return Conduct::Clean,
     };
     match accepted {
-        Ok(None) => {}
+        Ok(None) => Conduct::Clean,
         Ok(Some(Ok(stream))) => serve(stream, deadline, http, runtime, conn, stop).await,
         Ok(Some(Err(e))) => {
             own.tls_handshake_errors.inc();
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            Conduct::Offence
         }
         Err(_) => {
             own.tls_handshake_errors.inc();
             own.closed_connections(Cut::FirstByte.label()).inc();
             tracing::debug!(client = %peer, "TLS handshake timed out");
+            Conduct::Offence
         }
     }
 }
@@ -285,7 +307,8 @@ async fn serve<I>(
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
-) where
+) -> Conduct
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let own = runtime.load().hub.own.clone();
@@ -293,5 +316,5 @@ async fn serve<I>(
         let (runtime, conn) = (runtime.clone(), conn.clone());
         async move { proxy::handle(&runtime, &conn, req).await }
     };
-    super::conn::serve(io, deadline, http, Some(&own), stop, handler).await;
+    super::conn::serve(io, deadline, http, Some(&own), stop, handler).await
 }

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod endpoint;
 pub mod limits;
 pub mod listener;
+pub mod offenders;
 pub mod readiness;
 
 pub use listener::{Gateway, ServeError};
