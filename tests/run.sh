@@ -8,6 +8,8 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 # The metrics end-to-end test scrapes the gateway with a real Prometheus.
 command -v prometheus >/dev/null || need+=(prometheus)
+# The fake Kubernetes API server (tests/common/fake_kube.rs) is checked against a real kubectl.
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing test dependencies: ${need[*]}"

@@ -590,6 +590,11 @@ async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
             "/folded" => Act::Reply(
                 b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             ),
+            // gzip bytes would reach the client unlabelled: only chunked is decoded.
+            "/gzip-chunked" => Act::Reply(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                    .to_vec(),
+            ),
             "/large-ok" => Act::Reply(
                 format!("HTTP/1.1 200 OK\r\n{large_ok}content-length: 5\r\n\r\nlarge").into_bytes(),
             ),
@@ -598,7 +603,7 @@ async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
         .await;
         let gw = gateway_to(up.addr).await;
         let client = http1_client();
-        for case in ["/not-http", "/conflict", "/huge", "/folded"] {
+        for case in ["/not-http", "/conflict", "/huge", "/folded", "/gzip-chunked"] {
             let a = get(&client, &gw.url(case), &[]).await;
             assert_uc(&a, case);
             assert_eq!(up.count_target(case), 1, "{case} is sent once");

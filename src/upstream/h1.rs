@@ -653,11 +653,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             }
             true
         } else if name == header::TRANSFER_ENCODING {
-            let mut last = raw.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-            if let Some(last) = last.rfind(|c| !c.is_empty()) {
-                chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            // Only chunked is decoded here. Another coding (gzip, say) would reach the client
+            // as bytes nothing labels, since transfer-encoding is not passed on (HTTP/2 has
+            // none): refused as Envoy refuses it.
+            let mut codings = raw
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty());
+            if !codings.all(|c| c.eq_ignore_ascii_case(b"chunked")) {
+                return Err(Error::Malformed("a transfer-coding other than chunked"));
             }
-            chunked.get_or_insert(false);
+            chunked = Some(true);
             true
         } else if name == header::CONTENT_LENGTH {
             let n = parse_length(raw).ok_or(Error::Malformed("bad content-length"))?;
@@ -1062,15 +1068,16 @@ mod tests {
         assert!(keep_alive(&h));
         let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 12\r\n\r\n").unwrap();
         assert_eq!(response_framing(&h, false), Framing::Done);
-        let h = head(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
-        )
-        .unwrap();
+        let h =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n")
+                .unwrap();
         assert_eq!(response_framing(&h, false), Framing::Chunked(Chunk::Size));
         assert!(!keep_alive(&h), "TE with CL closes after the answer");
         assert!(h.headers.get("content-length").is_none(), "{:?}", h.headers);
-        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n").unwrap();
-        assert_eq!(response_framing(&h, false), Framing::Close);
+        for other in ["gzip", "gzip, chunked", "chunked, gzip"] {
+            let raw = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {other}\r\n\r\n");
+            assert!(head(&raw).is_err(), "{other}: only chunked is decoded");
+        }
         let h = head("HTTP/1.0 200 OK\r\n\r\n").unwrap();
         assert_eq!(response_framing(&h, false), Framing::Close);
         assert!(!keep_alive(&h));
