@@ -603,7 +603,13 @@ async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
         .await;
         let gw = gateway_to(up.addr).await;
         let client = http1_client();
-        for case in ["/not-http", "/conflict", "/huge", "/folded", "/gzip-chunked"] {
+        for case in [
+            "/not-http",
+            "/conflict",
+            "/huge",
+            "/folded",
+            "/gzip-chunked",
+        ] {
             let a = get(&client, &gw.url(case), &[]).await;
             assert_uc(&a, case);
             assert_eq!(up.count_target(case), 1, "{case} is sent once");

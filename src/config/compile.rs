@@ -58,7 +58,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
                                 })
                                 .collect();
                         let info = DestinationInfo {
-                            service: s.name.clone(),
+                            service: s.service_name.clone(),
                             namespace: s.namespace.clone(),
                             host: s.host.clone(),
                             subset: sub.name.clone(),

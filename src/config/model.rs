@@ -21,10 +21,38 @@ pub struct RawConfig {
     /// Metrics endpoint settings.
     #[serde(default)]
     pub metrics: RawMetrics,
-    /// Upstream services by name; ordered so errors come out in a stable order.
+    /// Upstream services by name; ordered so errors come out in a stable order. May be empty
+    /// when `kubernetes` is set.
+    #[serde(default)]
     pub services: BTreeMap<String, RawService>,
-    /// Routes, matched by host.
+    /// Routes, matched by host. May be empty when `kubernetes` is set.
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Serve what the cluster's Istio objects say, beside the file's routes (SPEC §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+/// The `kubernetes` section: which gateway the VirtualServices bind to, and where to watch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    /// `namespace/name` of the Gateway that VirtualServices name in `spec.gateways`.
+    pub gateway: String,
+    /// Watch only these namespaces; empty: all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// A kubeconfig file; none: the in-cluster ServiceAccount when present, else
+    /// `$KUBECONFIG`, else `~/.kube/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// The cluster's DNS domain, for `name.ns.svc.<domain>` hosts; default `cluster.local`.
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+}
+
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
 }
 
 /// One listening socket.
@@ -195,6 +223,9 @@ impl Default for RawWorkload {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
+    /// The Kubernetes Service name, `destination_service_name` in metrics; default the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Kubernetes namespace.
     pub namespace: String,
     /// FQDN, the `destination_service` label.

@@ -41,6 +41,8 @@ pub struct Config {
     pub services: Vec<ServiceSpec>,
     /// Routes in config order, with their hosts.
     pub routes: Vec<RouteSpec>,
+    /// What to watch in Kubernetes, when the config says so.
+    pub kubernetes: Option<super::kubernetes::KubernetesSpec>,
 }
 
 /// A listener.
@@ -63,6 +65,9 @@ pub struct ListenerSpec {
 pub struct ServiceSpec {
     /// Key in `services`.
     pub name: String,
+    /// The Kubernetes Service name (`destination_service_name`): `name` from the config, else
+    /// the key.
+    pub service_name: String,
     /// Namespace.
     pub namespace: String,
     /// FQDN.
@@ -221,6 +226,12 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         );
     }
 
+    let kubernetes = raw.kubernetes.as_ref().and_then(|k| {
+        super::kubernetes::kubernetes(k)
+            .map_err(|e| errs.0.extend(e))
+            .ok()
+    });
+
     let services: Vec<ServiceSpec> = raw
         .services
         .iter()
@@ -336,6 +347,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         metrics_addr,
         services,
         routes,
+        kubernetes,
     })
 }
 
@@ -428,6 +440,7 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
     };
     ServiceSpec {
         name: name.to_string(),
+        service_name: s.name.clone().unwrap_or_else(|| name.to_string()),
         namespace: s.namespace.clone(),
         host: s.host.clone(),
         connect_timeout,

@@ -1068,9 +1068,8 @@ mod tests {
         assert!(keep_alive(&h));
         let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 12\r\n\r\n").unwrap();
         assert_eq!(response_framing(&h, false), Framing::Done);
-        let h =
-            head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n")
-                .unwrap();
+        let h = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n")
+            .unwrap();
         assert_eq!(response_framing(&h, false), Framing::Chunked(Chunk::Size));
         assert!(!keep_alive(&h), "TE with CL closes after the answer");
         assert!(h.headers.get("content-length").is_none(), "{:?}", h.headers);

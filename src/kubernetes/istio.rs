@@ -1,0 +1,255 @@
+//! The Istio objects as splitgate reads them: our own serde types with only the fields the
+//! data plane serves. Every other field is kept aside (`rest`) so that it can be reported by
+//! path as unsupported, never dropped in silence.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Fields read past, by name, at one level of an object.
+pub type Rest = BTreeMap<String, Value>;
+
+/// `spec` of a `networking.istio.io` VirtualService.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VirtualServiceSpec {
+    /// Hosts the routes answer for.
+    pub hosts: Vec<String>,
+    /// Gateways (and `mesh`) the routes apply to.
+    pub gateways: Vec<String>,
+    /// Ordered HTTP rules.
+    pub http: Vec<HttpRoute>,
+    /// Everything else (`tls`, `tcp`, `exportTo`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// One `http[]` rule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRoute {
+    /// Rule name (Argo Rollouts and Flagger name theirs).
+    pub name: Option<String>,
+    /// Conditions, OR'ed.
+    #[serde(rename = "match")]
+    pub matches: Vec<HttpMatch>,
+    /// Weighted destinations.
+    pub route: Vec<RouteDestination>,
+    /// Response-head timeout, as a duration string (`2s`, `1.5s`, `300ms`).
+    pub timeout: Option<String>,
+    /// One mirror destination.
+    pub mirror: Option<Destination>,
+    /// Share mirrored, `{value: 0–100}`.
+    pub mirror_percentage: Option<Percent>,
+    /// The old integer form of the share.
+    pub mirror_percent: Option<u32>,
+    /// Everything else (`retries`, `headers`, `rewrite`, `fault`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `{value: f64}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Percent {
+    /// 0–100.
+    pub value: f64,
+}
+
+/// One `match[]` block: conditions AND'ed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpMatch {
+    /// Match name (ignored: it only names the match in Envoy's stats).
+    pub name: Option<String>,
+    /// Path.
+    pub uri: Option<StringMatch>,
+    /// Method.
+    pub method: Option<StringMatch>,
+    /// Host / :authority.
+    pub authority: Option<StringMatch>,
+    /// Header conditions.
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Headers that must not match.
+    pub without_headers: BTreeMap<String, StringMatch>,
+    /// Query parameters.
+    pub query_params: BTreeMap<String, StringMatch>,
+    /// Everything else (`port`, `sourceLabels`, `gateways`, `ignoreUriCase`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's StringMatch: one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StringMatch {
+    /// Equals.
+    pub exact: Option<String>,
+    /// Starts with.
+    pub prefix: Option<String>,
+    /// RE2 regex over the whole value.
+    pub regex: Option<String>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `route[]`: a destination and its weight.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteDestination {
+    /// Where.
+    pub destination: Destination,
+    /// Relative weight; absent is 0, or 100 for a sole destination. Argo Rollouts writes it as
+    /// a JSON float.
+    pub weight: Option<f64>,
+    /// Everything else (`headers`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// A Service, its port and subset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Destination {
+    /// `name`, `name.ns`, or the FQDN.
+    pub host: String,
+    /// A DestinationRule subset of that host.
+    pub subset: Option<String>,
+    /// The Service port.
+    pub port: Option<PortSelector>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `{number: N}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PortSelector {
+    /// The Service port number.
+    pub number: u32,
+}
+
+/// `spec` of a DestinationRule.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DestinationRuleSpec {
+    /// The Service it applies to (`name`, `name.ns` or the FQDN).
+    pub host: String,
+    /// Named label sets over the Service's pods.
+    pub subsets: Vec<DrSubset>,
+    /// Everything else (`trafficPolicy`, `exportTo`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// A DestinationRule subset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DrSubset {
+    /// Its name.
+    pub name: String,
+    /// Pod labels it selects.
+    pub labels: BTreeMap<String, String>,
+    /// Everything else (`trafficPolicy`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// The field paths of `rest` under `at` (`spec.http[0].retries`).
+pub fn paths(at: &str, rest: &Rest, out: &mut Vec<String>) {
+    for k in rest.keys() {
+        out.push(format!("{at}.{k}"));
+    }
+}
+
+impl VirtualServiceSpec {
+    /// Every field path this spec sets that splitgate does not serve.
+    pub fn unsupported(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        paths("spec", &self.rest, &mut out);
+        for (i, h) in self.http.iter().enumerate() {
+            let at = format!("spec.http[{i}]");
+            paths(&at, &h.rest, &mut out);
+            for (j, m) in h.matches.iter().enumerate() {
+                let at = format!("{at}.match[{j}]");
+                paths(&at, &m.rest, &mut out);
+                let conditions = m.uri.iter().map(|s| ("uri".to_string(), s));
+                let conditions = conditions
+                    .chain(m.method.iter().map(|s| ("method".to_string(), s)))
+                    .chain(m.authority.iter().map(|s| ("authority".to_string(), s)))
+                    .chain(m.headers.iter().map(|(k, s)| (format!("headers.{k}"), s)))
+                    .chain(
+                        m.without_headers
+                            .iter()
+                            .map(|(k, s)| (format!("withoutHeaders.{k}"), s)),
+                    )
+                    .chain(
+                        m.query_params
+                            .iter()
+                            .map(|(k, s)| (format!("queryParams.{k}"), s)),
+                    );
+                for (field, s) in conditions {
+                    paths(&format!("{at}.{field}"), &s.rest, &mut out);
+                }
+            }
+            for (j, r) in h.route.iter().enumerate() {
+                let at = format!("{at}.route[{j}]");
+                paths(&at, &r.rest, &mut out);
+                paths(&format!("{at}.destination"), &r.destination.rest, &mut out);
+            }
+            if let Some(m) = &h.mirror {
+                paths(&format!("{at}.mirror"), &m.rest, &mut out);
+            }
+        }
+        out
+    }
+}
+
+impl DestinationRuleSpec {
+    /// Every field path this spec sets that splitgate does not serve.
+    pub fn unsupported(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        paths("spec", &self.rest, &mut out);
+        for (i, s) in self.subsets.iter().enumerate() {
+            paths(&format!("spec.subsets[{i}]"), &s.rest, &mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_not_served_are_listed_by_path() {
+        let spec: VirtualServiceSpec = serde_json::from_value(json!({
+            "hosts": ["app.example.com"],
+            "gateways": ["istio-system/splitgate"],
+            "tcp": [],
+            "http": [{
+                "name": "primary",
+                "match": [{"uri": {"prefix": "/"}, "ignoreUriCase": true,
+                           "headers": {"x": {"exact": "1", "ignored": 1}}}],
+                "route": [{"destination": {"host": "app", "port": {"number": 80}}, "weight": 100.0,
+                           "headers": {"response": {"add": {"a": "b"}}}}],
+                "retries": {"attempts": 3}
+            }]
+        }))
+        .unwrap();
+        assert_eq!(
+            spec.unsupported(),
+            [
+                "spec.tcp",
+                "spec.http[0].retries",
+                "spec.http[0].match[0].ignoreUriCase",
+                "spec.http[0].match[0].headers.x.ignored",
+                "spec.http[0].route[0].headers",
+            ]
+        );
+        assert_eq!(spec.http[0].route[0].weight, Some(100.0));
+    }
+}

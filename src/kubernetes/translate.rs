@@ -1,0 +1,932 @@
+//! From the watched objects to config: a pure function, run again whole on every change.
+//!
+//! Each VirtualService bound to our gateway becomes a route, named `<name>.<namespace>`, whose
+//! destinations are Kubernetes Services: service `<name>.<namespace>` (`…:<port>` when the
+//! Service has several ports), subset the DestinationRule subset named, or `*` (every ready
+//! endpoint) when none is. The result is checked object by object, so that one bad object
+//! is rejected alone and its last valid version keeps serving.
+
+use super::cluster::{Cluster, Key, Meta, Object};
+use super::istio::{Destination, DestinationRuleSpec, HttpMatch, StringMatch, VirtualServiceSpec};
+use crate::config::kubernetes::KubernetesSpec;
+use crate::config::model::{
+    RawConfig, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock, RawRoute, RawRule,
+    RawService, RawStringMatch, RawSubset,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The subset of a destination that names none: every ready endpoint of the Service.
+pub const ALL_ENDPOINTS: &str = "*";
+
+/// What became of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Served as it is now.
+    Applied,
+    /// Not served as it is now; `served` says whether an earlier version still is.
+    Rejected,
+    /// Not for this gateway (a VirtualService bound elsewhere, a DestinationRule no served
+    /// route uses).
+    Ignored,
+}
+
+impl Status {
+    /// As `/v1/state` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Applied => "applied",
+            Status::Rejected => "rejected",
+            Status::Ignored => "ignored",
+        }
+    }
+}
+
+/// One object's outcome, for `/v1/state` and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStatus {
+    /// `VirtualService` or `DestinationRule`.
+    pub kind: &'static str,
+    /// Its metadata.
+    pub meta: Meta,
+    /// Applied, rejected or ignored.
+    pub status: Status,
+    /// Why it was rejected or ignored; empty when applied.
+    pub message: String,
+    /// Field paths it sets that are not served.
+    pub unsupported: Vec<String>,
+    /// The generation served now, if any (an earlier one when this one was rejected).
+    pub served_generation: Option<i64>,
+}
+
+/// The last version of each VirtualService that was served.
+pub type LastGood = BTreeMap<Key, (i64, VirtualServiceSpec)>;
+
+/// The config that the objects make.
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    /// Services by key.
+    pub services: BTreeMap<String, RawService>,
+    /// Routes, oldest VirtualService first.
+    pub routes: Vec<RawRoute>,
+    /// Every VirtualService and DestinationRule, by kind, namespace and name.
+    pub objects: Vec<ObjectStatus>,
+    /// The versions served now, to fall back on next time.
+    pub last_good: LastGood,
+}
+
+/// The route name of a VirtualService.
+pub fn route_name(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+/// Translates `cluster` for the gateway `spec`, beside the file's `file` config (whose hosts
+/// and service keys the objects may not take).
+pub fn translate(
+    cluster: &Cluster,
+    spec: &KubernetesSpec,
+    file: &RawConfig,
+    last_good: &LastGood,
+) -> Translation {
+    let mut out = Translation::default();
+    let mut claimed: HashMap<String, String> = file
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.hosts
+                .iter()
+                .map(move |h| (h.clone(), format!("file route {}", r.name)))
+        })
+        .collect();
+    let mut used_rules: BTreeSet<Key> = BTreeSet::new();
+    let mut ordered: Vec<&Object<VirtualServiceSpec>> = cluster.virtual_services.values().collect();
+    ordered.sort_by(|a, b| {
+        (&a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&(
+            &b.meta.created,
+            &b.meta.namespace,
+            &b.meta.name,
+        ))
+    });
+    for vs in ordered {
+        let key = vs.meta.key();
+        let unsupported = vs
+            .spec
+            .as_ref()
+            .map(|s| s.unsupported())
+            .unwrap_or_default();
+        let status = |status, message: String, served| ObjectStatus {
+            kind: "VirtualService",
+            meta: vs.meta.clone(),
+            status,
+            message,
+            unsupported: unsupported.clone(),
+            served_generation: served,
+        };
+        let bound = match &vs.spec {
+            Ok(s) => s
+                .gateways
+                .iter()
+                .any(|g| names_gateway(g, &vs.meta.namespace, spec)),
+            // An unreadable spec may have been bound: its last version decides.
+            Err(_) => last_good.contains_key(&key),
+        };
+        if !bound {
+            out.objects.push(status(
+                Status::Ignored,
+                format!(
+                    "spec.gateways does not name {}/{}",
+                    spec.gateway_namespace, spec.gateway_name
+                ),
+                None,
+            ));
+            continue;
+        }
+        let attempt =
+            |s: &VirtualServiceSpec| route_for(cluster, spec, file, &vs.meta, s, &claimed);
+        let now = vs.spec.clone().and_then(|s| attempt(&s).map(|t| (t, s)));
+        let (served, status) = match now {
+            Ok((t, s)) => {
+                out.last_good.insert(key.clone(), (vs.meta.generation, s));
+                (
+                    Some(t),
+                    status(Status::Applied, String::new(), Some(vs.meta.generation)),
+                )
+            }
+            Err(why) => match last_good.get(&key) {
+                Some((generation, old)) => match attempt(old) {
+                    Ok(t) => {
+                        out.last_good
+                            .insert(key.clone(), (*generation, old.clone()));
+                        let message = format!("{why}; generation {generation} is still served");
+                        (
+                            Some(t),
+                            status(Status::Rejected, message, Some(*generation)),
+                        )
+                    }
+                    Err(_) => (None, status(Status::Rejected, why, None)),
+                },
+                None => (None, status(Status::Rejected, why, None)),
+            },
+        };
+        out.objects.push(status);
+        if let Some(t) = served {
+            for h in &t.route.hosts {
+                claimed.insert(h.clone(), format!("VirtualService {}/{}", key.0, key.1));
+            }
+            used_rules.extend(t.rules_used);
+            out.services.extend(t.services);
+            out.routes.push(t.route);
+        }
+    }
+    for dr in cluster.destination_rules.values() {
+        let key = dr.meta.key();
+        let (status, message) = match &dr.spec {
+            Err(e) => (Status::Rejected, e.clone()),
+            Ok(_) if used_rules.contains(&key) => (Status::Applied, String::new()),
+            Ok(s) => (
+                Status::Ignored,
+                format!("no served VirtualService names a subset of {}", s.host),
+            ),
+        };
+        out.objects.push(ObjectStatus {
+            kind: "DestinationRule",
+            meta: dr.meta.clone(),
+            status,
+            message,
+            unsupported: dr
+                .spec
+                .as_ref()
+                .map(|s| s.unsupported())
+                .unwrap_or_default(),
+            served_generation: (status == Status::Applied).then_some(dr.meta.generation),
+        });
+    }
+    out.objects.sort_by(|a, b| {
+        (a.kind, &a.meta.namespace, &a.meta.name).cmp(&(b.kind, &b.meta.namespace, &b.meta.name))
+    });
+    out
+}
+
+/// Whether `gateway`, as written in a VirtualService of namespace `vs_ns`, names ours:
+/// `ns/name`, a bare `name` (in the VirtualService's namespace), or
+/// `name.ns.svc.<cluster_domain>`.
+pub fn names_gateway(gateway: &str, vs_ns: &str, spec: &KubernetesSpec) -> bool {
+    let (ns, name) = if let Some((ns, name)) = gateway.split_once('/') {
+        (ns, name)
+    } else if let Some(short) = gateway.strip_suffix(&format!(".svc.{}", spec.cluster_domain)) {
+        match short.rsplit_once('.') {
+            Some((name, ns)) => (ns, name),
+            None => return false,
+        }
+    } else {
+        (vs_ns, gateway)
+    };
+    ns == spec.gateway_namespace && name == spec.gateway_name
+}
+
+/// A destination host resolved to `(namespace, name)` of a Service: `name` (the
+/// VirtualService's namespace), `name.ns`, `name.ns.svc` or `name.ns.svc.<domain>`.
+pub fn service_of(host: &str, vs_ns: &str, domain: &str) -> Option<(String, String)> {
+    let short = host
+        .strip_suffix(&format!(".svc.{domain}"))
+        .or_else(|| host.strip_suffix(".svc"))
+        .unwrap_or(host);
+    match short.split_once('.') {
+        None => Some((vs_ns.to_string(), short.to_string())),
+        Some((name, ns)) if !ns.contains('.') => Some((ns.to_string(), name.to_string())),
+        _ => None,
+    }
+}
+
+/// A VirtualService made into a route, with the services it needs.
+struct Translated {
+    route: RawRoute,
+    services: BTreeMap<String, RawService>,
+    rules_used: BTreeSet<Key>,
+}
+
+fn route_for(
+    cluster: &Cluster,
+    spec: &KubernetesSpec,
+    file: &RawConfig,
+    meta: &Meta,
+    vs: &VirtualServiceSpec,
+    claimed: &HashMap<String, String>,
+) -> Result<Translated, String> {
+    if vs.hosts.is_empty() {
+        return Err("spec.hosts is empty".into());
+    }
+    if vs.http.is_empty() {
+        return Err("spec.http has no rule: nothing to serve".into());
+    }
+    let hosts: Vec<String> = vs
+        .hosts
+        .iter()
+        .map(|h| {
+            if h == "*" || h.contains('.') {
+                h.clone()
+            } else {
+                format!("{h}.{}.svc.{}", meta.namespace, spec.cluster_domain)
+            }
+        })
+        .collect();
+    if let Some((h, owner)) = hosts.iter().find_map(|h| Some((h, claimed.get(h)?))) {
+        return Err(format!("host {h} is already served by {owner}"));
+    }
+    let mut t = Translated {
+        route: RawRoute {
+            name: route_name(&meta.namespace, &meta.name),
+            hosts,
+            http: Vec::new(),
+            upgrades: None,
+        },
+        services: BTreeMap::new(),
+        rules_used: BTreeSet::new(),
+    };
+    for (i, h) in vs.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        let matches = h
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(j, m)| match_block(m).map_err(|e| format!("{at}.match[{j}].{e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if h.route.is_empty() {
+            return Err(format!(
+                "{at}.route: no destination (redirect and direct responses are not served)"
+            ));
+        }
+        let sole = h.route.len() == 1;
+        let mut route = Vec::new();
+        for (j, r) in h.route.iter().enumerate() {
+            let rp = format!("{at}.route[{j}]");
+            let weight = match r.weight {
+                None if sole => 100,
+                None => 0,
+                Some(w) if w < 0.0 => return Err(format!("{rp}.weight: {w} is negative")),
+                Some(w) if w.fract() != 0.0 || w > f64::from(u32::MAX) => {
+                    return Err(format!("{rp}.weight: {w} is not a whole number"))
+                }
+                Some(w) => w as u32,
+            };
+            let destination = destination(cluster, spec, file, meta, &r.destination, &mut t)
+                .map_err(|e| format!("{rp}.destination: {e}"))?;
+            route.push(RawDestinationWeight {
+                destination,
+                weight: Some(weight),
+            });
+        }
+        if route.iter().all(|d| d.weight == Some(0)) {
+            return Err(format!("{at}.route: the weights sum to 0"));
+        }
+        let mirror = h
+            .mirror
+            .as_ref()
+            .map(|m| {
+                destination(cluster, spec, file, meta, m, &mut t)
+                    .map_err(|e| format!("{at}.mirror: {e}"))
+            })
+            .transpose()?;
+        let mirror_percentage = mirror.as_ref().and_then(|_| {
+            h.mirror_percentage
+                .map(|p| p.value)
+                .or(h.mirror_percent.map(f64::from))
+        });
+        t.route.http.push(RawRule {
+            name: Some(h.name.clone().unwrap_or_else(|| format!("rule-{i}"))),
+            matches,
+            route,
+            timeout: h.timeout.clone(),
+            mirror,
+            mirror_percentage,
+        });
+    }
+    check(&t).map_err(|e| format!("does not validate: {e}"))?;
+    Ok(t)
+}
+
+fn string_match(s: &StringMatch) -> Result<RawStringMatch, String> {
+    let set = [&s.exact, &s.prefix, &s.regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if set != 1 {
+        return Err("must set exactly one of exact, prefix, regex".into());
+    }
+    Ok(RawStringMatch {
+        exact: s.exact.clone(),
+        prefix: s.prefix.clone(),
+        regex: s.regex.clone(),
+        ..RawStringMatch::default()
+    })
+}
+
+fn match_block(m: &HttpMatch) -> Result<RawMatchBlock, String> {
+    let one = |field: &str, s: &Option<StringMatch>| {
+        s.as_ref()
+            .map(|s| string_match(s).map_err(|e| format!("{field}: {e}")))
+            .transpose()
+    };
+    let map = |field: &str, m: &BTreeMap<String, StringMatch>| {
+        m.iter()
+            .map(|(k, s)| {
+                string_match(s)
+                    .map(|s| (k.clone(), s))
+                    .map_err(|e| format!("{field}.{k}: {e}"))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+    };
+    Ok(RawMatchBlock {
+        uri: one("uri", &m.uri)?,
+        method: one("method", &m.method)?,
+        authority: one("authority", &m.authority)?,
+        headers: map("headers", &m.headers)?,
+        without_headers: map("withoutHeaders", &m.without_headers)?,
+        query_params: map("queryParams", &m.query_params)?,
+        cookies: BTreeMap::new(),
+    })
+}
+
+/// The destination's service and subset, added to `t.services` with its endpoints.
+fn destination(
+    cluster: &Cluster,
+    spec: &KubernetesSpec,
+    file: &RawConfig,
+    meta: &Meta,
+    d: &Destination,
+    t: &mut Translated,
+) -> Result<RawDestination, String> {
+    let (ns, name) = service_of(&d.host, &meta.namespace, &spec.cluster_domain)
+        .ok_or_else(|| format!("host {:?} is not a Service of this cluster", d.host))?;
+    let svc = cluster
+        .services
+        .get(&(ns.clone(), name.clone()))
+        .ok_or_else(|| format!("no Service {name} in namespace {ns}"))?;
+    let (port_name, port) = match d.port.map(|p| p.number) {
+        Some(n) => svc
+            .ports
+            .iter()
+            .find(|(_, p)| u32::from(*p) == n)
+            .cloned()
+            .ok_or_else(|| format!("Service {ns}/{name} has no port {n}"))?,
+        None => match svc.ports.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(format!("Service {ns}/{name} has no TCP port")),
+            many => {
+                return Err(format!(
+                    "Service {ns}/{name} has {} ports: port.number must say which",
+                    many.len()
+                ))
+            }
+        },
+    };
+    let fqdn = format!("{name}.{ns}.svc.{}", spec.cluster_domain);
+    let key = if svc.ports.len() > 1 {
+        format!("{name}.{ns}:{port}")
+    } else {
+        format!("{name}.{ns}")
+    };
+    if file.services.contains_key(&key) {
+        return Err(format!("service key {key} is taken by the config file"));
+    }
+    let (subset_name, selector) = match &d.subset {
+        None => (ALL_ENDPOINTS.to_string(), None),
+        Some(s) => {
+            let (rule, labels) = subset_rule(cluster, spec, &meta.namespace, &ns, &fqdn, s)
+                .ok_or_else(|| format!("subset {s} is in no DestinationRule for {fqdn}"))?;
+            t.rules_used.insert(rule);
+            (s.clone(), Some(labels))
+        }
+    };
+    let service = t.services.entry(key.clone()).or_insert_with(|| RawService {
+        name: Some(name.clone()),
+        namespace: ns.clone(),
+        host: fqdn,
+        subsets: BTreeMap::new(),
+        policy: Default::default(),
+    });
+    if !service.subsets.contains_key(&subset_name) {
+        let subset = endpoints(cluster, &ns, &name, &port_name, selector.as_ref());
+        service.subsets.insert(subset_name.clone(), subset);
+    }
+    Ok(RawDestination {
+        service: key,
+        subset: subset_name,
+    })
+}
+
+/// The DestinationRule subset `subset` of the Service `fqdn`: the rule in the
+/// VirtualService's namespace first, then the Service's, then the oldest.
+fn subset_rule(
+    cluster: &Cluster,
+    spec: &KubernetesSpec,
+    vs_ns: &str,
+    svc_ns: &str,
+    fqdn: &str,
+    subset: &str,
+) -> Option<(Key, BTreeMap<String, String>)> {
+    let mut rules: Vec<(&Object<DestinationRuleSpec>, &DestinationRuleSpec)> = cluster
+        .destination_rules
+        .values()
+        .filter_map(|dr| Some((dr, dr.spec.as_ref().ok()?)))
+        .filter(|(dr, s)| {
+            service_of(&s.host, &dr.meta.namespace, &spec.cluster_domain).is_some_and(
+                |(ns, name)| format!("{name}.{ns}.svc.{}", spec.cluster_domain) == fqdn,
+            )
+        })
+        .collect();
+    rules.sort_by_key(|(dr, _)| {
+        let ns = dr.meta.namespace.as_str();
+        (ns != vs_ns, ns != svc_ns, dr.meta.created.clone())
+    });
+    let (dr, s) = rules.first()?;
+    let found = s.subsets.iter().find(|x| x.name == subset)?;
+    Some((dr.meta.key(), found.labels.clone()))
+}
+
+/// The ready, not terminating endpoints of Service `ns/name` on its port `port_name`, those of
+/// pods with `selector`'s labels when given; their labels and workload, as Istio derives
+/// them for metrics.
+fn endpoints(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    selector: Option<&BTreeMap<String, String>>,
+) -> RawSubset {
+    let mut addrs = BTreeSet::new();
+    let mut pods = Vec::new();
+    let slices = cluster
+        .slices
+        .range((ns.to_string(), String::new())..)
+        .take_while(|((sns, _), _)| sns == ns)
+        .map(|(_, s)| s)
+        .filter(|s| s.service == name);
+    for slice in slices {
+        let Some(&(_, port)) = slice.ports.iter().find(|(n, _)| n == port_name) else {
+            continue;
+        };
+        for e in slice.endpoints.iter().filter(|e| e.ready && !e.terminating) {
+            let pod = e
+                .pod
+                .as_ref()
+                .and_then(|p| cluster.pods.get(&(ns.to_string(), p.clone())));
+            if let Some(selector) = selector {
+                let Some(pod) = pod else { continue };
+                if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+                    continue;
+                }
+            }
+            if addrs.insert(std::net::SocketAddr::new(e.ip, port).to_string()) {
+                pods.extend(pod);
+            }
+        }
+    }
+    // Labels every pod shares; without pods, what the subset selects.
+    let mut labels: BTreeMap<String, String> = match pods.split_first() {
+        Some((first, rest)) => first
+            .labels
+            .iter()
+            .filter(|(k, v)| rest.iter().all(|p| p.labels.get(*k) == Some(*v)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        None => selector.cloned().unwrap_or_default(),
+    };
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &pods {
+        *counts.entry(p.workload.as_str()).or_default() += 1;
+    }
+    let workload = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map_or("unknown".to_string(), |(w, _)| w.to_string());
+    istio_labels(&mut labels, &workload);
+    RawSubset {
+        labels,
+        workload: Some(workload),
+        endpoints: addrs.into_iter().collect(),
+    }
+}
+
+/// Fills in `app`, `version` and the canonical labels as Istio derives them from pod labels.
+fn istio_labels(labels: &mut BTreeMap<String, String>, workload: &str) {
+    let get =
+        |l: &BTreeMap<String, String>, keys: &[&str]| keys.iter().find_map(|k| l.get(*k).cloned());
+    let app = get(labels, &["app", "app.kubernetes.io/name"]);
+    let version = get(labels, &["version", "app.kubernetes.io/version"]);
+    let canonical_name = get(
+        labels,
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
+    )
+    .unwrap_or_else(|| workload.to_string());
+    let canonical_revision = get(
+        labels,
+        &[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
+    )
+    .unwrap_or_else(|| "latest".to_string());
+    labels.insert("app".into(), app.unwrap_or_else(|| "unknown".into()));
+    labels.insert(
+        "version".into(),
+        version.unwrap_or_else(|| "unknown".into()),
+    );
+    labels.insert("service.istio.io/canonical-name".into(), canonical_name);
+    labels.insert(
+        "service.istio.io/canonical-revision".into(),
+        canonical_revision,
+    );
+}
+
+/// Validates one translated VirtualService on its own, as the file's routes are validated.
+fn check(t: &Translated) -> Result<(), String> {
+    // A listener of its own: the file's may name certificate files, which are not at issue.
+    let raw = RawConfig {
+        listeners: vec![RawListener {
+            name: "check".into(),
+            address: "127.0.0.1:0".into(),
+            tls: None,
+            stream_idle_timeout: None,
+            limits: None,
+        }],
+        admin: Default::default(),
+        readiness: Default::default(),
+        metrics: Default::default(),
+        services: t.services.clone(),
+        routes: vec![t.route.clone()],
+        kubernetes: None,
+    };
+    crate::config::validate(&raw).map(|_| ()).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubernetes::cluster::Cluster;
+
+    const ARGO_HOST: &str = include_str!("../../tests/fixtures/kubernetes/argo-host-level.yaml");
+    const ARGO_SUBSET: &str =
+        include_str!("../../tests/fixtures/kubernetes/argo-subset-level.yaml");
+    const FLAGGER: &str = include_str!("../../tests/fixtures/kubernetes/flagger.yaml");
+
+    fn gateway(ns_name: &str) -> KubernetesSpec {
+        let (ns, name) = ns_name.split_once('/').unwrap();
+        KubernetesSpec {
+            gateway_namespace: ns.into(),
+            gateway_name: name.into(),
+            namespaces: vec![],
+            kubeconfig: None,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    fn file() -> RawConfig {
+        crate::config::parse("listeners: [{name: http, address: \"127.0.0.1:0\"}]\n", "t").unwrap()
+    }
+
+    fn run(yaml: &str, gw: &str) -> Translation {
+        let cluster = Cluster::from_yaml(yaml).unwrap();
+        translate(&cluster, &gateway(gw), &file(), &LastGood::new())
+    }
+
+    /// `(service, subset, weight)` of a rule.
+    fn weights(rule: &RawRule) -> Vec<(String, String, u32)> {
+        rule.route
+            .iter()
+            .map(|d| {
+                let w = d.weight.unwrap();
+                (
+                    d.destination.service.clone(),
+                    d.destination.subset.clone(),
+                    w,
+                )
+            })
+            .collect()
+    }
+
+    fn status<'a>(t: &'a Translation, kind: &str, name: &str) -> &'a ObjectStatus {
+        t.objects
+            .iter()
+            .find(|o| o.kind == kind && o.meta.name == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", t.objects))
+    }
+
+    #[test]
+    fn argo_host_level_split_serves_both_services_by_weight() {
+        let t = run(ARGO_HOST, "istio-system/splitgate");
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(
+            (vs.status, vs.served_generation),
+            (Status::Applied, Some(4))
+        );
+        assert_eq!(t.routes.len(), 1);
+        let r = &t.routes[0];
+        assert_eq!(r.name, "rollouts-demo-vsvc.shop");
+        assert_eq!(r.hosts, ["rollouts-demo.example.com"]);
+        assert_eq!(r.http[0].name.as_deref(), Some("primary"));
+        assert_eq!(
+            weights(&r.http[0]),
+            [
+                ("rollouts-demo-stable.shop".into(), "*".into(), 90),
+                ("rollouts-demo-canary.shop".into(), "*".into(), 10)
+            ]
+        );
+        let stable = &t.services["rollouts-demo-stable.shop"];
+        assert_eq!(stable.host, "rollouts-demo-stable.shop.svc.cluster.local");
+        assert_eq!(stable.name.as_deref(), Some("rollouts-demo-stable"));
+        let all = &stable.subsets["*"];
+        // The terminating, not ready pod gets nothing; the slice's port, not the Service's.
+        assert_eq!(all.endpoints, ["10.1.0.11:8080", "10.1.0.12:8080"]);
+        assert_eq!(all.workload.as_deref(), Some("rollouts-demo"));
+        assert_eq!(all.labels["version"], "v1");
+        assert_eq!(
+            all.labels["service.istio.io/canonical-name"],
+            "rollouts-demo"
+        );
+        let canary = &t.services["rollouts-demo-canary.shop"].subsets["*"];
+        assert_eq!(canary.endpoints, ["10.1.0.21:8080"]);
+        assert_eq!(canary.labels["version"], "v2");
+    }
+
+    #[test]
+    fn argo_subset_level_split_selects_pods_by_destination_rule_labels() {
+        let t = run(ARGO_SUBSET, "istio-system/splitgate");
+        assert_eq!(
+            status(&t, "VirtualService", "rollouts-demo-vsvc").status,
+            Status::Applied
+        );
+        let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+        assert_eq!(
+            (dr.status, dr.served_generation),
+            (Status::Applied, Some(7))
+        );
+        let r = &t.routes[0];
+        let names: Vec<_> = r.http.iter().map(|h| h.name.clone().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["canary-header", "mirror-get", "primary"],
+            "order kept"
+        );
+        let header = &r.http[0];
+        assert_eq!(
+            header.matches[0].headers["x-canary"].exact.as_deref(),
+            Some("yes")
+        );
+        assert_eq!(
+            weights(header),
+            [("rollouts-demo.shop".into(), "canary".into(), 100)]
+        );
+        let mirror = &r.http[1];
+        assert_eq!(
+            mirror.matches[0].method.as_ref().unwrap().exact.as_deref(),
+            Some("GET")
+        );
+        assert_eq!(
+            mirror.matches[0].uri.as_ref().unwrap().prefix.as_deref(),
+            Some("/api")
+        );
+        assert_eq!(mirror.mirror.as_ref().unwrap().subset, "canary");
+        assert_eq!(mirror.mirror_percentage, Some(35.0));
+        assert_eq!(
+            weights(&r.http[2]),
+            [
+                ("rollouts-demo.shop".into(), "stable".into(), 70),
+                ("rollouts-demo.shop".into(), "canary".into(), 30)
+            ]
+        );
+        let svc = &t.services["rollouts-demo.shop"];
+        assert_eq!(svc.subsets["stable"].endpoints, ["10.1.0.11:8080"]);
+        assert_eq!(svc.subsets["canary"].endpoints, ["10.1.0.21:8080"]);
+
+        // Promotion: Argo Rollouts relabels the stable subset with the canary's hash.
+        let promoted = ARGO_SUBSET.replace(
+            "    - name: stable\n      labels: {rollouts-pod-template-hash: 7bf84f9696}",
+            "    - name: stable\n      labels: {rollouts-pod-template-hash: 5d4c7b9b4c}",
+        );
+        assert_ne!(promoted, ARGO_SUBSET);
+        let t = run(&promoted, "istio-system/splitgate");
+        assert_eq!(
+            t.services["rollouts-demo.shop"].subsets["stable"].endpoints,
+            ["10.1.0.21:8080"]
+        );
+    }
+
+    #[test]
+    fn flagger_objects_bind_by_fqdn_and_route_ab_matches_to_the_canary() {
+        let t = run(FLAGGER, "istio-system/public-gateway");
+        let vs = status(&t, "VirtualService", "podinfo");
+        assert_eq!(vs.status, Status::Applied);
+        assert_eq!(
+            vs.unsupported,
+            ["spec.http[0].retries", "spec.http[1].retries"],
+            "served without retries, and said so"
+        );
+        let r = &t.routes[0];
+        assert_eq!(
+            r.hosts,
+            ["app.example.com", "podinfo.test.svc.cluster.local"]
+        );
+        assert_eq!(r.http[0].name.as_deref(), Some("rule-0"));
+        assert_eq!(r.http[0].matches.len(), 2);
+        assert_eq!(
+            r.http[0].matches[1].headers["cookie"].regex.as_deref(),
+            Some("^(.*?;)?(canary=always)(;.*)?$")
+        );
+        assert_eq!(
+            weights(&r.http[0]),
+            [
+                ("podinfo-primary.test".into(), "*".into(), 0),
+                ("podinfo-canary.test".into(), "*".into(), 100)
+            ]
+        );
+        let canary = &t.services["podinfo-canary.test"].subsets["*"];
+        assert_eq!(canary.workload.as_deref(), Some("podinfo"));
+        assert_eq!(canary.labels["version"], "6.1.0");
+        assert_eq!(
+            t.services["podinfo-primary.test"].subsets["*"]
+                .workload
+                .as_deref(),
+            Some("podinfo-primary")
+        );
+        // The DestinationRules name no subset a route uses.
+        assert_eq!(
+            status(&t, "DestinationRule", "podinfo-primary").status,
+            Status::Ignored
+        );
+        // Bound to another gateway, the same objects are ignored.
+        let other = run(FLAGGER, "istio-system/splitgate");
+        assert!(other.routes.is_empty());
+        assert_eq!(
+            status(&other, "VirtualService", "podinfo").status,
+            Status::Ignored
+        );
+    }
+
+    #[test]
+    fn gateways_are_named_in_any_of_istios_forms() {
+        let spec = gateway("istio-system/splitgate");
+        for (g, vs_ns, yes) in [
+            ("istio-system/splitgate", "shop", true),
+            ("splitgate", "istio-system", true),
+            ("splitgate", "shop", false),
+            ("splitgate.istio-system.svc.cluster.local", "shop", true),
+            ("splitgate.other.svc.cluster.local", "shop", false),
+            ("mesh", "istio-system", false),
+        ] {
+            assert_eq!(names_gateway(g, vs_ns, &spec), yes, "{g} from {vs_ns}");
+        }
+        for (h, want) in [
+            ("reviews", Some(("shop", "reviews"))),
+            ("reviews.prod", Some(("prod", "reviews"))),
+            ("reviews.prod.svc", Some(("prod", "reviews"))),
+            ("reviews.prod.svc.cluster.local", Some(("prod", "reviews"))),
+            ("api.example.com", None),
+        ] {
+            let got = service_of(h, "shop", "cluster.local");
+            let want = want.map(|(a, b)| (a.to_string(), b.to_string()));
+            assert_eq!(got, want, "{h}");
+        }
+    }
+
+    /// The Argo host-level fixture with its primary rule's route replaced.
+    fn with_route(route: &str) -> String {
+        let old = "        - destination: {host: rollouts-demo-stable, port: {number: 80}}\n          weight: 90\n        - destination: {host: rollouts-demo-canary, port: {number: 80}}\n          weight: 10\n";
+        assert!(ARGO_HOST.contains(old));
+        ARGO_HOST
+            .replace(old, route)
+            .replace("generation: 4", "generation: 5")
+    }
+
+    #[test]
+    fn invalid_objects_are_rejected_with_a_reason_and_the_last_good_version_serves() {
+        let spec = gateway("istio-system/splitgate");
+        let good = Cluster::from_yaml(ARGO_HOST).unwrap();
+        let first = translate(&good, &spec, &file(), &LastGood::new());
+        for (route, reason) in [
+            (
+                "        - destination: {host: rollouts-demo-stable}\n          weight: 0\n        - destination: {host: rollouts-demo-canary}\n          weight: 0\n",
+                "spec.http[0].route: the weights sum to 0",
+            ),
+            (
+                "        - destination: {host: rollouts-demo-stable}\n          weight: -10\n        - destination: {host: rollouts-demo-canary}\n          weight: 110\n",
+                "spec.http[0].route[0].weight: -10 is negative",
+            ),
+            (
+                "        - destination: {host: nowhere}\n",
+                "spec.http[0].route[0].destination: no Service nowhere in namespace shop",
+            ),
+            (
+                "        - destination: {host: rollouts-demo-stable, subset: blue}\n",
+                "spec.http[0].route[0].destination: subset blue is in no DestinationRule for rollouts-demo-stable.shop.svc.cluster.local",
+            ),
+            (
+                "        - destination: {host: rollouts-demo-stable, port: {number: 81}}\n",
+                "spec.http[0].route[0].destination: Service shop/rollouts-demo-stable has no port 81",
+            ),
+        ] {
+            let bad = Cluster::from_yaml(&with_route(route)).unwrap();
+            let t = translate(&bad, &spec, &file(), &first.last_good);
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{reason}");
+            assert!(vs.message.starts_with(reason), "{:?} does not start with {reason:?}", vs.message);
+            assert!(vs.message.ends_with("generation 4 is still served"), "{}", vs.message);
+            assert_eq!(vs.served_generation, Some(4));
+            assert_eq!(weights(&t.routes[0].http[0])[1].2, 10, "the 90/10 split still serves");
+            // Without a version to fall back on, nothing is served.
+            let t = translate(&bad, &spec, &file(), &LastGood::new());
+            assert!(t.routes.is_empty());
+            assert_eq!(status(&t, "VirtualService", "rollouts-demo-vsvc").served_generation, None);
+        }
+    }
+
+    #[test]
+    fn a_host_is_served_once_the_file_and_the_oldest_object_win() {
+        let spec = gateway("istio-system/splitgate");
+        let mut yaml = ARGO_HOST.to_string();
+        yaml.push_str(
+            "---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: copycat, namespace: shop, creationTimestamp: \"2026-11-02T10:00:00Z\"}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [rollouts-demo.example.com]
+  http: [{route: [{destination: {host: rollouts-demo-canary}}]}]
+",
+        );
+        let cluster = Cluster::from_yaml(&yaml).unwrap();
+        let t = translate(&cluster, &spec, &file(), &LastGood::new());
+        let copy = status(&t, "VirtualService", "copycat");
+        assert_eq!(copy.status, Status::Rejected);
+        assert_eq!(
+            copy.message,
+            "host rollouts-demo.example.com is already served by VirtualService shop/rollouts-demo-vsvc"
+        );
+        let mut f = file();
+        f.routes = crate::config::parse(
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}]
+services: {s: {namespace: d, host: s.d, subsets: {a: {endpoints: [\"127.0.0.1:1\"]}}}}
+routes: [{name: web, hosts: [rollouts-demo.example.com], http: [{route: [{destination: {service: s, subset: a}}]}]}]
+",
+            "t",
+        )
+        .unwrap()
+        .routes;
+        let t = translate(&cluster, &spec, &f, &LastGood::new());
+        assert!(t.routes.is_empty());
+        assert_eq!(
+            status(&t, "VirtualService", "rollouts-demo-vsvc").message,
+            "host rollouts-demo.example.com is already served by file route web"
+        );
+    }
+}
