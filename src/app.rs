@@ -35,6 +35,9 @@ pub enum StartError {
     /// The config file cannot be watched.
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] notify::Error),
+    /// The Kubernetes API client cannot be set up.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::watch::StartError),
 }
 
 /// A running gateway.
@@ -84,6 +87,10 @@ impl App {
             .as_deref()
             .map(read_token)
             .transpose()?;
+        let kube_client = match &config.kubernetes {
+            Some(spec) => Some(crate::kubernetes::watch::client(spec).await?),
+            None => None,
+        };
         let (admin_listener, admin_addr) = bind("admin API", config.admin_addr).await?;
         let (ready_listener, readiness_addr) = bind("readiness", config.readiness_addr).await?;
         let (metrics_listener, metrics_addr) = bind("metrics", config.metrics_addr).await?;
@@ -95,7 +102,7 @@ impl App {
             control: control.clone(),
             token,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(admin::serve(admin_listener, ctx, stop.subscribe())),
             tokio::spawn(readiness::serve(
                 ready_listener,
@@ -110,6 +117,14 @@ impl App {
         ];
         if let Some(p) = &config_path {
             config::watch::spawn(control.clone(), p.clone(), stop.subscribe())?;
+        }
+        if let (Some(client), Some(spec)) = (kube_client, &config.kubernetes) {
+            tasks.push(tokio::spawn(crate::kubernetes::watch::run(
+                client,
+                spec.clone(),
+                control.clone(),
+                stop.subscribe(),
+            )));
         }
         tracing::info!(
             admin = %admin_addr,

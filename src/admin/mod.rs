@@ -93,6 +93,14 @@ impl From<ChangeError> for ApiError {
                 allow: None,
                 close: false,
             },
+            ChangeError::Owned { route, owner } => ApiError {
+                status: StatusCode::CONFLICT,
+                error: format!("route {route} is served from {owner}: change that object instead"),
+                field: "route".into(),
+                extra: Some(serde_json::json!({ "owner": owner })),
+                allow: None,
+                close: false,
+            },
             ChangeError::Config(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
                 error: "the config file was rejected; the running config stays".into(),

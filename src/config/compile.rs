@@ -1,7 +1,7 @@
 //! Turns a validated config into a runtime snapshot.
 
 use super::Config;
-use crate::metrics::hub::{DestinationInfo, MetricsHub};
+use crate::metrics::hub::{DestinationInfo, MetricsHub, WeightLabel};
 use crate::routing::Router;
 use crate::runtime::{Runtime, Service, Subset};
 use crate::split::Target;
@@ -118,6 +118,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
         })
         .collect();
     hub.retain(&destinations, &window_keys);
+    route_weights(config, &hub);
 
     let router = Router::new(
         config
@@ -133,5 +134,33 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
         windows,
         hub,
         metrics_enabled: config.raw.metrics.enabled,
+    }
+}
+
+/// Sets `splitgate_route_weight` to what `config` serves: each destination's share of its
+/// rule, in percent. Series of rules that are gone go with them.
+fn route_weights(config: &Config, hub: &MetricsHub) {
+    let family = &hub.own.route_weight;
+    family.clear();
+    for route in &config.raw.routes {
+        for (i, rule) in route.http.iter().enumerate() {
+            let sole = rule.route.len() == 1;
+            let weight = |d: &crate::config::model::RawDestinationWeight| {
+                u64::from(d.weight.unwrap_or(if sole { 100 } else { 0 }))
+            };
+            let total: u64 = rule.route.iter().map(weight).sum();
+            for d in &rule.route {
+                let labels = WeightLabel {
+                    route: route.name.clone(),
+                    rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
+                    service: d.destination.service.clone(),
+                    subset: d.destination.subset.clone(),
+                };
+                let percent = (weight(d) * 100).checked_div(total).unwrap_or(0);
+                family
+                    .get_or_create(&labels)
+                    .set(i64::try_from(percent).unwrap_or(0));
+            }
+        }
     }
 }

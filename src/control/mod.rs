@@ -1,6 +1,7 @@
 //! The control plane: the file config, the API overlay, the generation, and the one place that
 //! builds and swaps in a new runtime.
 
+pub mod external;
 pub mod overlay;
 pub mod persist;
 pub mod state;
@@ -9,6 +10,7 @@ use crate::config::{self, model::RawConfig, Config, FieldError};
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::CertStore;
+use external::External;
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +56,13 @@ pub enum ChangeError {
     },
     /// The config file could not be used (reload); the running config stays.
     Config(Vec<FieldError>),
+    /// The route belongs to an object outside the file (HTTP 409): change that instead.
+    Owned {
+        /// The route.
+        route: String,
+        /// Its owner (`VirtualService shop/web`).
+        owner: String,
+    },
 }
 
 impl From<OverlayError> for ChangeError {
@@ -96,6 +105,8 @@ pub struct ControlState {
     pub last_reload: Option<ReloadStatus>,
     /// Problem with the state file at start or on the last write, if any.
     pub state_file_error: Option<String>,
+    /// Routes and services from Kubernetes, when the config has a `kubernetes` section.
+    pub external: Option<External>,
 }
 
 /// The control plane. Cheap to share; every change goes through `commit`.
@@ -109,6 +120,8 @@ pub struct Control {
     config_path: Option<PathBuf>,
     state_file: Option<PathBuf>,
     draining: AtomicBool,
+    /// Whether `external` (if any) is complete; true without one.
+    synced: AtomicBool,
     /// The TLS listeners' certificates, for `/v1/state`.
     cert_stores: OnceLock<Vec<Arc<CertStore>>>,
 }
@@ -118,6 +131,9 @@ impl Control {
     /// config names one and it is readable), at generation 1.
     pub fn new(file: Config, config_path: Option<PathBuf>) -> Arc<Self> {
         let state_file = file.raw.admin.state_file.as_ref().map(PathBuf::from);
+        // Not ready until the cluster's objects have been read once.
+        let external = file.kubernetes.as_ref().map(|_| External::default());
+        let synced = external.is_none();
         let (overlay, state_file_error) = match &state_file {
             Some(p) => match persist::load(p) {
                 Ok(o) => (o.unwrap_or_default(), None),
@@ -159,6 +175,7 @@ impl Control {
                 dropped,
                 last_reload: None,
                 state_file_error,
+                external,
             }),
             file_hash: AtomicU64::new(
                 config_path
@@ -169,6 +186,7 @@ impl Control {
             config_path,
             state_file,
             draining: AtomicBool::new(false),
+            synced: AtomicBool::new(synced),
             cert_stores: OnceLock::new(),
         })
     }
@@ -220,6 +238,41 @@ impl Control {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Whether the routes from outside the file (if any) are complete: readiness waits.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Serves `external` beside the file's routes: one atomic swap, unless nothing served
+    /// changes. A set that does not validate with the file changes nothing and says why.
+    pub async fn set_external(&self, external: External) -> Result<u64, Vec<FieldError>> {
+        let mut st = self.state.lock().await;
+        let base = external::merged(&st.file, Some(&external));
+        let (effective, dropped) = effective_config(&base, &st.overlay).inspect_err(|errors| {
+            tracing::error!(?errors, "routes from Kubernetes do not validate with the config file; the running config stays");
+        })?;
+        self.synced.store(external.synced, Ordering::SeqCst);
+        let same = effective.raw == st.effective.raw;
+        st.external = Some(external);
+        if same {
+            return Ok(self.generation());
+        }
+        let overlay = prune(st.overlay.clone(), &dropped);
+        Ok(self.commit(&mut st, effective, overlay, dropped))
+    }
+
+    /// The config file as last accepted.
+    pub async fn file_config(&self) -> RawConfig {
+        self.state.lock().await.file.clone()
+    }
+
+    /// Notes that the outside source is not current (or is again), without changing routes.
+    pub async fn set_external_error(&self, error: Option<String>) {
+        if let Some(ext) = self.state.lock().await.external.as_mut() {
+            ext.error = error;
+        }
+    }
+
     /// Applies a change to the overlay: `edit` gets the overlay and the file config and returns
     /// the route it touched (checked before anything is committed).
     pub async fn change<F>(&self, if_match: Option<u64>, edit: F) -> Result<u64, ChangeError>
@@ -229,12 +282,19 @@ impl Control {
         let mut st = self.state.lock().await;
         self.check_generation(if_match)?;
         let mut overlay = st.overlay.clone();
-        let route = edit(&mut overlay, &st.file)?;
-        overlay::check(&st.file, &overlay, &route)?;
+        let base = external::merged(&st.file, st.external.as_ref());
+        let route = edit(&mut overlay, &base)?;
+        if let Some(owner) = st.external.as_ref().and_then(|e| e.owners.get(&route)) {
+            return Err(ChangeError::Owned {
+                route,
+                owner: owner.clone(),
+            });
+        }
+        overlay::check(&base, &overlay, &route)?;
         overlay.routes.retain(|_, ro| !ro.is_empty());
         // The overlay check above catches what the API can get wrong; this is the backstop.
         let (effective, dropped) =
-            effective_config(&st.file, &overlay).map_err(|errors| ChangeError::Invalid {
+            effective_config(&base, &overlay).map_err(|errors| ChangeError::Invalid {
                 field: "body".into(),
                 message: format!(
                     "the change does not validate: {}",
@@ -265,7 +325,8 @@ impl Control {
             self.file_hash.store(h, Ordering::SeqCst);
         }
         let result = loaded.map_err(|e| e.errors).and_then(|file| {
-            let (effective, dropped) = effective_config(&file.raw, &st.overlay)?;
+            let base = external::merged(&file.raw, st.external.as_ref());
+            let (effective, dropped) = effective_config(&base, &st.overlay)?;
             Ok((file, effective, dropped))
         });
         match result {

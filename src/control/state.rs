@@ -28,6 +28,23 @@ pub struct StateView {
     /// TLS listeners: the certificate each pair serves, and the last rejected rotation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<ListenerTlsView>,
+    /// Kubernetes mode: whether the objects were read in full, how long since the API server
+    /// last said anything, and every watched Istio object with what became of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesView>,
+}
+
+/// `kubernetes` in `/v1/state`.
+#[derive(Debug, Serialize)]
+pub struct KubernetesView {
+    /// Every watched kind has been listed once.
+    pub synced: bool,
+    /// Seconds since the last event or list; grows while the API server is unreachable.
+    pub last_event_age_s: Option<f64>,
+    /// Why the watch is not current, if it is not.
+    pub error: Option<String>,
+    /// The objects.
+    pub objects: serde_json::Value,
 }
 
 /// Reload counters.
@@ -54,6 +71,9 @@ pub struct LastReload {
 /// One route as served.
 #[derive(Debug, Serialize)]
 pub struct RouteView {
+    /// The object it is served from, outside the file (`VirtualService shop/web`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Hosts.
     pub hosts: Vec<String>,
     /// Rules in match order, API rules first.
@@ -125,6 +145,11 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
         .map(|route| {
             let ro = st.overlay.routes.get(&route.name);
             let file_route = st.file.routes.iter().find(|r| r.name == route.name);
+            let owner = st
+                .external
+                .as_ref()
+                .and_then(|e| e.owners.get(&route.name))
+                .cloned();
             let rules = route
                 .http
                 .iter()
@@ -148,6 +173,8 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
                     RuleView {
                         source: if kind != "weighted" || overridden {
                             "api"
+                        } else if owner.is_some() {
+                            "kubernetes"
                         } else {
                             "file"
                         },
@@ -165,6 +192,7 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
                 })
                 .collect();
             let view = RouteView {
+                owner,
                 hosts: route.hosts.clone(),
                 rules,
                 header_routes: ro.map(|r| r.header_routes.clone()).unwrap_or_default(),
@@ -190,5 +218,11 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
         routes,
         dropped_overrides: st.dropped.clone(),
         tls: control.cert_stores().iter().map(|s| s.view()).collect(),
+        kubernetes: st.external.as_ref().map(|e| KubernetesView {
+            synced: e.synced,
+            last_event_age_s: e.last_event.map(|t| t.elapsed().as_secs_f64()),
+            error: e.error.clone(),
+            objects: e.objects.clone(),
+        }),
     }
 }

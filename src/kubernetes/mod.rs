@@ -8,3 +8,4 @@
 pub mod cluster;
 pub mod istio;
 pub mod translate;
+pub mod watch;

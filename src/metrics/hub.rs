@@ -31,6 +31,30 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Labels of `splitgate_kubernetes_object_generation`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabel {
+    /// `VirtualService` or `DestinationRule`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Labels of `splitgate_route_weight`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WeightLabel {
+    /// Route.
+    pub route: String,
+    /// Rule.
+    pub rule: String,
+    /// Service key.
+    pub service: String,
+    /// Subset.
+    pub subset: String,
+}
+
 /// `state` label of upstream connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -58,6 +82,14 @@ pub struct SelfMetrics {
     /// `splitgate_downstream_connections_closed_total{reason}`: closed by the gateway at a
     /// listener limit.
     pub downstream_closed: Family<ReasonLabel, Counter>,
+    /// `splitgate_kubernetes_object_generation{kind,namespace,name}`: the generation served.
+    pub object_generation: Family<ObjectLabel, Gauge>,
+    /// `splitgate_kubernetes_last_event_timestamp_seconds`: Unix time of the last word from
+    /// the API server.
+    pub kubernetes_last_event: Gauge,
+    /// `splitgate_route_weight{route,rule,service,subset}`: the weight served now, in percent
+    /// of its rule.
+    pub route_weight: Family<WeightLabel, Gauge>,
     /// `splitgate_downstream_connections_tarpitted_total`: connections read only after a
     /// wait, because their address broke a limit shortly before.
     pub tarpitted: Counter,
@@ -172,6 +204,21 @@ impl MetricsHub {
             "splitgate_tls_handshake_errors",
             "Client connections to a TLS listener whose handshake failed or timed out",
             own.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "splitgate_kubernetes_object_generation",
+            "The metadata.generation served of each watched Istio object (absent: none served)",
+            own.object_generation.clone(),
+        );
+        registry.register(
+            "splitgate_kubernetes_last_event_timestamp_seconds",
+            "Unix time of the last event or list from the Kubernetes API server",
+            own.kubernetes_last_event.clone(),
+        );
+        registry.register(
+            "splitgate_route_weight",
+            "The weight served now for each destination of each rule, in percent of the rule",
+            own.route_weight.clone(),
         );
         registry.register(
             "splitgate_downstream_connections_tarpitted",

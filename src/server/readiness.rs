@@ -1,4 +1,5 @@
-//! `GET /healthz/ready` on the readiness address: 200 while serving, 503 while draining.
+//! `GET /healthz/ready` on the readiness address: 200 while serving; 503 while draining, and in
+//! Kubernetes mode until the objects have been read once.
 
 use crate::control::Control;
 use bytes::Bytes;
@@ -14,6 +15,10 @@ fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET | &Method::HEAD, "/healthz/ready") if control.is_draining() => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
+        (&Method::GET | &Method::HEAD, "/healthz/ready") if !control.is_synced() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first full list of the Kubernetes objects\n",
+        ),
         (&Method::GET | &Method::HEAD, "/healthz/ready") => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };

@@ -1,0 +1,39 @@
+//! Routes and services that come from outside the config file: the Kubernetes objects. The
+//! control plane serves them beside the file's, refuses API changes to them, and holds
+//! readiness until they are complete; it knows nothing else of where they come from.
+
+use crate::config::model::{RawConfig, RawRoute, RawService};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One complete set of routes and services from outside the file.
+#[derive(Debug, Clone, Default)]
+pub struct External {
+    /// Services by key.
+    pub services: BTreeMap<String, RawService>,
+    /// Routes, after the file's.
+    pub routes: Vec<RawRoute>,
+    /// The object behind each route, named in a refused API change
+    /// (`VirtualService shop/web`).
+    pub owners: BTreeMap<String, String>,
+    /// Whether every source has been read in full once: readiness waits for it.
+    pub synced: bool,
+    /// When the source last said something (an event, or a list).
+    pub last_event: Option<Instant>,
+    /// Why the source is not current, if it is not (the API server is down, say).
+    pub error: Option<String>,
+    /// The objects, as `/v1/state` lists them under `kubernetes.objects`.
+    pub objects: serde_json::Value,
+}
+
+/// The file's config with `external`'s services and routes added.
+pub fn merged(file: &RawConfig, external: Option<&External>) -> RawConfig {
+    let Some(ext) = external else {
+        return file.clone();
+    };
+    let mut raw = file.clone();
+    raw.services
+        .extend(ext.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+    raw.routes.extend(ext.routes.iter().cloned());
+    raw
+}

@@ -1,0 +1,332 @@
+//! Kubernetes mode end to end: the real gateway, watching a fake API server that speaks the
+//! real list/watch protocol (`common::fake_kube`, checked against kubectl), routing to real
+//! upstreams on loopback as the objects say. Argo Rollouts' and Flagger's objects are applied as
+//! those controllers write them.
+
+mod common;
+
+use common::fake_kube::FakeKube;
+use common::*;
+use serde_json::Value;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Whole-test bound: a hang fails the test instead of blocking the run.
+const LIMIT: Duration = Duration::from_secs(90);
+/// How long a change may take to be served before a wait fails.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"))
+}
+
+/// The Services, EndpointSlices and Pods of an Argo Rollouts canary with host-level splitting:
+/// `rollouts-demo-stable` at `stable`, `rollouts-demo-canary` at `canary`.
+fn argo_workloads(stable: SocketAddr, canary: SocketAddr) -> String {
+    let mut out = String::new();
+    for (role, addr, hash) in [
+        ("stable", stable, "7bf84f9696"),
+        ("canary", canary, "5d4c7b9b4c"),
+    ] {
+        out.push_str(&format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: rollouts-demo-{role}, namespace: shop}}
+spec:
+  selector: {{app: rollouts-demo, rollouts-pod-template-hash: {hash}}}
+  ports: [{{name: http, port: 80, targetPort: http, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: rollouts-demo-{role}-abcde
+  namespace: shop
+  labels: {{kubernetes.io/service-name: rollouts-demo-{role}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+  - addresses: [\"{ip}\"]
+    conditions: {{ready: true}}
+    targetRef: {{kind: Pod, name: rollouts-demo-{hash}-{role}, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: rollouts-demo-{hash}-{role}
+  namespace: shop
+  labels: {{app: rollouts-demo, version: {role}, rollouts-pod-template-hash: {hash}}}
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rollouts-demo-{hash}, uid: u-{role}, controller: true}}]
+---
+",
+            ip = addr.ip(),
+            port = addr.port(),
+        ));
+    }
+    out
+}
+
+/// The VirtualService as Argo Rollouts leaves it at `setWeight: canary`.
+fn argo_vs(canary: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: rollouts-demo-vsvc, namespace: shop}}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [rollouts-demo.example.com]
+  http:
+    - name: primary
+      route:
+        - destination: {{host: rollouts-demo-stable, port: {{number: 80}}}}
+          weight: {stable}
+        - destination: {{host: rollouts-demo-canary, port: {{number: 80}}}}
+          weight: {canary}
+",
+        stable = 100 - canary
+    )
+}
+
+/// A gateway config in Kubernetes mode against `kube`.
+fn kube_config(kube: &FakeKube, dir: &std::path::Path) -> String {
+    let kubeconfig = kube.write_kubeconfig(dir);
+    format!(
+        "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]
+kubernetes:
+  gateway: istio-system/splitgate
+  kubeconfig: {}
+",
+        kubeconfig.display()
+    )
+}
+
+async fn state(app: &TestApp) -> Value {
+    let a = get(&http1_client(), &app.admin_url("/v1/state"), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+/// The `/v1/state` entry of one object.
+fn object<'a>(state: &'a Value, kind: &str, ns: &str, name: &str) -> Option<&'a Value> {
+    state["kubernetes"]["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["kind"] == kind && o["namespace"] == ns && o["name"] == name)
+}
+
+/// Waits until `check` holds of `/v1/state`; the last state otherwise, in the panic.
+async fn wait_state(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let s = state(app).await;
+        if check(&s) {
+            return s;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "{what}: not within {CONVERGE:?}; state: {:#}",
+                s["kubernetes"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the VirtualService's generation `g` is served.
+async fn wait_served(app: &TestApp, name: &str, g: i64) -> Value {
+    wait_state(app, &format!("generation {g} of {name} served"), |s| {
+        object(s, "VirtualService", "shop", name)
+            .is_some_and(|o| o["served_generation"] == g && o["generation"] == g)
+    })
+    .await
+}
+
+/// Sends `n` requests for `host`; how many each subset answered.
+async fn shares(app: &TestApp, host: &str, n: usize) -> (usize, usize) {
+    let client = http1_client();
+    let (mut stable, mut canary) = (0, 0);
+    for _ in 0..n {
+        let a = get(&client, &app.url("/"), &[("host", host)]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        match a.body.as_str() {
+            "stable\n" => stable += 1,
+            "canary\n" => canary += 1,
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    (stable, canary)
+}
+
+fn generation_of(applied: &[Value]) -> i64 {
+    applied.last().unwrap()["metadata"]["generation"]
+        .as_i64()
+        .unwrap()
+}
+
+/// One metric line's value from the metrics port.
+async fn metric(app: &TestApp, line_start: &str) -> Option<f64> {
+    let url = format!("http://{}/stats/prometheus", app.app.metrics_addr);
+    let a = get(&http1_client(), &url, &[]).await;
+    a.body
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_host_level_canary_steps_through_its_weights_and_aborts() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+        let g = generation_of(&kube.apply_yaml(&argo_vs(0)));
+        let dir = temp_dir("kube-argo");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let ready = get(
+            &http1_client(),
+            &format!("http://{}/healthz/ready", app.app.readiness_addr),
+            &[],
+        )
+        .await;
+        assert_eq!(ready.status, 200, "ready once the objects are served");
+
+        for (step, want) in [(0u32, 0.0), (10, 0.10), (50, 0.50), (100, 1.0), (0, 0.0)] {
+            let g = generation_of(&kube.apply_yaml(&argo_vs(step)));
+            wait_served(&app, "rollouts-demo-vsvc", g).await;
+            let (s, c) = shares(&app, "rollouts-demo.example.com", 400).await;
+            let share = c as f64 / (s + c) as f64;
+            assert!(
+                (share - want).abs() <= 0.07,
+                "setWeight {step}: canary got {c} of {}",
+                s + c
+            );
+            let line = "splitgate_route_weight{route=\"rollouts-demo-vsvc.shop\",rule=\"primary\",service=\"rollouts-demo-canary.shop\",subset=\"*\"}";
+            assert_eq!(metric(&app, line).await, Some(f64::from(step)), "{line}");
+            let line = "splitgate_kubernetes_object_generation{kind=\"VirtualService\",namespace=\"shop\",name=\"rollouts-demo-vsvc\"}";
+            assert_eq!(metric(&app, line).await, Some(g as f64), "{line}");
+        }
+        // The route belongs to the VirtualService: the admin API refuses to change it.
+        let put = http::Request::put(app.admin_url("/v1/routes/rollouts-demo-vsvc.shop/weights"))
+            .body(http_body_util::Full::from(
+                r#"{"weights": {"rollouts-demo-canary.shop/*": 100}}"#,
+            ))
+            .unwrap();
+        let a = send(&http1_client(), put).await;
+        assert_eq!(a.status, 409, "{}", a.body);
+        assert!(
+            a.body.contains("VirtualService shop/rollouts-demo-vsvc"),
+            "{}",
+            a.body
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_virtual_service_is_rejected_and_its_last_good_version_serves() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+        let good = generation_of(&kube.apply_yaml(&argo_vs(100)));
+        let dir = temp_dir("kube-reject");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_served(&app, "rollouts-demo-vsvc", good).await;
+
+        let broken = argo_vs(0).replace("weight: 100", "weight: 0");
+        let bad = generation_of(&kube.apply_yaml(&broken));
+        let s = wait_state(&app, "the broken generation rejected", |s| {
+            object(s, "VirtualService", "shop", "rollouts-demo-vsvc")
+                .is_some_and(|o| o["generation"] == bad && o["status"] == "rejected")
+        })
+        .await;
+        let o = object(&s, "VirtualService", "shop", "rollouts-demo-vsvc").unwrap();
+        assert_eq!(o["served_generation"], good);
+        assert_eq!(
+            o["message"],
+            format!("spec.http[0].route: the weights sum to 0; generation {good} is still served")
+        );
+        let (s, c) = shares(&app, "rollouts-demo.example.com", 50).await;
+        assert_eq!(
+            (s, c),
+            (0, 50),
+            "the last good split, all canary, still serves"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+        kube.apply_yaml(&argo_vs(0));
+        kube.set_down(true);
+        let dir = temp_dir("kube-relist");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        let ready_url = format!("http://{}/healthz/ready", app.app.readiness_addr);
+        let ready = get(&http1_client(), &ready_url, &[]).await;
+        assert_eq!(
+            ready.status, 503,
+            "not ready before the first list: {}",
+            ready.body
+        );
+        assert_eq!(state(&app).await["kubernetes"]["synced"], false);
+
+        kube.set_down(false);
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        while get(&http1_client(), &ready_url, &[]).await.status != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(shares(&app, "rollouts-demo.example.com", 20).await, (20, 0));
+
+        // The watches drop, history is compacted, and the weight moves meanwhile: resuming
+        // gets 410 Gone, and the relist brings the change.
+        kube.compact();
+        kube.drop_watches();
+        let g = generation_of(&kube.apply_yaml(&argo_vs(100)));
+        kube.compact();
+        wait_served(&app, "rollouts-demo-vsvc", g).await;
+        assert_eq!(shares(&app, "rollouts-demo.example.com", 20).await, (0, 20));
+        let relists = kube
+            .requests()
+            .iter()
+            .filter(|r| r.contains("virtualservices") && !r.contains("watch="))
+            .count();
+        assert!(
+            relists >= 2,
+            "listed again after the 410: {:?}",
+            kube.requests()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_api_server_converge() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+        kube.apply_yaml(&argo_vs(0));
+        let (d1, d2) = (temp_dir("kube-two-a"), temp_dir("kube-two-b"));
+        let a = spawn_app_in(d1.clone(), &kube_config(&kube, &d1)).await;
+        let b = spawn_app_in(d2.clone(), &kube_config(&kube, &d2)).await;
+        let g = generation_of(&kube.apply_yaml(&argo_vs(100)));
+        for app in [&a, &b] {
+            wait_served(app, "rollouts-demo-vsvc", g).await;
+            assert_eq!(shares(app, "rollouts-demo.example.com", 20).await, (0, 20));
+        }
+    })
+    .await;
+}
