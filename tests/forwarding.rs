@@ -286,3 +286,76 @@ async fn post_bodies_and_methods_are_forwarded() {
     assert_eq!(seen[0].method, http::Method::PUT);
     assert_eq!(seen[0].headers["content-length"], "14");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_and_destination_headers_change_requests_and_answers() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let rules = "      - name: primary
+        headers:
+          request: { set: { x-env: prod }, add: { x-trace: gw }, remove: [x-secret] }
+          response: { set: { x-tier: rule }, add: { x-served-by: splitgate } }
+        route:
+          - destination: { service: svc, subset: stable }
+            weight: 50
+          - destination: { service: svc, subset: canary }
+            weight: 50
+            headers:
+              request: { set: { x-env: canary-env, x-canary: \"1\" } }
+              response: { set: { x-tier: canary, x-canary: \"yes\" } }
+";
+    let gw = spawn_gateway(&two_subset_config(stable.addr, canary.addr, rules)).await;
+    let client = http1_client();
+    let mut seen = (0, 0);
+    for _ in 0..60 {
+        let a = get(
+            &client,
+            &gw.url("/"),
+            &[("x-secret", "s3cr3t"), ("x-trace", "client")],
+        )
+        .await;
+        assert_eq!(a.headers["x-served-by"], "splitgate");
+        // The rule's set is applied after the destination's, so it wins (Envoy's default).
+        assert_eq!(a.headers["x-tier"], "rule");
+        match a.body.as_str() {
+            "canary\n" => {
+                seen.1 += 1;
+                assert_eq!(a.headers["x-canary"], "yes");
+            }
+            _ => {
+                seen.0 += 1;
+                assert!(a.headers.get("x-canary").is_none());
+            }
+        }
+    }
+    assert!(seen.0 > 0 && seen.1 > 0, "{seen:?}");
+    for (up, canary) in [(&stable, false), (&canary, true)] {
+        for s in up.seen() {
+            assert!(s.headers.get("x-secret").is_none());
+            assert_eq!(s.headers["x-env"], "prod", "the rule's set wins");
+            let trace: Vec<_> = s.headers.get_all("x-trace").iter().collect();
+            assert_eq!(trace, ["client", "gw"]);
+            assert_eq!(s.headers.get("x-canary").is_some(), canary);
+        }
+    }
+}
+
+#[tokio::test]
+async fn header_changes_to_framing_fields_are_refused_with_their_path() {
+    let rules = "      - route:
+          - destination: { service: svc, subset: stable }
+            headers: { request: { set: { content-length: \"5\" } } }
+";
+    let yaml = two_subset_config(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        rules,
+    );
+    let err = splitgate::config::from_str(&yaml, "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0].http[0].route[0].headers.request.set: content-length describes the connection or the body's framing and cannot be changed"),
+        "{err}"
+    );
+}

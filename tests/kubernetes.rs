@@ -330,3 +330,131 @@ async fn two_gateways_on_one_api_server_converge() {
     })
     .await;
 }
+
+/// Flagger's objects for deployment `podinfo` in namespace `test`: its -primary and -canary
+/// Services at `primary` and `canary`, and the VirtualService Flagger writes mid-analysis with
+/// session affinity (`analysis.sessionAffinity`): the canary destination sets a cookie, and a
+/// rule ahead of the weighted one keeps its holders on the canary.
+fn flagger_objects(primary: SocketAddr, canary: SocketAddr, canary_weight: u32) -> String {
+    let mut out = String::new();
+    for (role, addr) in [("primary", primary), ("canary", canary)] {
+        out.push_str(&format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: podinfo-{role}, namespace: test}}
+spec:
+  selector: {{app: podinfo-{role}}}
+  ports: [{{name: http, port: 9898, targetPort: http, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: podinfo-{role}-xyz
+  namespace: test
+  labels: {{kubernetes.io/service-name: podinfo-{role}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+  - addresses: [\"{ip}\"]
+    conditions: {{ready: true}}
+---
+",
+            ip = addr.ip(),
+            port = addr.port()
+        ));
+    }
+    out.push_str(&format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: podinfo, namespace: test}}
+spec:
+  gateways: [splitgate.istio-system.svc.cluster.local]
+  hosts: [app.example.com]
+  http:
+    - match:
+        - headers:
+            x-canary: {{exact: insider}}
+        - headers:
+            cookie: {{regex: \".*flagger-cookie=LmXkPqRt.*\"}}
+      route:
+        - destination: {{host: podinfo-primary, port: {{number: 9898}}}}
+          weight: 0
+        - destination: {{host: podinfo-canary, port: {{number: 9898}}}}
+          weight: 100
+    - route:
+        - destination: {{host: podinfo-primary, port: {{number: 9898}}}}
+          weight: {primary_weight}
+        - destination: {{host: podinfo-canary, port: {{number: 9898}}}}
+          weight: {canary_weight}
+          headers:
+            response:
+              add:
+                Set-Cookie: \"flagger-cookie=LmXkPqRt; Max-Age=21600\"
+",
+        primary_weight = 100 - canary_weight
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagger_session_affinity_sets_its_cookie_and_keeps_holders_on_the_canary() {
+    bounded(async {
+        // Named as the shares helper expects: "stable" is Flagger's primary.
+        let primary = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        let applied = kube.apply_yaml(&flagger_objects(primary.addr, canary.addr, 20));
+        let g = generation_of(&applied);
+        let dir = temp_dir("kube-flagger");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_state(&app, "podinfo served", |s| {
+            object(s, "VirtualService", "test", "podinfo")
+                .is_some_and(|o| o["served_generation"] == g)
+        })
+        .await;
+        let client = http1_client();
+        let (mut to_canary, mut cookies_on_primary) = (0, 0);
+        for _ in 0..200 {
+            let a = get(&client, &app.url("/"), &[("host", "app.example.com")]).await;
+            let cookie = a
+                .headers
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            match a.body.as_str() {
+                "canary\n" => {
+                    to_canary += 1;
+                    assert_eq!(
+                        cookie.as_deref(),
+                        Some("flagger-cookie=LmXkPqRt; Max-Age=21600"),
+                        "the canary's answers carry the affinity cookie"
+                    );
+                }
+                _ => cookies_on_primary += usize::from(cookie.is_some()),
+            }
+        }
+        assert!((20..=70).contains(&to_canary), "{to_canary} of 200 at 20%");
+        assert_eq!(cookies_on_primary, 0, "the primary's answers set no cookie");
+        // Holding the cookie (among others), every request goes to the canary.
+        for _ in 0..30 {
+            let a = get(
+                &client,
+                &app.url("/"),
+                &[
+                    ("host", "app.example.com"),
+                    ("cookie", "a=1; flagger-cookie=LmXkPqRt"),
+                ],
+            )
+            .await;
+            assert_eq!(a.body, "canary\n");
+        }
+        // The A/B header too.
+        let a = get(
+            &client,
+            &app.url("/"),
+            &[("host", "app.example.com"), ("x-canary", "insider")],
+        )
+        .await;
+        assert_eq!(a.body, "canary\n");
+    })
+    .await;
+}

@@ -328,6 +328,36 @@ pub struct RawRule {
     /// Share of requests mirrored, 0–100 (default 100 when `mirror` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<f64>,
+    /// Header changes to every request this rule sends and every answer it returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawHeaders>,
+}
+
+/// Header changes, as Istio's `headers`: to the request and to the response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    /// On the way to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RawHeaderOps>,
+    /// On the way back to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<RawHeaderOps>,
+}
+
+/// One direction's changes: applied as remove, then set, then add (Envoy's order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    /// Replace (or add) these fields.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Add these values beside any already there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Remove these fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 /// Conditions AND'ed together (Istio's HTTPMatchRequest).
@@ -387,6 +417,9 @@ pub struct RawDestinationWeight {
     /// Relative weight; may be omitted only when it is the rule's sole destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Header changes when this destination is chosen (after the rule's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<RawHeaders>,
 }
 
 /// A service subset.

@@ -3,6 +3,7 @@
 use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
+use crate::routing::header_ops::Headers;
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::server::limits::Limits;
 use crate::split::{Split, Target};
@@ -315,12 +316,36 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                         }
                     });
                 let mirror = mirror(&mut errs, &rp, rule, &services, &service_index);
+                let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
+                    raw.as_ref().and_then(|raw| {
+                        Headers::compile(raw)
+                            .map_err(|m| {
+                                let (field, message) = m.split_once(": ").unwrap_or(("", &m));
+                                errs.add(format!("{at}.headers.{field}"), message)
+                            })
+                            .ok()
+                            .flatten()
+                            .map(Box::new)
+                    })
+                };
+                let headers = compile_headers(rp.clone(), &rule.headers);
+                let mut destination_headers: Vec<_> = rule
+                    .route
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| compile_headers(format!("{rp}.route[{k}]"), &d.headers))
+                    .collect();
+                if destination_headers.iter().all(Option::is_none) {
+                    destination_headers.clear();
+                }
                 Rule {
                     name: name.into(),
                     matches,
                     split,
                     timeout,
                     mirror,
+                    headers,
+                    destination_headers: destination_headers.into(),
                 }
             })
             .collect();

@@ -318,6 +318,7 @@ fn apply_weights(
             dests.push(RawDestinationWeight {
                 destination,
                 weight: Some(*w),
+                headers: None,
             });
         }
     }
@@ -362,10 +363,12 @@ fn header_rule(
                 subset: hr.subset.clone(),
             },
             weight: None,
+            headers: None,
         }],
         timeout: None,
         mirror: None,
         mirror_percentage: None,
+        headers: None,
     })
 }
 
@@ -413,6 +416,7 @@ fn mirror_rule(
             subset: mr.subset.clone(),
         }),
         mirror_percentage: Some(mr.percentage),
+        headers: primary.headers.clone(),
     })
 }
 

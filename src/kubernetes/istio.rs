@@ -43,9 +43,65 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     /// The old integer form of the share.
     pub mirror_percent: Option<u32>,
+    /// Header changes for the rule.
+    pub headers: Option<Headers>,
     /// Everything else (`retries`, `headers`, `rewrite`, `fault`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// Istio's `Headers`: changes to the request and the response.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Headers {
+    /// To the request.
+    pub request: Option<HeaderOperations>,
+    /// To the response.
+    pub response: Option<HeaderOperations>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `set`, `add`, `remove`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HeaderOperations {
+    /// Replace.
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    pub remove: Vec<String>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl Headers {
+    /// As the config file writes them.
+    pub fn to_raw(&self) -> crate::config::model::RawHeaders {
+        let ops = |o: &Option<HeaderOperations>| {
+            o.as_ref().map(|o| crate::config::model::RawHeaderOps {
+                set: o.set.clone(),
+                add: o.add.clone(),
+                remove: o.remove.clone(),
+            })
+        };
+        crate::config::model::RawHeaders {
+            request: ops(&self.request),
+            response: ops(&self.response),
+        }
+    }
+
+    fn unsupported(&self, at: &str, out: &mut Vec<String>) {
+        paths(at, &self.rest, out);
+        for (side, o) in [("request", &self.request), ("response", &self.response)] {
+            if let Some(o) = o {
+                paths(&format!("{at}.{side}"), &o.rest, out);
+            }
+        }
+    }
 }
 
 /// `{value: f64}`.
@@ -103,6 +159,8 @@ pub struct RouteDestination {
     /// Relative weight; absent is 0, or 100 for a sole destination. Argo Rollouts writes it as
     /// a JSON float.
     pub weight: Option<f64>,
+    /// Header changes when this destination is chosen (Flagger's session-affinity cookie).
+    pub headers: Option<Headers>,
     /// Everything else (`headers`, ...).
     #[serde(flatten)]
     pub rest: Rest,
@@ -172,6 +230,9 @@ impl VirtualServiceSpec {
         for (i, h) in self.http.iter().enumerate() {
             let at = format!("spec.http[{i}]");
             paths(&at, &h.rest, &mut out);
+            if let Some(hd) = &h.headers {
+                hd.unsupported(&format!("{at}.headers"), &mut out);
+            }
             for (j, m) in h.matches.iter().enumerate() {
                 let at = format!("{at}.match[{j}]");
                 paths(&at, &m.rest, &mut out);
@@ -198,6 +259,9 @@ impl VirtualServiceSpec {
                 let at = format!("{at}.route[{j}]");
                 paths(&at, &r.rest, &mut out);
                 paths(&format!("{at}.destination"), &r.destination.rest, &mut out);
+                if let Some(hd) = &r.headers {
+                    hd.unsupported(&format!("{at}.headers"), &mut out);
+                }
             }
             if let Some(m) = &h.mirror {
                 paths(&format!("{at}.mirror"), &m.rest, &mut out);
@@ -235,7 +299,7 @@ mod tests {
                 "match": [{"uri": {"prefix": "/"}, "ignoreUriCase": true,
                            "headers": {"x": {"exact": "1", "ignored": 1}}}],
                 "route": [{"destination": {"host": "app", "port": {"number": 80}}, "weight": 100.0,
-                           "headers": {"response": {"add": {"a": "b"}}}}],
+                           "headers": {"response": {"add": {"a": "b"}, "prepend": 1}}}],
                 "retries": {"attempts": 3}
             }]
         }))
@@ -247,7 +311,7 @@ mod tests {
                 "spec.http[0].retries",
                 "spec.http[0].match[0].ignoreUriCase",
                 "spec.http[0].match[0].headers.x.ignored",
-                "spec.http[0].route[0].headers",
+                "spec.http[0].route[0].headers.response.prepend",
             ]
         );
         assert_eq!(spec.http[0].route[0].weight, Some(100.0));

@@ -313,6 +313,7 @@ fn route_for(
             route.push(RawDestinationWeight {
                 destination,
                 weight: Some(weight),
+                headers: r.headers.as_ref().map(|h| h.to_raw()),
             });
         }
         if route.iter().all(|d| d.weight == Some(0)) {
@@ -338,6 +339,7 @@ fn route_for(
             timeout: h.timeout.clone(),
             mirror,
             mirror_percentage,
+            headers: h.headers.as_ref().map(|h| h.to_raw()),
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;

@@ -6,6 +6,7 @@ use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
+use crate::routing::header_ops::Headers;
 use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
@@ -70,8 +71,16 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
     };
-    let target = hit.rule.split.pick(&mut rand::rng());
+    let (picked, target) = hit.rule.split.pick_indexed(&mut rand::rng());
     let subset = rt.subset(target);
+    let changes = HeaderChanges {
+        rule: hit.rule.headers.as_deref(),
+        destination: hit
+            .rule
+            .destination_headers
+            .get(picked)
+            .and_then(Option::as_deref),
+    };
     // Recorded as code 0 / DC if the client goes away before the answer (this future is dropped).
     let mut pending = Pending(rt.metrics_enabled.then(|| Recorder {
         metrics: subset.metrics.clone(),
@@ -83,10 +92,17 @@ pub async fn handle(
         protocol,
         grpc_status: "",
     }));
-    let result = proxy(&rt, conn, parts, body, hit.route, hit.rule, subset).await;
+    let choice = Choice {
+        route: hit.route,
+        rule: hit.rule,
+        subset,
+        changes,
+    };
+    let result = proxy(&rt, conn, parts, body, choice).await;
     let recorder = pending.0.take();
     match result {
-        Ok((parts, body)) => {
+        Ok((mut parts, body)) => {
+            changes.response(&mut parts.headers);
             let recorder = recorder.map(|r| Recorder {
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
@@ -113,6 +129,37 @@ pub async fn handle(
     }
 }
 
+/// What routing chose for a request.
+struct Choice<'a> {
+    route: &'a Route,
+    rule: &'a Rule,
+    subset: &'a Subset,
+    changes: HeaderChanges<'a>,
+}
+
+/// The header changes of the destination picked and of its rule: the destination's first,
+/// then the rule's, in Envoy's order (a weighted cluster's, then its route's), so that the
+/// rule's `set` wins over the destination's, as in Envoy by default.
+#[derive(Clone, Copy)]
+struct HeaderChanges<'a> {
+    rule: Option<&'a Headers>,
+    destination: Option<&'a Headers>,
+}
+
+impl HeaderChanges<'_> {
+    fn request(&self, h: &mut http::HeaderMap) {
+        for c in [self.destination, self.rule].into_iter().flatten() {
+            c.request.apply(h);
+        }
+    }
+
+    fn response(&self, h: &mut http::HeaderMap) {
+        for c in [self.destination, self.rule].into_iter().flatten() {
+            c.response.apply(h);
+        }
+    }
+}
+
 /// Holds a request's recorder while the upstream is asked; dropped with it (client gone), it
 /// records code 0 and `DC`.
 struct Pending(Option<Recorder>);
@@ -130,10 +177,14 @@ async fn proxy(
     conn: &ConnInfo,
     mut parts: http::request::Parts,
     body: Incoming,
-    route: &Route,
-    rule: &Rule,
-    subset: &Subset,
+    choice: Choice<'_>,
 ) -> Result<(http::response::Parts, PooledBody), ProxyError> {
+    let Choice {
+        route,
+        rule,
+        subset,
+        changes,
+    } = choice;
     let upgrade = headers::is_upgrade(&parts) && allowed_upgrade(&mut parts, route)?;
     if upgrade && subset.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::UpgradeToHttp2);
@@ -144,6 +195,7 @@ async fn proxy(
         None
     };
     headers::prepare_request(&mut parts, conn, upgrade);
+    changes.request(&mut parts.headers);
     let sampled = rule
         .mirror
         .filter(|m| !upgrade && m.sampled(&mut rand::rng()));

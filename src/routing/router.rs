@@ -56,6 +56,10 @@ pub struct Rule {
     pub timeout: Option<Duration>,
     /// Where copies of matching requests go, if anywhere.
     pub mirror: Option<Mirror>,
+    /// The rule's header changes, if any.
+    pub headers: Option<Box<super::header_ops::Headers>>,
+    /// Each destination's header changes, in the split's order; empty when none has any.
+    pub destination_headers: Box<[Option<Box<super::header_ops::Headers>>]>,
 }
 
 /// A traffic mirror: a share of requests is copied to another subset, fire and forget.
@@ -208,6 +212,8 @@ mod tests {
                 split,
                 timeout: None,
                 mirror: None,
+                headers: None,
+                destination_headers: Box::new([]),
             }],
             upgrades: Box::new(["websocket".into()]),
         }

@@ -53,13 +53,18 @@ impl Split {
 
     /// Picks a destination with probability weight / total. Weight 0 is never picked.
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Target {
+        self.pick_indexed(rng).1
+    }
+
+    /// A target drawn by weight, with its position among the entries.
+    pub fn pick_indexed<R: Rng + ?Sized>(&self, rng: &mut R) -> (usize, Target) {
         if self.targets.len() == 1 {
-            return self.targets[0];
+            return (0, self.targets[0]);
         }
         let r = rng.random_range(0..self.total());
         // First running sum above r: entries of weight 0 share their predecessor's sum and are skipped.
         let idx = self.cumulative.partition_point(|&c| c <= r);
-        self.targets[idx]
+        (idx, self.targets[idx])
     }
 }
 
