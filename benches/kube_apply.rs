@@ -13,7 +13,9 @@
 use splitgate::config::kubernetes::KubernetesSpec;
 use splitgate::control::external::External;
 use splitgate::control::Control;
-use splitgate::kubernetes::cluster::{Cluster, Meta, Object, ServiceInfo, SliceEndpoint, SliceInfo};
+use splitgate::kubernetes::cluster::{
+    Cluster, Meta, Object, ServiceInfo, SliceEndpoint, SliceInfo,
+};
 use splitgate::kubernetes::istio::VirtualServiceSpec;
 use splitgate::kubernetes::translate::{self, LastGood};
 use std::time::{Duration, Instant};
@@ -56,7 +58,12 @@ fn cluster(n: usize, per_service: usize) -> Cluster {
             );
             let endpoints = (0..per_service)
                 .map(|k| SliceEndpoint {
-                    ip: std::net::IpAddr::from([10, (i / 200) as u8, (i % 200) as u8, k as u8 + if role == "canary" { 128 } else { 0 }]),
+                    ip: std::net::IpAddr::from([
+                        10,
+                        (i / 200) as u8,
+                        (i % 200) as u8,
+                        k as u8 + if role == "canary" { 128 } else { 0 },
+                    ]),
                     ready: true,
                     terminating: false,
                     pod: None,
@@ -107,8 +114,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let n = if smoke { 10 } else { arg("--virtual-services", 1000) };
-    let endpoints = if smoke { 100 } else { arg("--endpoints", 10_000) };
+    let n = if smoke {
+        10
+    } else {
+        arg("--virtual-services", 1000)
+    };
+    let endpoints = if smoke {
+        100
+    } else {
+        arg("--endpoints", 10_000)
+    };
     let rounds = if smoke { 3 } else { arg("--rounds", 50) };
     let per_service = (endpoints / (2 * n)).max(1);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -458,3 +458,148 @@ async fn flagger_session_affinity_sets_its_cookie_and_keeps_holders_on_the_canar
     })
     .await;
 }
+
+/// Service `web` in `shop` whose endpoints are `addrs`, each in a slice of its own (its own
+/// port), ready or terminating as `terminating` says; and a VirtualService sending all of
+/// `web.example.com` to it.
+fn churn_objects(addrs: &[SocketAddr], terminating: Option<usize>) -> String {
+    let mut out = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [web.example.com]
+  http: [{route: [{destination: {host: web}}]}]
+---
+"
+    .to_string();
+    for (k, a) in addrs.iter().enumerate() {
+        let gone = terminating == Some(k);
+        out.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{k}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+  - addresses: [\"{ip}\"]
+    conditions: {{ready: {ready}, serving: true, terminating: {gone}}}
+---
+",
+            ip = a.ip(),
+            port = a.port(),
+            ready = !gone,
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_churning_under_load_fail_no_request() {
+    bounded(async {
+        let mut ups = Vec::new();
+        for _ in 0..3 {
+            ups.push(spawn_upstream("web", Behavior::Name).await);
+        }
+        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+        let kube = FakeKube::start().await;
+        let g = generation_of(&kube.apply_yaml(&churn_objects(&addrs, None)));
+        let dir = temp_dir("kube-churn");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_state(&app, "web served", |s| {
+            object(s, "VirtualService", "shop", "web").is_some_and(|o| o["served_generation"] == g)
+        })
+        .await;
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = Vec::new();
+        for _ in 0..2 {
+            let (stop, url) = (stop.clone(), app.url("/"));
+            load.push(tokio::spawn(async move {
+                let client = http1_client();
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let req = http::Request::get(&url)
+                        .header("host", "web.example.com")
+                        .body(http_body_util::Full::default())
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        // Each endpoint in turn goes terminating (a pod scaled away), then comes back.
+        for round in 0..12 {
+            let k = round % addrs.len();
+            let before = app.app.control.generation();
+            kube.apply_yaml(&churn_objects(&addrs, Some(k)));
+            wait_generation_above(&app, before).await;
+            // Requests already on their way may still land; after those, none.
+            let settled = ups[k].count();
+            let others_before: usize = ups.iter().map(|u| u.count()).sum::<usize>() - settled;
+            wait_until(|| {
+                ups.iter().map(|u| u.count()).sum::<usize>() - ups[k].count() >= others_before + 50
+            })
+            .await;
+            assert!(
+                ups[k].count() <= settled + 2,
+                "round {round}: the terminating endpoint got {} new requests",
+                ups[k].count() - settled
+            );
+            let before = app.app.control.generation();
+            kube.apply_yaml(&churn_objects(&addrs, None));
+            wait_generation_above(&app, before).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for l in load {
+            let (o, f) = l.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 600, "only {ok} requests ran");
+    })
+    .await;
+}
+
+async fn wait_generation_above(app: &TestApp, before: u64) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while app.app.control.generation() <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new generation after {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn wait_until(check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
