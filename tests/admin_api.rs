@@ -1707,3 +1707,31 @@ async fn an_edit_loaded_through_the_api_is_not_reloaded_again_by_the_watcher() {
         "reloaded again after the API: {s:#}"
     );
 }
+
+#[tokio::test]
+async fn an_unnamed_rule_keeps_its_name_when_api_rules_go_in_front() {
+    let unnamed = "      - route:
+          - { destination: { service: svc, subset: stable }, weight: 100 }
+          - { destination: { service: svc, subset: canary }, weight: 0 }
+";
+    let (app, _stable, _canary) = two_subset_app(unnamed).await;
+    let admin = app.app.admin_addr;
+    let r = put(admin, "/v1/routes/main/header-routes/beta", HEADER_ROUTE).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let s = state(admin).await;
+    let names: Vec<&str> = s["routes"]["main"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[1], "rule-0",
+        "the file's rule is still rule-0: {names:?}"
+    );
+    assert_eq!(rule(&s, "main", "rule-0")["source"], "file");
+    // Writes to it find it.
+    let r = put(admin, "/v1/routes/main/weights?rule=rule-0", TO_CANARY).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    all_go_to(app.addr, 10, &[], "canary").await;
+}

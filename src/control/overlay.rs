@@ -427,6 +427,11 @@ fn apply_route(
     ro: &RouteOverlay,
 ) -> (RawRoute, Vec<(Overridden, OverlayError)>) {
     let mut route = route.clone();
+    // Unnamed rules keep the name their place in the file gives them, however many API rules
+    // go in front of them.
+    for (i, r) in route.http.iter_mut().enumerate() {
+        r.name.get_or_insert_with(|| format!("rule-{i}"));
+    }
     let mut failed = Vec::new();
     for (rule, weights) in &ro.weights {
         if let Err(e) = apply_weights(file, &mut route, rule, weights) {
