@@ -62,6 +62,38 @@ enum Command {
         #[command(subcommand)]
         action: WeightsAction,
     },
+    /// Check that every ready gateway pod serves a VirtualService's current generation: exit
+    /// 0 if all do, 1 if one lags or rejected it, 2 if that cannot be known.
+    Verify {
+        /// The VirtualService, as NAMESPACE/NAME.
+        #[arg(long, value_parser = parse_ns_name)]
+        virtual_service: (String, String),
+        /// Label selector of the gateway pods.
+        #[arg(long, default_value = "app=splitgate")]
+        gateway_selector: String,
+        /// Namespace of the gateway pods.
+        #[arg(long, default_value = "istio-system")]
+        gateway_namespace: String,
+        /// The gateways' admin API port.
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+        /// File holding the admin bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// A kubeconfig file (default: the in-cluster account, else $KUBECONFIG, else
+        /// ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+fn parse_ns_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -158,7 +190,63 @@ fn main() -> ExitCode {
             exit(runtime(None).and_then(|rt| rt.block_on(demo(listen, admin))))
         }
         Command::Weights { action } => weights(action),
+        Command::Verify {
+            virtual_service,
+            gateway_selector,
+            gateway_namespace,
+            admin_port,
+            token_file,
+            kubeconfig,
+        } => {
+            let token = match token_file
+                .as_deref()
+                .map(config::files::read_token)
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("splitgate: the token file: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let v = splitgate::kubernetes::verify::Verify {
+                namespace: virtual_service.0,
+                name: virtual_service.1,
+                gateway_selector,
+                gateway_namespace,
+                admin_port,
+                token,
+            };
+            verify(v, kubeconfig)
+        }
     }
+}
+
+fn verify(v: splitgate::kubernetes::verify::Verify, kubeconfig: Option<PathBuf>) -> ExitCode {
+    let rt = match runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(e) => return exit(Err(e)),
+    };
+    let verdict = rt.block_on(async {
+        let spec = config::kubernetes::KubernetesSpec {
+            gateway_namespace: String::new(),
+            gateway_name: String::new(),
+            namespaces: Vec::new(),
+            kubeconfig,
+            cluster_domain: "cluster.local".into(),
+        };
+        match splitgate::kubernetes::watch::client(&spec).await {
+            Ok(client) => splitgate::kubernetes::verify::verify(client, &v).await,
+            Err(e) => splitgate::kubernetes::verify::Verdict {
+                lines: vec![e.to_string()],
+                code: 2,
+            },
+        }
+    });
+    for line in &verdict.lines {
+        println!("{line}");
+    }
+    ExitCode::from(verdict.code)
 }
 
 fn print_warnings(warnings: &[config::FieldError]) {

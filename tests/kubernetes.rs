@@ -603,3 +603,101 @@ async fn wait_until(check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A gateway pod as the API server lists it: ready, at `ip`.
+fn gateway_pod(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: istio-system
+  labels: {{app: splitgate}}
+status:
+  podIP: \"{ip}\"
+  conditions: [{{type: Ready, status: \"True\"}}]
+---
+"
+    )
+}
+
+fn run_verify(kubeconfig: &std::path::Path, vs: &str, port: u16) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_splitgate"))
+        .args([
+            "verify",
+            "--virtual-service",
+            vs,
+            "--admin-port",
+            &port.to_string(),
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_says_whether_every_ready_gateway_serves_the_current_generation() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+        let g = generation_of(&kube.apply_yaml(&argo_vs(10)));
+        // Two gateways whose admin APIs share a port on two pod addresses.
+        let port = std::net::TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut apps = Vec::new();
+        for (i, ip) in ["127.0.0.2", "127.0.0.3"].into_iter().enumerate() {
+            let dir = temp_dir(&format!("kube-verify-{i}"));
+            let yaml = kube_config(&kube, &dir) + &format!("admin: {{address: \"{ip}:{port}\"}}\n");
+            apps.push(spawn_app_in(dir, &yaml).await);
+            kube.apply_yaml(&gateway_pod(&format!("splitgate-{i}"), ip));
+        }
+        for app in &apps {
+            wait_served(app, "rollouts-demo-vsvc", g).await;
+        }
+        let kubeconfig = kube.write_kubeconfig(&temp_dir("kube-verify-cli"));
+        let verify = |vs: &'static str| {
+            let kubeconfig = kubeconfig.clone();
+            tokio::task::spawn_blocking(move || run_verify(&kubeconfig, vs, port))
+        };
+        let (code, out) = verify("shop/rollouts-demo-vsvc").await.unwrap();
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out.matches(&format!("applied generation {g}")).count(),
+            2,
+            "{out}"
+        );
+
+        let bad = generation_of(&kube.apply_yaml(&argo_vs(0).replace("weight: 100", "weight: 0")));
+        for app in &apps {
+            wait_state(app, "the bad generation rejected", |s| {
+                object(s, "VirtualService", "shop", "rollouts-demo-vsvc")
+                    .is_some_and(|o| o["generation"] == bad && o["status"] == "rejected")
+            })
+            .await;
+        }
+        let (code, out) = verify("shop/rollouts-demo-vsvc").await.unwrap();
+        assert_eq!(code, 1, "{out}");
+        assert_eq!(
+            out.matches(&format!("rejected generation {bad}")).count(),
+            2,
+            "{out}"
+        );
+
+        let (code, out) = verify("shop/nothing").await.unwrap();
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("VirtualService shop/nothing does not exist"),
+            "{out}"
+        );
+    })
+    .await;
+}

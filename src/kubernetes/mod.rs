@@ -8,4 +8,5 @@
 pub mod cluster;
 pub mod istio;
 pub mod translate;
+pub mod verify;
 pub mod watch;
