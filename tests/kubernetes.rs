@@ -701,3 +701,133 @@ async fn verify_says_whether_every_ready_gateway_serves_the_current_generation()
     })
     .await;
 }
+
+/// Argo Rollouts' subset-level objects: one Service `rollouts-demo` over both pods, a
+/// DestinationRule whose subsets select the ReplicaSets' hashes (`stable_hash` for stable), and
+/// a VirtualService with a header route and a mirror route ahead of the weighted route.
+fn argo_subset_objects(stable: SocketAddr, canary: SocketAddr, stable_hash: &str) -> String {
+    let mut out = "apiVersion: v1
+kind: Service
+metadata: {name: rollouts-demo, namespace: shop}
+spec:
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+"
+    .to_string();
+    for (role, addr, hash) in [("stable", stable, "aaa111"), ("canary", canary, "bbb222")] {
+        out.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: rollouts-demo-{role}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: rollouts-demo}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+  - addresses: [\"{ip}\"]
+    conditions: {{ready: true}}
+    targetRef: {{kind: Pod, name: rollouts-demo-{hash}-x, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: rollouts-demo-{hash}-x
+  namespace: shop
+  labels: {{app: rollouts-demo, rollouts-pod-template-hash: {hash}}}
+---
+",
+            ip = addr.ip(),
+            port = addr.port()
+        ));
+    }
+    let canary_hash = if stable_hash == "aaa111" {
+        "bbb222"
+    } else {
+        "aaa111"
+    };
+    out.push_str(&format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {{name: rollouts-demo, namespace: shop}}
+spec:
+  host: rollouts-demo
+  subsets:
+    - {{name: stable, labels: {{rollouts-pod-template-hash: {stable_hash}}}}}
+    - {{name: canary, labels: {{rollouts-pod-template-hash: {canary_hash}}}}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: rollouts-demo-vsvc, namespace: shop}}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [rollouts-demo.example.com]
+  http:
+    - name: canary-header
+      match: [{{headers: {{x-canary: {{exact: \"yes\"}}}}}}]
+      route: [{{destination: {{host: rollouts-demo, subset: canary}}, weight: 100}}]
+    - name: mirror
+      match: [{{uri: {{prefix: /mirror}}}}]
+      route: [{{destination: {{host: rollouts-demo, subset: stable}}, weight: 100}}]
+      mirror: {{host: rollouts-demo, subset: canary}}
+      mirrorPercentage: {{value: 100}}
+    - name: primary
+      route:
+        - {{destination: {{host: rollouts-demo, subset: stable}}, weight: 100}}
+        - {{destination: {{host: rollouts-demo, subset: canary}}, weight: 0}}
+"
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_subset_level_header_and_mirror_routes_and_promotion_by_destination_rule() {
+    bounded(async {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let kube = FakeKube::start().await;
+        let g = generation_of(&kube.apply_yaml(&argo_subset_objects(
+            stable.addr,
+            canary.addr,
+            "aaa111",
+        )));
+        let dir = temp_dir("kube-subset");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let host = "rollouts-demo.example.com";
+        assert_eq!(shares(&app, host, 20).await, (20, 0));
+        // The header route.
+        let client = http1_client();
+        let a = get(
+            &client,
+            &app.url("/"),
+            &[("host", host), ("x-canary", "yes")],
+        )
+        .await;
+        assert_eq!(a.body, "canary\n");
+        // The mirror route: answered by stable, copied to canary.
+        let before = canary.count();
+        let a = get(&client, &app.url("/mirror/x"), &[("host", host)]).await;
+        assert_eq!(a.body, "stable\n");
+        wait_until(|| canary.count() > before).await;
+        assert!(canary.seen().iter().any(|s| s.uri.path() == "/mirror/x"));
+        // Promotion: the DestinationRule's stable subset now selects the other ReplicaSet.
+        let s = state(&app).await;
+        let dr_before =
+            object(&s, "DestinationRule", "shop", "rollouts-demo").unwrap()["generation"].clone();
+        kube.apply_yaml(&argo_subset_objects(stable.addr, canary.addr, "bbb222"));
+        wait_state(&app, "the promoted DestinationRule applied", |s| {
+            object(s, "DestinationRule", "shop", "rollouts-demo")
+                .is_some_and(|o| o["generation"] != dr_before && o["status"] == "applied")
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            if shares(&app, host, 20).await == (0, 20) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never promoted");
+        }
+    })
+    .await;
+}
