@@ -3,7 +3,6 @@
 use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
-use crate::routing::header_ops::Headers;
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::server::limits::Limits;
 use crate::split::{Split, Target};
@@ -318,7 +317,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                 let mirror = mirror(&mut errs, &rp, rule, &services, &service_index);
                 let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
                     raw.as_ref().and_then(|raw| {
-                        Headers::compile(raw)
+                        super::headers::headers(raw)
                             .map_err(|m| {
                                 let (field, message) = m.split_once(": ").unwrap_or(("", &m));
                                 errs.add(format!("{at}.headers.{field}"), message)
