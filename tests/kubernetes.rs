@@ -89,6 +89,17 @@ spec:
     )
 }
 
+/// The stable and canary upstreams, and a fake API server holding Argo Rollouts' host-level
+/// objects for them at `setWeight: canary`, with the VirtualService's generation.
+async fn argo_cluster(canary_weight: u32) -> (Upstream, Upstream, FakeKube, i64) {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let kube = FakeKube::start().await;
+    kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
+    let g = generation_of(&kube.apply_yaml(&argo_vs(canary_weight)));
+    (stable, canary, kube, g)
+}
+
 /// A gateway config in Kubernetes mode against `kube`.
 fn kube_config(kube: &FakeKube, dir: &std::path::Path) -> String {
     let kubeconfig = kube.write_kubeconfig(dir);
@@ -178,11 +189,7 @@ async fn metric(app: &TestApp, line_start: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argo_host_level_canary_steps_through_its_weights_and_aborts() {
     bounded(async {
-        let stable = spawn_upstream("stable", Behavior::Name).await;
-        let canary = spawn_upstream("canary", Behavior::Name).await;
-        let kube = FakeKube::start().await;
-        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
-        let g = generation_of(&kube.apply_yaml(&argo_vs(0)));
+        let (_stable, _canary, kube, g) = argo_cluster(0).await;
         let dir = temp_dir("kube-argo");
         let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
         wait_served(&app, "rollouts-demo-vsvc", g).await;
@@ -229,11 +236,7 @@ async fn argo_host_level_canary_steps_through_its_weights_and_aborts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_virtual_service_is_rejected_and_its_last_good_version_serves() {
     bounded(async {
-        let stable = spawn_upstream("stable", Behavior::Name).await;
-        let canary = spawn_upstream("canary", Behavior::Name).await;
-        let kube = FakeKube::start().await;
-        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
-        let good = generation_of(&kube.apply_yaml(&argo_vs(100)));
+        let (_stable, _canary, kube, good) = argo_cluster(100).await;
         let dir = temp_dir("kube-reject");
         let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
         wait_served(&app, "rollouts-demo-vsvc", good).await;
@@ -264,11 +267,7 @@ async fn an_invalid_virtual_service_is_rejected_and_its_last_good_version_serves
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
     bounded(async {
-        let stable = spawn_upstream("stable", Behavior::Name).await;
-        let canary = spawn_upstream("canary", Behavior::Name).await;
-        let kube = FakeKube::start().await;
-        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
-        kube.apply_yaml(&argo_vs(0));
+        let (_stable, _canary, kube, _g) = argo_cluster(0).await;
         kube.set_down(true);
         let dir = temp_dir("kube-relist");
         let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
@@ -292,6 +291,7 @@ async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
         // The watches drop, history is compacted, and the weight moves meanwhile: resuming
         // gets 410 Gone, and the relist brings the change.
         kube.compact();
+        kube.clear_requests();
         kube.drop_watches();
         let g = generation_of(&kube.apply_yaml(&argo_vs(100)));
         kube.compact();
@@ -303,7 +303,7 @@ async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
             .filter(|r| r.contains("virtualservices") && !r.contains("watch="))
             .count();
         assert!(
-            relists >= 2,
+            relists >= 1,
             "listed again after the 410: {:?}",
             kube.requests()
         );
@@ -314,11 +314,7 @@ async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_one_api_server_converge() {
     bounded(async {
-        let stable = spawn_upstream("stable", Behavior::Name).await;
-        let canary = spawn_upstream("canary", Behavior::Name).await;
-        let kube = FakeKube::start().await;
-        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
-        kube.apply_yaml(&argo_vs(0));
+        let (_stable, _canary, kube, _g) = argo_cluster(0).await;
         let (d1, d2) = (temp_dir("kube-two-a"), temp_dir("kube-two-b"));
         let a = spawn_app_in(d1.clone(), &kube_config(&kube, &d1)).await;
         let b = spawn_app_in(d2.clone(), &kube_config(&kube, &d2)).await;
@@ -642,11 +638,7 @@ fn run_verify(kubeconfig: &std::path::Path, vs: &str, port: u16) -> (i32, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_says_whether_every_ready_gateway_serves_the_current_generation() {
     bounded(async {
-        let stable = spawn_upstream("stable", Behavior::Name).await;
-        let canary = spawn_upstream("canary", Behavior::Name).await;
-        let kube = FakeKube::start().await;
-        kube.apply_yaml(&argo_workloads(stable.addr, canary.addr));
-        let g = generation_of(&kube.apply_yaml(&argo_vs(10)));
+        let (_stable, _canary, kube, g) = argo_cluster(10).await;
         // Two gateways whose admin APIs share a port on two pod addresses.
         let port = std::net::TcpListener::bind("127.0.0.2:0")
             .unwrap()
