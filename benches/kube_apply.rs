@@ -3,21 +3,20 @@
 //! each, `--endpoints` endpoints in all (default 10,000), and what that object set costs in
 //! memory.
 //!
-//! The time measured is the watch loop's own work for one event: translate every object,
-//! validate the result, compile the runtime and swap it in (`Control::set_external`). The API
-//! server's delivery is left out: it is the same for any gateway.
+//! Two kinds of event are timed, each `--rounds` times: an EndpointSlice change (a pod of one
+//! canary turns ready or not ready: the endpoint path) and a VirtualService weight change (one
+//! `setWeight` step: the full path). The time is the watch loop's own work for the event,
+//! from the change reaching the [`Applier`] to the new snapshot being live
+//! (`Applier::take` and `Applier::apply`). The API server's delivery is left out: it is the
+//! same for any gateway.
 //!
 //! `cargo bench --bench kube_apply` (a release build); `-- --virtual-services N --endpoints M`
 //! to scale. Without `--bench` (as `cargo test` runs benches) it does one tiny pass.
 
-use splitgate::config::kubernetes::KubernetesSpec;
-use splitgate::control::external::External;
 use splitgate::control::Control;
-use splitgate::kubernetes::cluster::{
-    Cluster, Meta, Object, ServiceInfo, SliceEndpoint, SliceInfo,
-};
+use splitgate::kubernetes::applier::{Applied, Applier, Change, Item, Kind};
+use splitgate::kubernetes::cluster::{Meta, Object, ServiceInfo, SliceEndpoint, SliceInfo};
 use splitgate::kubernetes::istio::VirtualServiceSpec;
-use splitgate::kubernetes::translate::{self, LastGood};
 use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -42,70 +41,89 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// `n` VirtualServices, each splitting its own host between its own stable and canary
-/// Service, with `per_service` ready endpoints behind each Service.
-fn cluster(n: usize, per_service: usize) -> Cluster {
-    let mut c = Cluster::default();
+/// A VirtualService splitting `app{i}.example.com` between its stable and canary Services,
+/// `canary` percent to the canary, at `generation`.
+fn virtual_service(i: usize, canary: u32, generation: i64) -> Item {
+    let spec: VirtualServiceSpec = serde_json::from_value(serde_json::json!({
+        "gateways": ["istio-system/splitgate"],
+        "hosts": [format!("app{i}.example.com")],
+        "http": [
+            {"name": "canary-header", "match": [{"headers": {"x-canary": {"exact": "yes"}}}],
+             "route": [{"destination": {"host": format!("app{i}-canary")}}]},
+            {"name": "primary", "route": [
+                {"destination": {"host": format!("app{i}-stable")}, "weight": 100 - canary},
+                {"destination": {"host": format!("app{i}-canary")}, "weight": canary}]}
+        ]
+    }))
+    .unwrap();
+    let meta = Meta {
+        namespace: namespace(i),
+        name: format!("app{i}"),
+        generation,
+        resource_version: generation.to_string(),
+        created: format!("2026-01-01T00:00:{:02}Z", i % 60),
+    };
+    Item::Vs(Object {
+        meta,
+        spec: Ok(spec),
+    })
+}
+
+fn namespace(i: usize) -> String {
+    format!("team-{}", i % 50)
+}
+
+/// The EndpointSlice of `app{i}-{role}`, `per_service` endpoints, the first ready or not.
+fn slice(i: usize, role: &str, per_service: usize, first_ready: bool) -> Item {
+    let endpoints = (0..per_service)
+        .map(|k| SliceEndpoint {
+            ip: std::net::IpAddr::from([
+                10,
+                (i / 200) as u8,
+                (i % 200) as u8,
+                k as u8 + if role == "canary" { 128 } else { 0 },
+            ]),
+            ready: k > 0 || first_ready,
+            terminating: false,
+            pod: None,
+        })
+        .collect();
+    Item::Slice(Some(SliceInfo {
+        service: format!("app{i}-{role}"),
+        ports: vec![("http".into(), 8080)],
+        endpoints,
+    }))
+}
+
+/// The full lists the watchers would send at start: `n` VirtualServices, each splitting its
+/// own host between its own stable and canary Service, with `per_service` ready endpoints
+/// behind each Service.
+fn lists(n: usize, per_service: usize) -> Vec<Change> {
+    let (mut vs, mut svc, mut slices) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
-        let ns = format!("team-{}", i % 50);
+        let ns = namespace(i);
         for role in ["stable", "canary"] {
-            let svc = format!("app{i}-{role}");
-            c.services.insert(
-                (ns.clone(), svc.clone()),
-                ServiceInfo {
+            let name = format!("app{i}-{role}");
+            svc.push((
+                (ns.clone(), name.clone()),
+                Item::Svc(ServiceInfo {
                     ports: vec![("http".into(), 80)],
-                },
-            );
-            let endpoints = (0..per_service)
-                .map(|k| SliceEndpoint {
-                    ip: std::net::IpAddr::from([
-                        10,
-                        (i / 200) as u8,
-                        (i % 200) as u8,
-                        k as u8 + if role == "canary" { 128 } else { 0 },
-                    ]),
-                    ready: true,
-                    terminating: false,
-                    pod: None,
-                })
-                .collect();
-            c.slices.insert(
-                (ns.clone(), format!("{svc}-abcde")),
-                SliceInfo {
-                    service: svc,
-                    ports: vec![("http".into(), 8080)],
-                    endpoints,
-                },
-            );
+                }),
+            ));
+            slices.push((
+                (ns.clone(), format!("{name}-abcde")),
+                slice(i, role, per_service, true),
+            ));
         }
-        let spec: VirtualServiceSpec = serde_json::from_value(serde_json::json!({
-            "gateways": ["istio-system/splitgate"],
-            "hosts": [format!("app{i}.example.com")],
-            "http": [
-                {"name": "canary-header", "match": [{"headers": {"x-canary": {"exact": "yes"}}}],
-                 "route": [{"destination": {"host": format!("app{i}-canary")}}]},
-                {"name": "primary", "route": [
-                    {"destination": {"host": format!("app{i}-stable")}, "weight": 90},
-                    {"destination": {"host": format!("app{i}-canary")}, "weight": 10}]}
-            ]
-        }))
-        .unwrap();
-        let meta = Meta {
-            namespace: ns.clone(),
-            name: format!("app{i}"),
-            generation: 1,
-            resource_version: "1".into(),
-            created: format!("2026-01-01T00:00:{:02}Z", i % 60),
-        };
-        c.virtual_services.insert(
-            meta.key(),
-            Object {
-                meta,
-                spec: Ok(spec),
-            },
-        );
+        vs.push(((ns, format!("app{i}")), virtual_service(i, 10, 1)));
     }
-    c
+    vec![
+        Change::Listed(Kind::VirtualService, None, vs),
+        Change::Listed(Kind::DestinationRule, None, Vec::new()),
+        Change::Listed(Kind::Service, None, svc),
+        Change::Listed(Kind::EndpointSlice, None, slices),
+        Change::Listed(Kind::Pod, None, Vec::new()),
+    ]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -136,58 +154,76 @@ fn main() {
             "bench",
         )
         .unwrap();
-        let spec: KubernetesSpec = config.kubernetes.clone().unwrap();
-        let file = config.raw.clone();
+        let spec = config.kubernetes.clone().unwrap();
         let rss_before = rss_kib();
         let control = Control::new(config, None);
-        let mut c = cluster(n, per_service);
-        let mut last_good = LastGood::new();
-        let mut translate_times = Vec::new();
-        let mut apply_times = Vec::new();
+        let mut applier = Applier::new(spec, 1);
+        let started = Instant::now();
+        for change in lists(n, per_service) {
+            applier.take(change);
+        }
+        let first = applier.apply(&control).await;
+        assert!(matches!(first, Applied::Full(Ok(_))), "{first:?}");
+        let initial = started.elapsed();
+        let rss_loaded = rss_kib();
+        let mut first_ready = vec![true; n];
+        let mut endpoint_times = Vec::new();
+        let mut weight_times = Vec::new();
         for round in 0..=rounds {
-            // One endpoint change: a pod of one canary becomes not ready.
-            let key = (format!("team-{}", round % 50), format!("app{}-canary-abcde", round % n));
-            if let Some(s) = c.slices.get_mut(&key) {
-                s.endpoints[0].ready = !s.endpoints[0].ready;
-            }
+            // One endpoint change: a pod of one canary turns not ready, or ready again.
+            let i = (round * 7) % n;
+            first_ready[i] = !first_ready[i];
+            let key = (namespace(i), format!("app{i}-canary-abcde"));
+            let change = Change::Put(
+                Kind::EndpointSlice,
+                key,
+                slice(i, "canary", per_service, first_ready[i]),
+            );
             let started = Instant::now();
-            let t = translate::translate(&c, &spec, &file, &last_good);
-            let translated = started.elapsed();
-            last_good = t.last_good.clone();
-            let external = External {
-                services: t.services,
-                routes: t.routes,
-                synced: true,
-                ..External::default()
-            };
-            control.set_external(external).await.expect("the objects apply");
-            let applied = started.elapsed();
+            applier.take(change);
+            let applied = applier.apply(&control).await;
+            let took = started.elapsed();
+            assert!(matches!(applied, Applied::Endpoints(_)), "{applied:?}");
+            // One setWeight step of one VirtualService.
+            let key = (namespace(i), format!("app{i}"));
+            let generation = 2 + round as i64;
+            let change = Change::Put(
+                Kind::VirtualService,
+                key,
+                virtual_service(i, 11 + (round % 80) as u32, generation),
+            );
+            let started = Instant::now();
+            applier.take(change);
+            let applied = applier.apply(&control).await;
+            let weight_took = started.elapsed();
+            assert!(matches!(applied, Applied::Full(Ok(_))), "{applied:?}");
             if round > 0 {
-                translate_times.push(translated);
-                apply_times.push(applied);
+                endpoint_times.push(took);
+                weight_times.push(weight_took);
             }
         }
-        translate_times.sort();
-        apply_times.sort();
+        endpoint_times.sort();
+        weight_times.sort();
         let rss_after = rss_kib();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let line = |what: &str, t: &[Duration]| {
+            println!(
+                "  {what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                ms(percentile(t, 0.5)),
+                ms(percentile(t, 0.99)),
+                ms(*t.last().unwrap()),
+            )
+        };
         println!(
-            "kube_apply: {n} VirtualServices, {} endpoints ({per_service} per Service), {rounds} endpoint events",
+            "kube_apply: {n} VirtualServices, {} endpoints ({per_service} per Service), {rounds} events of each kind",
             n * 2 * per_service
         );
+        println!("  first full list → live: {:.1} ms", ms(initial));
+        line("endpoint event → live", &endpoint_times);
+        line("weight event → live", &weight_times);
         println!(
-            "  event → live: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (translate alone: p50 {:.2} ms, p99 {:.2} ms)",
-            ms(percentile(&apply_times, 0.5)),
-            ms(percentile(&apply_times, 0.99)),
-            ms(*apply_times.last().unwrap()),
-            ms(percentile(&translate_times, 0.5)),
-            ms(percentile(&translate_times, 0.99)),
-        );
-        println!(
-            "  RSS: {} KiB before, {} KiB with the objects served: {:.1} KiB per VirtualService with its two Services",
-            rss_before,
-            rss_after,
-            (rss_after.saturating_sub(rss_before)) as f64 / n as f64
+            "  RSS: {rss_before} KiB before, {rss_loaded} KiB with the objects served ({:.1} KiB per VirtualService with its two Services), {rss_after} KiB after the events",
+            (rss_loaded.saturating_sub(rss_before)) as f64 / n as f64
         );
         println!("  generation now {}", control.generation());
     });

@@ -15,12 +15,13 @@ use std::sync::Arc;
 pub struct Runtime {
     /// Grows by one with every applied change.
     pub generation: u64,
-    /// Host → route → rule.
-    pub router: Router,
-    /// Services in name order, indexed by `Target::service`.
-    pub services: Vec<Service>,
+    /// Host → route → rule. Shared with the next snapshot when only endpoints change.
+    pub router: Arc<Router>,
+    /// Services in name order, indexed by `Target::service`. Each is shared with the next
+    /// snapshot unless it changes.
+    pub services: Vec<Arc<Service>>,
     /// Analysis windows per route (by `Route::index`), one per destination of the route.
-    pub windows: Vec<Vec<(Target, Arc<Window>)>>,
+    pub windows: Arc<Vec<Vec<(Target, Arc<Window>)>>>,
     /// Metrics shared by every snapshot.
     pub hub: Arc<MetricsHub>,
     /// Whether requests are recorded in metrics (`metrics.enabled`).
@@ -32,6 +33,8 @@ pub struct Runtime {
 pub struct Service {
     /// Key in the config.
     pub name: Box<str>,
+    /// The Kubernetes Service name (`destination_service_name`).
+    pub service_name: Box<str>,
     /// Namespace.
     pub namespace: Box<str>,
     /// FQDN.

@@ -1,5 +1,6 @@
 //! Turns a validated config into a runtime snapshot.
 
+use super::validate::ServiceSpec;
 use super::Config;
 use crate::metrics::hub::{DestinationInfo, MetricsHub, WeightLabel};
 use crate::routing::Router;
@@ -9,22 +10,31 @@ use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Live endpoints by address and pool settings, to carry over into the next runtime.
+// `PoolSettings` holds a rustls config, which has interior mutability (its session cache),
+// but its `Hash` and `Eq` look only at what the settings were built from.
+#[allow(clippy::mutable_key_type)]
+type Reusable = HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>>;
+
+#[allow(clippy::mutable_key_type)]
+fn reusable<'a>(services: impl Iterator<Item = &'a Service>) -> Reusable {
+    services
+        .flat_map(|s| &s.subsets)
+        .flat_map(|s| s.balancer.endpoints())
+        .map(|ep| ((ep.addr().clone(), ep.settings().clone()), ep.clone()))
+        .collect()
+}
+
 /// Builds a runtime. From `previous` it carries over the endpoints whose address and pool
 /// settings are unchanged (with their pooled connections) and the metrics hub, whose series and
 /// analysis windows continue; those of subsets that are gone are removed.
 pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> Runtime {
-    // `PoolSettings` holds a rustls config, which has interior mutability (its session cache),
-    // but its `Hash` and `Eq` look only at what the settings were built from.
     #[allow(clippy::mutable_key_type)]
-    let mut reusable: HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>> = HashMap::new();
-    for ep in previous
-        .into_iter()
-        .flat_map(|rt| &rt.services)
-        .flat_map(|s| &s.subsets)
-        .flat_map(|s| s.balancer.endpoints())
-    {
-        reusable.insert((ep.addr().clone(), ep.settings().clone()), ep.clone());
-    }
+    let reusable = reusable(
+        previous
+            .into_iter()
+            .flat_map(|rt| rt.services.iter().map(|s| &**s)),
+    );
     let hub = previous.map_or_else(|| MetricsHub::new(&config.raw.metrics), |p| p.hub.clone());
     hub.set_identity(&config.raw.metrics);
     hub.own
@@ -35,55 +45,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
     let services = config
         .services
         .iter()
-        .map(|s| {
-            let settings = PoolSettings {
-                connect_timeout: s.connect_timeout,
-                max_idle: s.max_idle,
-                max_connections: s.max_connections,
-                protocol: s.protocol,
-                tls: s.tls.clone(),
-            };
-            let subsets =
-                s.subsets
-                    .iter()
-                    .map(|sub| {
-                        let endpoints =
-                            sub.endpoints
-                                .iter()
-                                .map(|a| {
-                                    let key = (a.clone(), settings.clone());
-                                    reusable.get(&key).cloned().unwrap_or_else(|| {
-                                        Endpoint::new(a.clone(), settings.clone())
-                                    })
-                                })
-                                .collect();
-                        let info = DestinationInfo {
-                            service: s.service_name.clone(),
-                            namespace: s.namespace.clone(),
-                            host: s.host.clone(),
-                            subset: sub.name.clone(),
-                            workload: sub.workload.clone(),
-                            labels: sub.labels.clone(),
-                        };
-                        let metrics = hub.destination(&info);
-                        destinations.insert(info);
-                        Subset {
-                            name: sub.name.as_str().into(),
-                            labels: sub.labels.clone(),
-                            workload: sub.workload.as_str().into(),
-                            balancer: Balancer::new(endpoints, s.load_balancer),
-                            protocol: s.protocol,
-                            metrics,
-                        }
-                    })
-                    .collect();
-            Service {
-                name: s.name.as_str().into(),
-                namespace: s.namespace.as_str().into(),
-                host: s.host.as_str().into(),
-                subsets,
-            }
-        })
+        .map(|s| Arc::new(service(s, &reusable, &hub, &mut destinations)))
         .collect::<Vec<_>>();
 
     let mut window_keys = HashSet::new();
@@ -129,11 +91,126 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
     );
     Runtime {
         generation,
-        router,
+        router: Arc::new(router),
         services,
-        windows,
+        windows: Arc::new(windows),
         hub,
         metrics_enabled: config.raw.metrics.enabled,
+    }
+}
+
+/// A runtime like `previous`, with only the services at the indexes `changed` rebuilt from
+/// `config`: the fast path for endpoint churn. Routes, windows and every other service are
+/// shared with `previous`.
+///
+/// `config` must differ from the one `previous` was compiled from only in the endpoints,
+/// labels and workloads of those services' subsets: the same services and subsets, in the same
+/// order, so that every `Target` still points where it did.
+pub fn recompile_services(
+    config: &Config,
+    previous: &Runtime,
+    changed: &[usize],
+    generation: u64,
+) -> Runtime {
+    #[allow(clippy::mutable_key_type)]
+    let reusable = reusable(changed.iter().map(|&i| &*previous.services[i]));
+    let hub = previous.hub.clone();
+    hub.own
+        .generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    let mut services = previous.services.clone();
+    let mut before = HashSet::new();
+    let mut after = HashSet::new();
+    for &i in changed {
+        let (old, spec) = (&previous.services[i], &config.services[i]);
+        debug_assert_eq!(*old.name, *spec.name);
+        debug_assert_eq!(old.subsets.len(), spec.subsets.len());
+        before.extend(old.subsets.iter().map(|sub| DestinationInfo {
+            service: old.service_name.to_string(),
+            namespace: old.namespace.to_string(),
+            host: old.host.to_string(),
+            subset: sub.name.to_string(),
+            workload: sub.workload.to_string(),
+            labels: sub.labels.clone(),
+        }));
+        services[i] = Arc::new(service(spec, &reusable, &hub, &mut after));
+    }
+    // Series of a subset whose pod labels or workload changed start again under the new ones,
+    // unless another service (another port of the same Kubernetes Service) still reports
+    // under the old ones.
+    let shared = |d: &DestinationInfo| {
+        services.iter().enumerate().any(|(i, s)| {
+            !changed.contains(&i) && *s.service_name == d.service && *s.namespace == d.namespace
+        })
+    };
+    hub.forget(before.difference(&after).filter(|d| !shared(d)));
+    Runtime {
+        generation,
+        router: previous.router.clone(),
+        services,
+        windows: previous.windows.clone(),
+        hub,
+        metrics_enabled: previous.metrics_enabled,
+    }
+}
+
+/// One service's runtime: its endpoints reused from `reusable` where they can be, its
+/// subsets' metrics from `hub` (whose identities are added to `destinations`).
+#[allow(clippy::mutable_key_type)]
+fn service(
+    s: &ServiceSpec,
+    reusable: &Reusable,
+    hub: &MetricsHub,
+    destinations: &mut HashSet<DestinationInfo>,
+) -> Service {
+    let settings = PoolSettings {
+        connect_timeout: s.connect_timeout,
+        max_idle: s.max_idle,
+        max_connections: s.max_connections,
+        protocol: s.protocol,
+        tls: s.tls.clone(),
+    };
+    let subsets = s
+        .subsets
+        .iter()
+        .map(|sub| {
+            let endpoints = sub
+                .endpoints
+                .iter()
+                .map(|a| {
+                    let key = (a.clone(), settings.clone());
+                    reusable
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
+                })
+                .collect();
+            let info = DestinationInfo {
+                service: s.service_name.clone(),
+                namespace: s.namespace.clone(),
+                host: s.host.clone(),
+                subset: sub.name.clone(),
+                workload: sub.workload.clone(),
+                labels: sub.labels.clone(),
+            };
+            let metrics = hub.destination(&info);
+            destinations.insert(info);
+            Subset {
+                name: sub.name.as_str().into(),
+                labels: sub.labels.clone(),
+                workload: sub.workload.as_str().into(),
+                balancer: Balancer::new(endpoints, s.load_balancer),
+                protocol: s.protocol,
+                metrics,
+            }
+        })
+        .collect();
+    Service {
+        name: s.name.as_str().into(),
+        service_name: s.service_name.as_str().into(),
+        namespace: s.namespace.as_str().into(),
+        host: s.host.as_str().into(),
+        subsets,
     }
 }
 

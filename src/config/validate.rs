@@ -277,87 +277,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
                 hosts.push(host);
             }
         }
-        if r.http.is_empty() {
-            errs.add(format!("{p}.http"), "at least one rule is required");
-        }
-        let mut rule_names = HashSet::new();
-        let rules = r
-            .http
-            .iter()
-            .enumerate()
-            .map(|(j, rule)| {
-                let rp = format!("{p}.http[{j}]");
-                let name = rule.name.clone().unwrap_or_else(|| format!("rule-{j}"));
-                if name.is_empty() {
-                    errs.add(format!("{rp}.name"), "must not be empty");
-                } else if !rule_names.insert(name.clone()) {
-                    errs.add(
-                        format!("{rp}.name"),
-                        format!("duplicate rule name {name:?} in route {:?}", r.name),
-                    );
-                }
-                let matches = rule
-                    .matches
-                    .iter()
-                    .enumerate()
-                    .map(|(k, b)| match_block(&mut errs, &format!("{rp}.match[{k}]"), b))
-                    .collect();
-                let split = destinations(&mut errs, &rp, rule, &services, &service_index);
-                let timeout = rule
-                    .timeout
-                    .as_deref()
-                    .and_then(|t| match parse_duration(t) {
-                        Ok(d) if d.is_zero() => None,
-                        Ok(d) => Some(d),
-                        Err(m) => {
-                            errs.add(format!("{rp}.timeout"), m);
-                            None
-                        }
-                    });
-                let mirror = mirror(&mut errs, &rp, rule, &services, &service_index);
-                let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
-                    raw.as_ref().and_then(|raw| {
-                        super::headers::headers(raw)
-                            .map_err(|m| {
-                                let (field, message) = m.split_once(": ").unwrap_or(("", &m));
-                                errs.add(format!("{at}.headers.{field}"), message)
-                            })
-                            .ok()
-                            .flatten()
-                            .map(Box::new)
-                    })
-                };
-                let headers = compile_headers(rp.clone(), &rule.headers);
-                let mut destination_headers: Vec<_> = rule
-                    .route
-                    .iter()
-                    .enumerate()
-                    .map(|(k, d)| compile_headers(format!("{rp}.route[{k}]"), &d.headers))
-                    .collect();
-                if destination_headers.iter().all(Option::is_none) {
-                    destination_headers.clear();
-                }
-                Rule {
-                    name: name.into(),
-                    matches,
-                    split,
-                    timeout,
-                    mirror,
-                    headers,
-                    destination_headers: destination_headers.into(),
-                }
-            })
-            .collect();
-        let upgrades = upgrades(&mut errs, &p, r.upgrades.as_deref());
-        routes.push(RouteSpec {
-            route: Route {
-                name: r.name.as_str().into(),
-                index: i,
-                rules,
-                upgrades,
-            },
-            hosts,
-        });
+        routes.push(route(&mut errs, i, r, hosts, &services, &service_index));
     }
 
     if !errs.0.is_empty() {
@@ -373,6 +293,175 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         routes,
         kubernetes,
     })
+}
+
+/// The rules of route `r` (the `i`th), whose checked hosts are `hosts`.
+fn route(
+    errs: &mut Errors,
+    i: usize,
+    r: &RawRoute,
+    hosts: Vec<String>,
+    services: &[ServiceSpec],
+    service_index: &HashMap<&str, usize>,
+) -> RouteSpec {
+    let p = format!("routes[{i}]");
+    if r.http.is_empty() {
+        errs.add(format!("{p}.http"), "at least one rule is required");
+    }
+    let mut rule_names = HashSet::new();
+    let rules = r
+        .http
+        .iter()
+        .enumerate()
+        .map(|(j, rule)| {
+            let rp = format!("{p}.http[{j}]");
+            let name = rule.name.clone().unwrap_or_else(|| format!("rule-{j}"));
+            if name.is_empty() {
+                errs.add(format!("{rp}.name"), "must not be empty");
+            } else if !rule_names.insert(name.clone()) {
+                errs.add(
+                    format!("{rp}.name"),
+                    format!("duplicate rule name {name:?} in route {:?}", r.name),
+                );
+            }
+            let matches = rule
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(k, b)| match_block(errs, &format!("{rp}.match[{k}]"), b))
+                .collect();
+            let split = destinations(errs, &rp, rule, &services, &service_index);
+            let timeout = rule
+                .timeout
+                .as_deref()
+                .and_then(|t| match parse_duration(t) {
+                    Ok(d) if d.is_zero() => None,
+                    Ok(d) => Some(d),
+                    Err(m) => {
+                        errs.add(format!("{rp}.timeout"), m);
+                        None
+                    }
+                });
+            let mirror = mirror(errs, &rp, rule, &services, &service_index);
+            let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
+                raw.as_ref().and_then(|raw| {
+                    super::headers::headers(raw)
+                        .map_err(|m| {
+                            let (field, message) = m.split_once(": ").unwrap_or(("", &m));
+                            errs.add(format!("{at}.headers.{field}"), message)
+                        })
+                        .ok()
+                        .flatten()
+                        .map(Box::new)
+                })
+            };
+            let headers = compile_headers(rp.clone(), &rule.headers);
+            let mut destination_headers: Vec<_> = rule
+                .route
+                .iter()
+                .enumerate()
+                .map(|(k, d)| compile_headers(format!("{rp}.route[{k}]"), &d.headers))
+                .collect();
+            if destination_headers.iter().all(Option::is_none) {
+                destination_headers.clear();
+            }
+            Rule {
+                name: name.into(),
+                matches,
+                split,
+                timeout,
+                mirror,
+                headers,
+                destination_headers: destination_headers.into(),
+            }
+        })
+        .collect();
+    let upgrades = upgrades(errs, &p, r.upgrades.as_deref());
+    RouteSpec {
+        route: Route {
+            name: r.name.as_str().into(),
+            index: i,
+            rules,
+            upgrades,
+        },
+        hosts,
+    }
+}
+
+/// Validates route `r`, the `i`th, on its own against `services` (those of a valid config):
+/// what changes when only one route does, its name and hosts staying as they were (whose
+/// uniqueness across routes is not checked here).
+pub fn validate_route(
+    i: usize,
+    r: &RawRoute,
+    services: &[ServiceSpec],
+) -> Result<RouteSpec, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let service_index: HashMap<&str, usize> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut hosts = Vec::new();
+    for (j, h) in r.hosts.iter().enumerate() {
+        let host = h.to_ascii_lowercase();
+        match check_host_pattern(&host) {
+            Ok(()) => hosts.push(host),
+            Err(m) => errs.add(format!("routes[{i}].hosts[{j}]"), m),
+        }
+    }
+    let spec = route(&mut errs, i, r, hosts, services, &service_index);
+    if errs.0.is_empty() {
+        Ok(spec)
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// One subset of the service `service` (whose path is `p`).
+fn subset(errs: &mut Errors, p: &str, service: &str, name: &str, ss: &RawSubset) -> SubsetSpec {
+    let sp = format!("{p}.subsets.{name}");
+    let endpoints = ss
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            parse_endpoint(e)
+                .map_err(|m| errs.add(format!("{sp}.endpoints[{i}]"), m))
+                .ok()
+        })
+        .collect();
+    SubsetSpec {
+        name: name.to_string(),
+        labels: ss.labels.clone(),
+        workload: ss
+            .workload
+            .clone()
+            .unwrap_or_else(|| format!("{service}-{name}")),
+        endpoints,
+    }
+}
+
+/// Validates one subset of the service `service` on its own: what changes when only a
+/// subset's endpoints, labels or workload do.
+pub fn validate_subset(
+    service: &str,
+    name: &str,
+    raw: &RawSubset,
+) -> Result<SubsetSpec, Vec<FieldError>> {
+    let mut errs = Errors::default();
+    let spec = subset(
+        &mut errs,
+        &format!("services.{service}"),
+        service,
+        name,
+        raw,
+    );
+    if errs.0.is_empty() {
+        Ok(spec)
+    } else {
+        Err(errs.0)
+    }
 }
 
 fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
@@ -428,28 +517,7 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
     let subsets = s
         .subsets
         .iter()
-        .map(|(sub, ss)| {
-            let sp = format!("{p}.subsets.{sub}");
-            let endpoints = ss
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter_map(|(i, e)| {
-                    parse_endpoint(e)
-                        .map_err(|m| errs.add(format!("{sp}.endpoints[{i}]"), m))
-                        .ok()
-                })
-                .collect();
-            SubsetSpec {
-                name: sub.clone(),
-                labels: ss.labels.clone(),
-                workload: ss
-                    .workload
-                    .clone()
-                    .unwrap_or_else(|| format!("{name}-{sub}")),
-                endpoints,
-            }
-        })
+        .map(|(sub, ss)| subset(errs, &p, name, sub, ss))
         .collect();
     let max_connections = match s.policy.max_connections_per_endpoint {
         None => DEFAULT_MAX_CONNECTIONS,

@@ -2,7 +2,7 @@
 //! control plane serves them beside the file's, refuses API changes to them, and holds
 //! readiness until they are complete; it knows nothing else of where they come from.
 
-use crate::config::model::{RawConfig, RawRoute, RawService};
+use crate::config::model::{RawConfig, RawRoute, RawService, RawSubset};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -24,6 +24,17 @@ pub struct External {
     pub error: Option<String>,
     /// The objects, as `/v1/state` lists them under `kubernetes.objects`.
     pub objects: serde_json::Value,
+}
+
+/// New endpoints, with their pod labels and workload, for one subset of an outside service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubsetUpdate {
+    /// The service key.
+    pub service: String,
+    /// The subset.
+    pub subset: String,
+    /// What it is now.
+    pub value: RawSubset,
 }
 
 /// The file's config with `external`'s services and routes added.

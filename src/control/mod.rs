@@ -10,7 +10,7 @@ use crate::config::{self, model::RawConfig, Config, FieldError};
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::CertStore;
-use external::External;
+use external::{External, SubsetUpdate};
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -259,6 +259,66 @@ impl Control {
         }
         let overlay = prune(st.overlay.clone(), &dropped);
         Ok(self.commit(&mut st, effective, overlay, dropped))
+    }
+
+    /// Gives subsets of the outside services new endpoints (with their pod labels and
+    /// workloads), routes unchanged: the fast path for pod churn. Only the services touched are
+    /// rebuilt; the rest of the snapshot is shared. Returns the generation live after it, or
+    /// `None`, changing nothing, when an update names a subset that is not served from outside
+    /// or does not validate: the caller then sets the whole set with
+    /// [`set_external`](Self::set_external).
+    pub async fn update_external_subsets(
+        &self,
+        updates: &[SubsetUpdate],
+        last_event: Option<std::time::Instant>,
+        error: Option<String>,
+    ) -> Option<u64> {
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
+        let ext = st.external.as_mut()?;
+        // Everything is checked before anything changes.
+        let mut checked = Vec::new();
+        for u in updates {
+            let current = ext.services.get(&u.service)?.subsets.get(&u.subset)?;
+            if *current == u.value {
+                continue;
+            }
+            let i = st
+                .effective
+                .services
+                .binary_search_by(|s| s.name.as_str().cmp(&u.service))
+                .ok()?;
+            let j = st.effective.services[i]
+                .subsets
+                .binary_search_by(|s| s.name.as_str().cmp(&u.subset))
+                .ok()?;
+            let spec = config::validate::validate_subset(&u.service, &u.subset, &u.value).ok()?;
+            checked.push((u, i, j, spec));
+        }
+        ext.last_event = last_event;
+        ext.error = error;
+        if checked.is_empty() {
+            return Some(self.generation());
+        }
+        let mut changed = Vec::new();
+        for (u, i, j, spec) in checked {
+            let raw = st.effective.raw.services.get_mut(&u.service)?;
+            *raw.subsets.get_mut(&u.subset)? = u.value.clone();
+            *ext.services
+                .get_mut(&u.service)?
+                .subsets
+                .get_mut(&u.subset)? = u.value.clone();
+            st.effective.services[i].subsets[j] = spec;
+            changed.push(i);
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let previous = self.runtime.load_full();
+        let generation = previous.generation + 1;
+        let next =
+            config::compile::recompile_services(&st.effective, &previous, &changed, generation);
+        self.runtime.store(Arc::new(next));
+        Some(generation)
     }
 
     /// The config file as last accepted.

@@ -13,6 +13,7 @@ use crate::config::model::{
     RawConfig, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock, RawRoute, RawRule,
     RawService, RawStringMatch, RawSubset,
 };
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The subset of a destination that names none: every ready endpoint of the Service.
@@ -72,6 +73,36 @@ pub struct Translation {
     pub objects: Vec<ObjectStatus>,
     /// The versions served now, to fall back on next time.
     pub last_good: LastGood,
+    /// How each served subset's endpoints were chosen, by service key and subset: what an
+    /// endpoint or pod change recomputes without translating again.
+    pub recipes: BTreeMap<(String, String), Recipe>,
+}
+
+/// How a subset's endpoints are chosen: the ready endpoints of a Service's port, of the pods
+/// a DestinationRule subset's labels select (every pod when none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// The Service port's name (empty for a sole unnamed port).
+    pub port_name: String,
+    /// The subset's pod labels, when the destination names a subset.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl Recipe {
+    /// The subset as `cluster` makes it now.
+    pub fn subset(&self, cluster: &Cluster) -> RawSubset {
+        endpoints(
+            cluster,
+            &self.namespace,
+            &self.service,
+            &self.port_name,
+            self.selector.as_ref(),
+        )
+    }
 }
 
 /// The route name of a VirtualService.
@@ -173,7 +204,16 @@ pub fn translate(
                 claimed.insert(h.clone(), format!("VirtualService {}/{}", key.0, key.1));
             }
             used_rules.extend(t.rules_used);
-            out.services.extend(t.services);
+            // Two VirtualServices may send to one Service, each to its own subsets.
+            for (key, service) in t.services {
+                match out.services.entry(key) {
+                    Entry::Vacant(e) => {
+                        e.insert(service);
+                    }
+                    Entry::Occupied(mut e) => e.get_mut().subsets.extend(service.subsets),
+                }
+            }
+            out.recipes.extend(t.recipes);
             out.routes.push(t.route);
         }
     }
@@ -241,6 +281,7 @@ pub fn service_of(host: &str, vs_ns: &str, domain: &str) -> Option<(String, Stri
 struct Translated {
     route: RawRoute,
     services: BTreeMap<String, RawService>,
+    recipes: BTreeMap<(String, String), Recipe>,
     rules_used: BTreeSet<Key>,
 }
 
@@ -280,6 +321,7 @@ fn route_for(
             upgrades: None,
         },
         services: BTreeMap::new(),
+        recipes: BTreeMap::new(),
         rules_used: BTreeSet::new(),
     };
     for (i, h) in vs.http.iter().enumerate() {
@@ -447,8 +489,16 @@ fn destination(
         policy: Default::default(),
     });
     if !service.subsets.contains_key(&subset_name) {
-        let subset = endpoints(cluster, &ns, &name, &port_name, selector.as_ref());
-        service.subsets.insert(subset_name.clone(), subset);
+        let recipe = Recipe {
+            namespace: ns,
+            service: name,
+            port_name,
+            selector,
+        };
+        service
+            .subsets
+            .insert(subset_name.clone(), recipe.subset(cluster));
+        t.recipes.insert((key.clone(), subset_name.clone()), recipe);
     }
     Ok(RawDestination {
         service: key,

@@ -1,19 +1,15 @@
-//! Keeps the watched objects current and serves what they say.
+//! Keeps the watched objects current.
 //!
 //! One kube-rs watcher per kind (and per namespace, when the config names some) lists, then
 //! watches; it resumes a dropped watch, relists after `410 Gone`, and backs off while the API
 //! server is away. Each watcher only turns objects into the few fields kept (`cluster`) and
-//! sends them to one loop, which owns the `Cluster`. That loop takes every message that is
-//! waiting, translates once, and hands the result to the control plane: a burst of endpoint
-//! changes becomes one swap.
+//! sends them to one loop, which owns the [`Applier`]. That loop takes every change that is
+//! waiting, then applies once: a burst of endpoint changes becomes one swap.
 
-use super::cluster::{Cluster, Key, Object, PodInfo, ServiceInfo, SliceInfo};
-use super::istio::{DestinationRuleSpec, VirtualServiceSpec};
-use super::translate::{self, LastGood, Translation};
+use super::applier::{Applied, Applier, Change, Item, Kind, KINDS};
+use super::cluster::{Key, Object, PodInfo, ServiceInfo, SliceInfo};
 use crate::config::kubernetes::KubernetesSpec;
-use crate::control::external::External;
 use crate::control::Control;
-use crate::metrics::hub::ObjectLabel;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,61 +17,14 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch as signal};
 
 /// The Istio API version watched. Argo Rollouts writes v1alpha3 by default and Flagger
 /// v1beta1; the API server serves one object under every version its CRD lists, and every
 /// Istio CRD (and ours) lists v1alpha3.
 pub const ISTIO_VERSION: &str = "v1alpha3";
-
-/// A watched kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// `networking.istio.io` VirtualService.
-    VirtualService,
-    /// `networking.istio.io` DestinationRule.
-    DestinationRule,
-    /// Core Service.
-    Service,
-    /// `discovery.k8s.io` EndpointSlice.
-    EndpointSlice,
-    /// Core Pod.
-    Pod,
-}
-
-const KINDS: [Kind; 5] = [
-    Kind::VirtualService,
-    Kind::DestinationRule,
-    Kind::Service,
-    Kind::EndpointSlice,
-    Kind::Pod,
-];
-
-/// One object as kept.
-#[derive(Debug)]
-enum Item {
-    Vs(Object<VirtualServiceSpec>),
-    Dr(Object<DestinationRuleSpec>),
-    Svc(ServiceInfo),
-    Slice(Option<SliceInfo>),
-    Pod(PodInfo),
-}
-
-/// What a watcher tells the loop.
-#[derive(Debug)]
-enum Msg {
-    /// A full list of `kind` in `scope` (all namespaces: `None`), replacing what was kept.
-    Listed(Kind, Option<String>, Vec<(Key, Item)>),
-    /// An object added or changed.
-    Put(Kind, Key, Item),
-    /// An object deleted.
-    Gone(Kind, Key),
-    /// The watch failed (it is retried).
-    Failed(Kind, String),
-}
 
 /// Why the watch could not start.
 #[derive(Debug, thiserror::Error)]
@@ -128,206 +77,33 @@ pub async fn run(
         }
     }
     drop(tx);
-    let needed = KINDS.len() * scopes.len();
-    let mut state = Loop {
-        cluster: Cluster::default(),
-        listed: HashSet::new(),
-        last_good: LastGood::new(),
-        failures: BTreeMap::new(),
-        last_event: None,
-    };
+    let mut applier = Applier::new(spec, scopes.len());
     loop {
         let first = tokio::select! {
             m = rx.recv() => m,
             _ = stop.changed() => None,
         };
         let Some(first) = first else { break };
-        state.take(first);
+        applier.take(first);
         while let Ok(m) = rx.try_recv() {
-            state.take(m);
-        }
-        let error = (!state.failures.is_empty()).then(|| {
-            state
-                .failures
-                .iter()
-                .map(|(k, e)| format!("{k:?}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        if state.listed.len() < needed {
-            control.set_external_error(error).await;
-            continue;
+            applier.take(m);
         }
         let started = Instant::now();
-        let translation = translate::translate(
-            &state.cluster,
-            &spec,
-            &control.file_config().await,
-            &state.last_good,
-        );
-        state.last_good = translation.last_good.clone();
-        publish_generations(&control, &translation);
-        let external = external(translation, state.last_event, error);
-        match control.set_external(external).await {
-            Ok(generation) => tracing::debug!(
+        match applier.apply(&control).await {
+            Applied::Waiting => {}
+            Applied::Endpoints(generation) | Applied::Full(Ok(generation)) => tracing::debug!(
                 generation,
                 took_us = started.elapsed().as_micros() as u64,
                 "kubernetes objects applied"
             ),
-            Err(errors) => tracing::error!(?errors, "kubernetes objects not applied"),
+            Applied::Full(Err(errors)) => {
+                tracing::error!(%errors, "kubernetes objects not applied")
+            }
         }
     }
     for t in tasks {
         t.abort();
     }
-}
-
-/// The loop's state.
-struct Loop {
-    cluster: Cluster,
-    listed: HashSet<(Kind, Option<String>)>,
-    last_good: LastGood,
-    /// The last error of each kind whose watch is failing.
-    failures: BTreeMap<Kind, String>,
-    last_event: Option<Instant>,
-}
-
-impl Loop {
-    fn take(&mut self, m: Msg) {
-        let c = &mut self.cluster;
-        match m {
-            Msg::Failed(kind, e) => {
-                self.failures.insert(kind, e);
-                return;
-            }
-            Msg::Listed(kind, scope, items) => {
-                self.failures.remove(&kind);
-                let keep = |k: &Key| scope.as_ref().is_some_and(|ns| &k.0 != ns);
-                match kind {
-                    Kind::VirtualService => c.virtual_services.retain(|k, _| keep(k)),
-                    Kind::DestinationRule => c.destination_rules.retain(|k, _| keep(k)),
-                    Kind::Service => c.services.retain(|k, _| keep(k)),
-                    Kind::EndpointSlice => c.slices.retain(|k, _| keep(k)),
-                    Kind::Pod => c.pods.retain(|k, _| keep(k)),
-                }
-                for (key, item) in items {
-                    put(c, key, item);
-                }
-                self.listed.insert((kind, scope));
-            }
-            Msg::Put(kind, key, item) => {
-                self.failures.remove(&kind);
-                put(c, key, item);
-            }
-            Msg::Gone(kind, key) => {
-                self.failures.remove(&kind);
-                match kind {
-                    Kind::VirtualService => {
-                        c.virtual_services.remove(&key);
-                    }
-                    Kind::DestinationRule => {
-                        c.destination_rules.remove(&key);
-                    }
-                    Kind::Service => {
-                        c.services.remove(&key);
-                    }
-                    Kind::EndpointSlice => {
-                        c.slices.remove(&key);
-                    }
-                    Kind::Pod => {
-                        c.pods.remove(&key);
-                    }
-                }
-            }
-        }
-        self.last_event = Some(Instant::now());
-    }
-}
-
-fn put(c: &mut Cluster, key: Key, item: Item) {
-    match item {
-        Item::Vs(o) => {
-            c.virtual_services.insert(key, o);
-        }
-        Item::Dr(o) => {
-            c.destination_rules.insert(key, o);
-        }
-        Item::Svc(s) => {
-            c.services.insert(key, s);
-        }
-        Item::Slice(Some(s)) => {
-            c.slices.insert(key, s);
-        }
-        Item::Slice(None) => {
-            c.slices.remove(&key);
-        }
-        Item::Pod(p) => {
-            c.pods.insert(key, p);
-        }
-    }
-}
-
-/// The control plane's view of a translation.
-fn external(t: Translation, last_event: Option<Instant>, error: Option<String>) -> External {
-    let owners = t
-        .objects
-        .iter()
-        .filter(|o| o.kind == "VirtualService" && o.served_generation.is_some())
-        .map(|o| {
-            (
-                translate::route_name(&o.meta.namespace, &o.meta.name),
-                format!("VirtualService {}/{}", o.meta.namespace, o.meta.name),
-            )
-        })
-        .collect();
-    let objects = t
-        .objects
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "kind": o.kind,
-                "namespace": o.meta.namespace,
-                "name": o.meta.name,
-                "generation": o.meta.generation,
-                "resource_version": o.meta.resource_version,
-                "status": o.status.as_str(),
-                "served_generation": o.served_generation,
-                "message": o.message,
-                "unsupported": o.unsupported,
-            })
-        })
-        .collect();
-    External {
-        services: t.services,
-        routes: t.routes,
-        owners,
-        synced: true,
-        last_event,
-        error,
-        objects: serde_json::Value::Array(objects),
-    }
-}
-
-/// Sets `splitgate_kubernetes_object_generation` to the generations served now.
-fn publish_generations(control: &Control, t: &Translation) {
-    let runtime = control.runtime().load();
-    let own = &runtime.hub.own;
-    own.object_generation.clear();
-    for o in &t.objects {
-        if let Some(g) = o.served_generation {
-            let labels = ObjectLabel {
-                kind: o.kind.to_string(),
-                namespace: o.meta.namespace.clone(),
-                name: o.meta.name.clone(),
-            };
-            own.object_generation.get_or_create(&labels).set(g);
-        }
-    }
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    own.kubernetes_last_event
-        .set(i64::try_from(now).unwrap_or(i64::MAX));
 }
 
 fn istio(kind: &str, plural: &str) -> ApiResource {
@@ -336,7 +112,7 @@ fn istio(kind: &str, plural: &str) -> ApiResource {
 }
 
 /// Watches one kind in one scope for ever, sending what it sees to the loop.
-async fn watch_kind(client: Client, kind: Kind, scope: Option<String>, tx: mpsc::Sender<Msg>) {
+async fn watch_kind(client: Client, kind: Kind, scope: Option<String>, tx: mpsc::Sender<Change>) {
     match kind {
         Kind::VirtualService => {
             let ar = istio("VirtualService", "virtualservices");
@@ -408,7 +184,7 @@ async fn forward<K, F>(
     api: Api<K>,
     kind: Kind,
     scope: Option<String>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Change>,
     keep: F,
 ) where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
@@ -423,7 +199,7 @@ async fn forward_events<K, F, S>(
     stream: S,
     kind: Kind,
     scope: Option<String>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Change>,
     keep: F,
 ) where
     K: Resource,
@@ -453,13 +229,13 @@ async fn forward_events<K, F, S>(
                 continue;
             }
             Ok(Event::InitDone) => {
-                Msg::Listed(kind, scope.clone(), listing.take().unwrap_or_default())
+                Change::Listed(kind, scope.clone(), listing.take().unwrap_or_default())
             }
             Ok(Event::Apply(o)) => match keep(&o) {
-                Some(item) => Msg::Put(kind, key(&o), item),
+                Some(item) => Change::Put(kind, key(&o), item),
                 None => continue,
             },
-            Ok(Event::Delete(o)) => Msg::Gone(kind, key(&o)),
+            Ok(Event::Delete(o)) => Change::Gone(kind, key(&o)),
             Err(e) => {
                 // Logged once a minute at most: an API server that is down would otherwise
                 // fill the log, and the backoff retries anyway.
@@ -467,7 +243,7 @@ async fn forward_events<K, F, S>(
                     tracing::warn!(kind = ?kind, error = %e, "kubernetes watch failed; retrying");
                     last_log = Some(Instant::now());
                 }
-                Msg::Failed(kind, e.to_string())
+                Change::Failed(kind, e.to_string())
             }
         };
         if tx.send(msg).await.is_err() {

@@ -383,6 +383,16 @@ impl MetricsHub {
         }
     }
 
+    /// Drops the series of `gone` destinations (a subset whose pod labels or workload changed).
+    pub fn forget<'a>(&self, gone: impl Iterator<Item = &'a DestinationInfo>) {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        for d in gone {
+            if let Some(m) = map.remove(d) {
+                m.remove_series();
+            }
+        }
+    }
+
     /// Records a request that matched no route, under `destination_service` = its host.
     pub fn record_no_route(&self, host: Option<&str>, sample: &Sample) {
         let host = host.unwrap_or("unknown");
