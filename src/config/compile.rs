@@ -1,7 +1,9 @@
 //! Turns a validated config into a runtime snapshot.
 
-use super::validate::ServiceSpec;
+use super::model::RawRoute;
+use super::validate::{RouteSpec, ServiceSpec};
 use super::Config;
+use crate::metrics::analysis::Window;
 use crate::metrics::hub::{DestinationInfo, MetricsHub, WeightLabel};
 use crate::routing::Router;
 use crate::runtime::{Runtime, Service, Subset};
@@ -52,32 +54,7 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
     let windows = config
         .routes
         .iter()
-        .map(|r| {
-            let mut targets: Vec<Target> = Vec::new();
-            for rule in &r.route.rules {
-                let mirrored = rule.mirror.map(|m| m.target);
-                for t in rule.split.entries().map(|(t, _)| t).chain(mirrored) {
-                    if !targets.contains(&t) {
-                        targets.push(t);
-                    }
-                }
-            }
-            targets
-                .into_iter()
-                .map(|t| {
-                    let (svc, sub) = (
-                        &config.services[t.service],
-                        &config.services[t.service].subsets[t.subset],
-                    );
-                    window_keys.insert((
-                        r.route.name.to_string(),
-                        svc.name.clone(),
-                        sub.name.clone(),
-                    ));
-                    (t, hub.window(&r.route.name, &svc.name, &sub.name))
-                })
-                .collect()
-        })
+        .map(|r| route_windows(config, r, &hub, &mut window_keys))
         .collect();
     hub.retain(&destinations, &window_keys);
     route_weights(config, &hub);
@@ -220,24 +197,106 @@ fn route_weights(config: &Config, hub: &MetricsHub) {
     let family = &hub.own.route_weight;
     family.clear();
     for route in &config.raw.routes {
-        for (i, rule) in route.http.iter().enumerate() {
-            let sole = rule.route.len() == 1;
-            let weight = |d: &crate::config::model::RawDestinationWeight| {
-                u64::from(d.weight.unwrap_or(if sole { 100 } else { 0 }))
+        for (labels, percent) in weight_series(route) {
+            family.get_or_create(&labels).set(percent);
+        }
+    }
+}
+
+/// The `splitgate_route_weight` series of one route.
+fn weight_series(route: &RawRoute) -> Vec<(WeightLabel, i64)> {
+    let mut out = Vec::new();
+    for (i, rule) in route.http.iter().enumerate() {
+        let sole = rule.route.len() == 1;
+        let weight = |d: &crate::config::model::RawDestinationWeight| {
+            u64::from(d.weight.unwrap_or(if sole { 100 } else { 0 }))
+        };
+        let total: u64 = rule.route.iter().map(weight).sum();
+        for d in &rule.route {
+            let labels = WeightLabel {
+                route: route.name.clone(),
+                rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
+                service: d.destination.service.clone(),
+                subset: d.destination.subset.clone(),
             };
-            let total: u64 = rule.route.iter().map(weight).sum();
-            for d in &rule.route {
-                let labels = WeightLabel {
-                    route: route.name.clone(),
-                    rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
-                    service: d.destination.service.clone(),
-                    subset: d.destination.subset.clone(),
-                };
-                let percent = (weight(d) * 100).checked_div(total).unwrap_or(0);
-                family
-                    .get_or_create(&labels)
-                    .set(i64::try_from(percent).unwrap_or(0));
+            let percent = (weight(d) * 100).checked_div(total).unwrap_or(0);
+            out.push((labels, i64::try_from(percent).unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// The analysis windows of route `r`, one per destination (mirrors included), whose keys
+/// are added to `keys`.
+fn route_windows(
+    config: &Config,
+    r: &RouteSpec,
+    hub: &MetricsHub,
+    keys: &mut HashSet<(String, String, String)>,
+) -> Vec<(Target, Arc<Window>)> {
+    let mut targets: Vec<Target> = Vec::new();
+    for rule in &r.route.rules {
+        let mirrored = rule.mirror.map(|m| m.target);
+        for t in rule.split.entries().map(|(t, _)| t).chain(mirrored) {
+            if !targets.contains(&t) {
+                targets.push(t);
             }
         }
+    }
+    targets
+        .into_iter()
+        .map(|t| {
+            let (svc, sub) = (
+                &config.services[t.service],
+                &config.services[t.service].subsets[t.subset],
+            );
+            keys.insert((r.route.name.to_string(), svc.name.clone(), sub.name.clone()));
+            (t, hub.window(&r.route.name, &svc.name, &sub.name))
+        })
+        .collect()
+}
+
+/// A runtime like `previous`, with only the routes at the given indexes rebuilt from
+/// `config` (each given with the raw route it replaces): the fast path for one
+/// VirtualService's weight step. The host index, every other route and every service are
+/// shared with `previous`.
+///
+/// `config` must differ from the one `previous` was compiled from only in those routes, each
+/// keeping its name and hosts.
+pub fn recompile_routes(
+    config: &Config,
+    previous: &Runtime,
+    changed: &[(usize, &RawRoute)],
+    generation: u64,
+) -> Runtime {
+    let hub = previous.hub.clone();
+    hub.own
+        .generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    let router = previous
+        .router
+        .with_routes(changed.iter().map(|(i, _)| config.routes[*i].route.clone()));
+    let mut windows = Vec::clone(&previous.windows);
+    let family = &hub.own.route_weight;
+    for &(i, old) in changed {
+        let r = &config.routes[i];
+        debug_assert_eq!(*r.route.name, old.name);
+        let mut keys = HashSet::new();
+        windows[i] = route_windows(config, r, &hub, &mut keys);
+        hub.retain_route_windows(&r.route.name, &keys);
+        for (labels, _) in weight_series(old) {
+            family.remove(&labels);
+        }
+        for (labels, percent) in weight_series(&config.raw.routes[i]) {
+            family.get_or_create(&labels).set(percent);
+        }
+    }
+    Runtime {
+        generation,
+        router: Arc::new(router),
+        services: previous.services.clone(),
+        windows: Arc::new(windows),
+        hub,
+        metrics_enabled: previous.metrics_enabled,
     }
 }

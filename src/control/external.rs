@@ -37,6 +37,15 @@ pub struct SubsetUpdate {
     pub value: RawSubset,
 }
 
+/// A changed route from outside the file, with the object behind it as `/v1/state` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteUpdate {
+    /// The route as it is now; its name and hosts are those it had.
+    pub route: RawRoute,
+    /// Its object's entry in [`External::objects`] (matched by kind, namespace and name).
+    pub object: serde_json::Value,
+}
+
 /// The file's config with `external`'s services and routes added.
 pub fn merged(file: &RawConfig, external: Option<&External>) -> RawConfig {
     let Some(ext) = external else {

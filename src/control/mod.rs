@@ -6,11 +6,11 @@ pub mod overlay;
 pub mod persist;
 pub mod state;
 
-use crate::config::{self, model::RawConfig, Config, FieldError};
+use crate::config::{self, model::RawConfig, model::RawRoute, Config, FieldError};
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::CertStore;
-use external::{External, SubsetUpdate};
+use external::{External, RouteUpdate, SubsetUpdate};
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -317,6 +317,75 @@ impl Control {
         let generation = previous.generation + 1;
         let next =
             config::compile::recompile_services(&st.effective, &previous, &changed, generation);
+        self.runtime.store(Arc::new(next));
+        Some(generation)
+    }
+
+    /// Replaces routes from outside the file that keep their names and hosts, services
+    /// unchanged: the fast path for a VirtualService's weight step. Only those routes are
+    /// validated and compiled; the host index, the other routes and every service are shared
+    /// with the snapshot before. Returns the generation live after it, or `None`, changing
+    /// nothing, when an update does not fit that path (an unknown route, other hosts, API
+    /// overrides on it, or a route that does not validate against the services): the caller
+    /// then sets the whole set with [`set_external`](Self::set_external).
+    pub async fn update_external_routes(
+        &self,
+        updates: &[RouteUpdate],
+        last_event: Option<std::time::Instant>,
+        error: Option<String>,
+    ) -> Option<u64> {
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
+        let ext = st.external.as_mut()?;
+        // Everything is checked before anything changes.
+        let mut checked = Vec::new();
+        for u in updates {
+            let at = ext.routes.iter().position(|r| r.name == u.route.name)?;
+            let current = &ext.routes[at];
+            if current.hosts != u.route.hosts || st.overlay.routes.contains_key(&u.route.name) {
+                return None;
+            }
+            let i = st
+                .effective
+                .raw
+                .routes
+                .iter()
+                .position(|r| r.name == u.route.name)?;
+            let changed = *current != u.route;
+            let spec = if changed {
+                Some(config::validate::validate_route(i, &u.route, &st.effective.services).ok()?)
+            } else {
+                None
+            };
+            checked.push((u, at, i, spec));
+        }
+        ext.last_event = last_event;
+        ext.error = error;
+        let mut changed = Vec::new();
+        for (u, at, i, spec) in checked {
+            if let Some(entry) = ext.objects.as_array_mut().and_then(|objects| {
+                objects.iter_mut().find(|o| {
+                    ["kind", "namespace", "name"]
+                        .iter()
+                        .all(|f| o.get(f) == u.object.get(f))
+                })
+            }) {
+                *entry = u.object.clone();
+            }
+            let Some(spec) = spec else { continue };
+            ext.routes[at] = u.route.clone();
+            let old = std::mem::replace(&mut st.effective.raw.routes[i], u.route.clone());
+            st.effective.routes[i] = spec;
+            changed.push((i, old));
+        }
+        if changed.is_empty() {
+            return Some(self.generation());
+        }
+        let previous = self.runtime.load_full();
+        let generation = previous.generation + 1;
+        let replaced: Vec<(usize, &RawRoute)> = changed.iter().map(|(i, r)| (*i, r)).collect();
+        let next =
+            config::compile::recompile_routes(&st.effective, &previous, &replaced, generation);
         self.runtime.store(Arc::new(next));
         Some(generation)
     }

@@ -13,9 +13,9 @@
 
 use super::cluster::{Cluster, Key, Object, PodInfo, ServiceInfo, SliceInfo};
 use super::istio::{DestinationRuleSpec, VirtualServiceSpec};
-use super::translate::{self, LastGood, Recipe, Translation};
+use super::translate::{self, LastGood, ObjectStatus, Recipe, Served, Translation};
 use crate::config::kubernetes::KubernetesSpec;
-use crate::control::external::{External, SubsetUpdate};
+use crate::control::external::{External, RouteUpdate, SubsetUpdate};
 use crate::control::Control;
 use crate::metrics::hub::ObjectLabel;
 use std::collections::{BTreeMap, HashSet};
@@ -80,6 +80,9 @@ pub enum Applied {
     Waiting,
     /// Only the subsets whose endpoints or pods changed were recomputed; the generation live.
     Endpoints(u64),
+    /// Only the VirtualServices that changed were translated, their routes alone replaced
+    /// (and any subsets touched recomputed); the generation live.
+    Routes(u64),
     /// Everything was translated again; the generation live, or why it was not applied.
     Full(Result<u64, String>),
 }
@@ -89,6 +92,8 @@ pub enum Applied {
 struct Touched {
     /// A change that only a full translation serves.
     all: bool,
+    /// VirtualServices added or changed.
+    virtual_services: HashSet<Key>,
     /// Services `(namespace, name)` whose EndpointSlices changed.
     services: HashSet<Key>,
     /// Namespaces where a pod changed.
@@ -109,6 +114,8 @@ pub struct Applier {
     last_event: Option<Instant>,
     /// How the subsets served now were chosen; `None` until the first full translation.
     recipes: Option<BTreeMap<(String, String), Recipe>>,
+    /// What each VirtualService served at its current generation draws on.
+    served: BTreeMap<Key, Served>,
     touched: Touched,
 }
 
@@ -125,6 +132,7 @@ impl Applier {
             failures: BTreeMap::new(),
             last_event: None,
             recipes: None,
+            served: BTreeMap::new(),
             touched: Touched::default(),
         }
     }
@@ -162,7 +170,10 @@ impl Applier {
             Change::Put(kind, key, item) => {
                 self.failures.remove(&kind);
                 match &item {
-                    Item::Vs(_) | Item::Dr(_) | Item::Svc(_) => t.all = true,
+                    Item::Vs(_) => {
+                        t.virtual_services.insert(key.clone());
+                    }
+                    Item::Dr(_) | Item::Svc(_) => t.all = true,
                     Item::Slice(new) => {
                         let old = c.slices.get(&key);
                         if old != new.as_ref() {
@@ -222,7 +233,83 @@ impl Applier {
         }
         stamp_last_event(control);
         let touched = std::mem::take(&mut self.touched);
-        if let (false, Some(recipes)) = (touched.all, &self.recipes) {
+        if !touched.all && self.recipes.is_some() {
+            if let Some(applied) = self.incrementally(&touched, control, &error).await {
+                return applied;
+            }
+        }
+        let translation = translate::translate(
+            &self.cluster,
+            &self.spec,
+            &control.file_config().await,
+            &self.last_good,
+        );
+        self.last_good = translation.last_good.clone();
+        self.recipes = Some(translation.recipes.clone());
+        self.served = translation.served.clone();
+        publish_generations(control, &translation);
+        let external = external(translation, self.last_event, error);
+        Applied::Full(control.set_external(external).await.map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }))
+    }
+
+    /// Serves `touched` without a full translation, if it can be: changed VirtualServices
+    /// that draw on what they drew on before (same hosts, same subsets) replace their routes
+    /// alone, and changed slices and pods recompute the subsets that use them. `None` when a
+    /// full translation is needed (nothing has changed then, unless routes were replaced,
+    /// which the full translation includes).
+    async fn incrementally(
+        &mut self,
+        touched: &Touched,
+        control: &Control,
+        error: &Option<String>,
+    ) -> Option<Applied> {
+        let mut routes = Vec::new();
+        let mut served_now = Vec::new();
+        if !touched.virtual_services.is_empty() {
+            let file = control.file_config().await;
+            for key in &touched.virtual_services {
+                let vs = self.cluster.virtual_services.get(key)?;
+                let before = self.served.get(key)?;
+                let (route, status, served) =
+                    translate::translate_one(&self.cluster, &self.spec, &file, vs)?;
+                if served != *before {
+                    return None;
+                }
+                routes.push(RouteUpdate {
+                    route,
+                    object: object_json(&status),
+                });
+                served_now.push((key.clone(), status, vs.spec.clone().ok()?));
+            }
+        }
+        let mut applied = None;
+        if !routes.is_empty() {
+            let generation = control
+                .update_external_routes(&routes, self.last_event, error.clone())
+                .await?;
+            let own = &control.runtime().load().hub.own;
+            for (key, status, spec) in served_now {
+                let labels = ObjectLabel {
+                    kind: status.kind.to_string(),
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                };
+                own.object_generation
+                    .get_or_create(&labels)
+                    .set(status.meta.generation);
+                self.last_good.insert(key, (status.meta.generation, spec));
+            }
+            applied = Some(Applied::Routes(generation));
+        }
+        let subsets_touched = !touched.services.is_empty() || !touched.pod_namespaces.is_empty();
+        if subsets_touched || applied.is_none() {
+            let recipes = self.recipes.as_ref()?;
             let updates: Vec<SubsetUpdate> = recipes
                 .iter()
                 .filter(|(_, r)| {
@@ -237,30 +324,15 @@ impl Applier {
                     value: r.subset(&self.cluster),
                 })
                 .collect();
-            if let Some(generation) = control
+            let generation = control
                 .update_external_subsets(&updates, self.last_event, error.clone())
-                .await
-            {
-                return Applied::Endpoints(generation);
-            }
+                .await?;
+            applied = Some(match applied {
+                Some(Applied::Routes(_)) => Applied::Routes(generation),
+                _ => Applied::Endpoints(generation),
+            });
         }
-        let translation = translate::translate(
-            &self.cluster,
-            &self.spec,
-            &control.file_config().await,
-            &self.last_good,
-        );
-        self.last_good = translation.last_good.clone();
-        self.recipes = Some(translation.recipes.clone());
-        publish_generations(control, &translation);
-        let external = external(translation, self.last_event, error);
-        Applied::Full(control.set_external(external).await.map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        }))
+        applied
     }
 }
 
@@ -300,23 +372,7 @@ fn external(t: Translation, last_event: Option<Instant>, error: Option<String>) 
             )
         })
         .collect();
-    let objects = t
-        .objects
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "kind": o.kind,
-                "namespace": o.meta.namespace,
-                "name": o.meta.name,
-                "generation": o.meta.generation,
-                "resource_version": o.meta.resource_version,
-                "status": o.status.as_str(),
-                "served_generation": o.served_generation,
-                "message": o.message,
-                "unsupported": o.unsupported,
-            })
-        })
-        .collect();
+    let objects = t.objects.iter().map(object_json).collect();
     External {
         services: t.services,
         routes: t.routes,
@@ -326,6 +382,21 @@ fn external(t: Translation, last_event: Option<Instant>, error: Option<String>) 
         error,
         objects: serde_json::Value::Array(objects),
     }
+}
+
+/// An object's entry in `/v1/state`.
+fn object_json(o: &ObjectStatus) -> serde_json::Value {
+    serde_json::json!({
+        "kind": o.kind,
+        "namespace": o.meta.namespace,
+        "name": o.meta.name,
+        "generation": o.meta.generation,
+        "resource_version": o.meta.resource_version,
+        "status": o.status.as_str(),
+        "served_generation": o.served_generation,
+        "message": o.message,
+        "unsupported": o.unsupported,
+    })
 }
 
 /// Sets `splitgate_kubernetes_object_generation` to the generations served now.
@@ -357,4 +428,283 @@ fn stamp_last_event(control: &Control) {
         .own
         .kubernetes_last_event
         .set(i64::try_from(now).unwrap_or(i64::MAX));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    const ARGO_SUBSET: &str =
+        include_str!("../../tests/fixtures/kubernetes/argo-subset-level.yaml");
+
+    fn config() -> Config {
+        crate::config::from_str(
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}]\n\
+             kubernetes: {gateway: istio-system/splitgate}\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    /// The object `v` as a watcher would send it.
+    fn put(v: serde_json::Value) -> Change {
+        let mut c = Cluster::default();
+        assert!(c.insert_value(&v), "{v}");
+        let key = (
+            v["metadata"]["namespace"].as_str().unwrap().to_string(),
+            v["metadata"]["name"].as_str().unwrap().to_string(),
+        );
+        let (kind, item) = match v["kind"].as_str().unwrap() {
+            "VirtualService" => (
+                Kind::VirtualService,
+                Item::Vs(c.virtual_services.remove(&key).unwrap()),
+            ),
+            "EndpointSlice" => (Kind::EndpointSlice, Item::Slice(c.slices.remove(&key))),
+            "Pod" => (Kind::Pod, Item::Pod(c.pods.remove(&key).unwrap())),
+            other => panic!("{other}"),
+        };
+        Change::Put(kind, key, item)
+    }
+
+    /// Every kind listed from the fixture.
+    fn lists(c: &Cluster) -> Vec<Change> {
+        let keyed = |m: Vec<(Key, Item)>| m;
+        vec![
+            Change::Listed(
+                Kind::VirtualService,
+                None,
+                keyed(
+                    c.virtual_services
+                        .iter()
+                        .map(|(k, o)| (k.clone(), Item::Vs(o.clone())))
+                        .collect(),
+                ),
+            ),
+            Change::Listed(
+                Kind::DestinationRule,
+                None,
+                c.destination_rules
+                    .iter()
+                    .map(|(k, o)| (k.clone(), Item::Dr(o.clone())))
+                    .collect(),
+            ),
+            Change::Listed(
+                Kind::Service,
+                None,
+                c.services
+                    .iter()
+                    .map(|(k, o)| (k.clone(), Item::Svc(o.clone())))
+                    .collect(),
+            ),
+            Change::Listed(
+                Kind::EndpointSlice,
+                None,
+                c.slices
+                    .iter()
+                    .map(|(k, o)| (k.clone(), Item::Slice(Some(o.clone()))))
+                    .collect(),
+            ),
+            Change::Listed(
+                Kind::Pod,
+                None,
+                c.pods
+                    .iter()
+                    .map(|(k, o)| (k.clone(), Item::Pod(o.clone())))
+                    .collect(),
+            ),
+        ]
+    }
+
+    /// What a control plane serves, as a user sees it: `/v1/state`'s routes and objects, the
+    /// served weights, and each subset's endpoints, labels and workload.
+    async fn served(control: &Control) -> serde_json::Value {
+        let state = serde_json::to_value(control.state().await).unwrap();
+        let runtime = control.runtime().load();
+        // Series in any order, as Prometheus reads them.
+        let weights: BTreeSet<String> = runtime
+            .hub
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("splitgate_route_weight{"))
+            .map(str::to_string)
+            .collect();
+        let subsets: Vec<String> = runtime
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.subsets.iter().map(move |sub| {
+                    let endpoints: Vec<String> = sub
+                        .balancer
+                        .endpoints()
+                        .iter()
+                        .map(|e| format!("{:?}", e.addr()))
+                        .collect();
+                    format!(
+                        "{}/{} {:?} {} {endpoints:?}",
+                        s.name, sub.name, sub.labels, sub.workload
+                    )
+                })
+            })
+            .collect();
+        let routes: Vec<String> = runtime
+            .router
+            .routes()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        json!({
+            "routes": state["routes"],
+            "objects": state["kubernetes"]["objects"],
+            "weights": weights,
+            "subsets": subsets,
+            "compiled": routes,
+        })
+    }
+
+    /// What a gateway started now, translating `cluster` whole, would serve.
+    async fn from_scratch(cluster: &Cluster) -> serde_json::Value {
+        let config = config();
+        let spec = config.kubernetes.clone().unwrap();
+        let file = config.raw.clone();
+        let control = Control::new(config, None);
+        let t = translate::translate(cluster, &spec, &file, &LastGood::new());
+        control.set_external(external(t, None, None)).await.unwrap();
+        served(&control).await
+    }
+
+    fn vs(primary: [u32; 2], hosts: &[&str]) -> serde_json::Value {
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+            "metadata": {"name": "rollouts-demo-vsvc", "namespace": "shop",
+                         "generation": 10 + primary[1], "resourceVersion": format!("3{}", primary[1])},
+            "spec": {
+                "gateways": ["splitgate.istio-system.svc.cluster.local"],
+                "hosts": hosts,
+                "http": [
+                    {"name": "canary-header", "match": [{"headers": {"x-canary": {"exact": "yes"}}}],
+                     "route": [{"destination": {"host": "rollouts-demo", "subset": "canary", "port": {"number": 80}}, "weight": 100}]},
+                    {"name": "primary", "route": [
+                        {"destination": {"host": "rollouts-demo", "subset": "stable"}, "weight": primary[0]},
+                        {"destination": {"host": "rollouts-demo", "subset": "canary"}, "weight": primary[1]}]}
+                ]
+            }
+        })
+    }
+
+    fn slice(ready: [bool; 3]) -> serde_json::Value {
+        let endpoint = |ip: &str, pod: &str, ready: bool| {
+            json!({"addresses": [ip], "conditions": {"ready": ready},
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}})
+        };
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "rollouts-demo-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "rollouts-demo"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                endpoint("10.1.0.11", "rollouts-demo-7bf84f9696-aaaaa", ready[0]),
+                endpoint("10.1.0.21", "rollouts-demo-5d4c7b9b4c-ddddd", ready[1]),
+                endpoint("10.1.0.12", "rollouts-demo-7bf84f9696-bbbbb", ready[2]),
+            ]
+        })
+    }
+
+    fn pod(name: &str, hash: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop",
+                         "labels": {"app": "rollouts-demo", "rollouts-pod-template-hash": hash},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                             "name": format!("rollouts-demo-{hash}"), "uid": "u", "controller": true}]}
+        })
+    }
+
+    #[tokio::test]
+    async fn every_change_serves_what_a_full_translation_of_the_same_objects_serves() {
+        let config = config();
+        let spec = config.kubernetes.clone().unwrap();
+        let control = Control::new(config, None);
+        let mut applier = Applier::new(spec, 1);
+        for change in lists(&Cluster::from_yaml(ARGO_SUBSET).unwrap()) {
+            applier.take(change);
+        }
+        assert!(matches!(
+            applier.apply(&control).await,
+            Applied::Full(Ok(_))
+        ));
+        let host = ["rollouts-demo.example.com"];
+        // (what changes, which path serves it)
+        let steps: Vec<(Vec<Change>, &str)> = vec![
+            // Argo's setWeight steps: the route alone.
+            (vec![put(vs([90, 10], &host))], "routes"),
+            (vec![put(vs([50, 50], &host))], "routes"),
+            // A third pod of the stable ReplicaSet, not ready yet (nothing served changes),
+            // then ready.
+            (
+                vec![
+                    put(pod("rollouts-demo-7bf84f9696-bbbbb", "7bf84f9696")),
+                    put(slice([true, true, false])),
+                ],
+                "endpoints",
+            ),
+            (vec![put(slice([true, true, true]))], "endpoints"),
+            // A pod relabelled into the canary subset: its endpoint moves across subsets.
+            (
+                vec![put(pod("rollouts-demo-7bf84f9696-bbbbb", "5d4c7b9b4c"))],
+                "endpoints",
+            ),
+            // A weight step and a pod going away in one batch.
+            (
+                vec![put(vs([20, 80], &host)), put(slice([true, true, false]))],
+                "routes",
+            ),
+            // A new host: only a full translation says who serves it.
+            (
+                vec![put(vs(
+                    [20, 80],
+                    &["rollouts-demo.example.com", "demo.example.com"],
+                ))],
+                "full",
+            ),
+            // The same object again, as a relist or a resync sends it: nothing changes.
+            (
+                vec![put(vs(
+                    [20, 80],
+                    &["rollouts-demo.example.com", "demo.example.com"],
+                ))],
+                "routes",
+            ),
+        ];
+        for (i, (changes, path)) in steps.into_iter().enumerate() {
+            let before = control.generation();
+            for c in changes {
+                applier.take(c);
+            }
+            let applied = applier.apply(&control).await;
+            let took = match applied {
+                Applied::Routes(_) => "routes",
+                Applied::Endpoints(_) => "endpoints",
+                Applied::Full(Ok(_)) => "full",
+                other => panic!("step {i}: {other:?}"),
+            };
+            assert_eq!(took, path, "step {i}");
+            assert_eq!(
+                served(&control).await,
+                from_scratch(applier.cluster()).await,
+                "step {i}: the {path} path serves what a full translation serves"
+            );
+            let moved = control.generation() > before;
+            // Steps 2 (an endpoint that is not ready) and 7 (the same object again) change
+            // nothing served.
+            assert_eq!(
+                moved,
+                ![2, 7].contains(&i),
+                "step {i}: a new snapshot only when something served changed"
+            );
+        }
+    }
 }

@@ -76,6 +76,55 @@ pub struct Translation {
     /// How each served subset's endpoints were chosen, by service key and subset: what an
     /// endpoint or pod change recomputes without translating again.
     pub recipes: BTreeMap<(String, String), Recipe>,
+    /// What each VirtualService served at its current generation draws on.
+    pub served: BTreeMap<Key, Served>,
+}
+
+/// What a served VirtualService draws on. A new version that draws on the same (same hosts,
+/// same subsets chosen the same way) changes its route alone: [`translate_one`] is enough.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    /// Its hosts, as served.
+    pub hosts: Vec<String>,
+    /// The subsets it sends to, by service key and subset.
+    pub recipes: BTreeMap<(String, String), Recipe>,
+    /// The DestinationRules whose subsets it names.
+    pub rules_used: BTreeSet<Key>,
+}
+
+/// One VirtualService translated alone: its route, its status and what it draws on, as
+/// [`translate`] makes them when no other route claims its hosts. `None` when it is not served
+/// as it is now (unreadable, bound elsewhere, or invalid): only a full translation says what
+/// is served then.
+pub fn translate_one(
+    cluster: &Cluster,
+    spec: &KubernetesSpec,
+    file: &RawConfig,
+    vs: &Object<VirtualServiceSpec>,
+) -> Option<(RawRoute, ObjectStatus, Served)> {
+    let s = vs.spec.as_ref().ok()?;
+    if !s
+        .gateways
+        .iter()
+        .any(|g| names_gateway(g, &vs.meta.namespace, spec))
+    {
+        return None;
+    }
+    let t = route_for(cluster, spec, file, &vs.meta, s, &HashMap::new()).ok()?;
+    let status = ObjectStatus {
+        kind: "VirtualService",
+        meta: vs.meta.clone(),
+        status: Status::Applied,
+        message: String::new(),
+        unsupported: s.unsupported(),
+        served_generation: Some(vs.meta.generation),
+    };
+    let served = Served {
+        hosts: t.route.hosts.clone(),
+        recipes: t.recipes,
+        rules_used: t.rules_used,
+    };
+    Some((t.route, status, served))
 }
 
 /// How a subset's endpoints are chosen: the ready endpoints of a Service's port, of the pods
@@ -177,6 +226,14 @@ pub fn translate(
         let (served, status) = match now {
             Ok((t, s)) => {
                 out.last_good.insert(key.clone(), (vs.meta.generation, s));
+                out.served.insert(
+                    key.clone(),
+                    Served {
+                        hosts: t.route.hosts.clone(),
+                        recipes: t.recipes.clone(),
+                        rules_used: t.rules_used.clone(),
+                    },
+                );
                 (
                     Some(t),
                     status(Status::Applied, String::new(), Some(vs.meta.generation)),

@@ -91,7 +91,9 @@ pub async fn run(
         let started = Instant::now();
         match applier.apply(&control).await {
             Applied::Waiting => {}
-            Applied::Endpoints(generation) | Applied::Full(Ok(generation)) => tracing::debug!(
+            Applied::Endpoints(generation)
+            | Applied::Routes(generation)
+            | Applied::Full(Ok(generation)) => tracing::debug!(
                 generation,
                 took_us = started.elapsed().as_micros() as u64,
                 "kubernetes objects applied"

@@ -383,6 +383,12 @@ impl MetricsHub {
         }
     }
 
+    /// Drops the analysis windows of `route` whose keys are not in `keep`.
+    pub fn retain_route_windows(&self, route: &str, keep: &HashSet<(String, String, String)>) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| k.0 != route || keep.contains(k));
+    }
+
     /// Drops the series of `gone` destinations (a subset whose pod labels or workload changed).
     pub fn forget<'a>(&self, gone: impl Iterator<Item = &'a DestinationInfo>) {
         let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,6 +4,7 @@ use super::matcher::MatchBlock;
 use crate::split::{Split, Target};
 use http::request::Parts;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A route: its name and ordered rules.
@@ -96,9 +97,9 @@ pub struct RouteMatch<'a> {
 }
 
 /// Hosts are tried most specific first: exact, then the longest `*.suffix`, then `*`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Router {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
     exact: HashMap<Box<str>, usize>,
     /// `(".example.com", route)`, longest suffix first.
     suffixes: Vec<(Box<str>, usize)>,
@@ -123,7 +124,7 @@ impl Router {
                     router.exact.insert(host.into(), idx);
                 }
             }
-            router.routes.push(route);
+            router.routes.push(Arc::new(route));
         }
         router
             .suffixes
@@ -132,8 +133,19 @@ impl Router {
     }
 
     /// All routes, in config order.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// This router with `routes` in place of those at their indexes, which must serve the
+    /// same hosts as the routes they replace: the host index is kept as it is.
+    pub fn with_routes(&self, routes: impl IntoIterator<Item = Route>) -> Router {
+        let mut next = self.clone();
+        for r in routes {
+            let index = r.index;
+            next.routes[index] = Arc::new(r);
+        }
+        next
     }
 
     /// The route serving `host` (any case, port allowed).
