@@ -21,12 +21,15 @@ pub struct Runtime {
     /// snapshot unless it changes.
     pub services: Vec<Arc<Service>>,
     /// Analysis windows per route (by `Route::index`), one per destination of the route.
-    pub windows: Arc<Vec<Vec<(Target, Arc<Window>)>>>,
+    pub windows: Arc<Vec<RouteWindows>>,
     /// Metrics shared by every snapshot.
     pub hub: Arc<MetricsHub>,
     /// Whether requests are recorded in metrics (`metrics.enabled`).
     pub metrics_enabled: bool,
 }
+
+/// A route's analysis windows, one per destination.
+pub type RouteWindows = Vec<(Target, Arc<Window>)>;
 
 /// A service and its subsets.
 #[derive(Debug)]

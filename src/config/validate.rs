@@ -330,7 +330,7 @@ fn route(
                 .enumerate()
                 .map(|(k, b)| match_block(errs, &format!("{rp}.match[{k}]"), b))
                 .collect();
-            let split = destinations(errs, &rp, rule, &services, &service_index);
+            let split = destinations(errs, &rp, rule, services, service_index);
             let timeout = rule
                 .timeout
                 .as_deref()
@@ -342,7 +342,7 @@ fn route(
                         None
                     }
                 });
-            let mirror = mirror(errs, &rp, rule, &services, &service_index);
+            let mirror = mirror(errs, &rp, rule, services, service_index);
             let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
                 raw.as_ref().and_then(|raw| {
                     super::headers::headers(raw)
