@@ -15,7 +15,9 @@
 
 use splitgate::control::Control;
 use splitgate::kubernetes::applier::{Applied, Applier, Change, Item, Kind};
-use splitgate::kubernetes::cluster::{Meta, Object, ServiceInfo, SliceEndpoint, SliceInfo};
+use splitgate::kubernetes::cluster::{
+    Meta, Object, PodInfo, ServiceInfo, SliceEndpoint, SliceInfo,
+};
 use splitgate::kubernetes::istio::VirtualServiceSpec;
 use std::time::{Duration, Instant};
 
@@ -85,7 +87,7 @@ fn slice(i: usize, role: &str, per_service: usize, first_ready: bool) -> Item {
             ]),
             ready: k > 0 || first_ready,
             terminating: false,
-            pod: None,
+            pod: Some(pod_name(i, role, k)),
         })
         .collect();
     Item::Slice(Some(SliceInfo {
@@ -95,11 +97,42 @@ fn slice(i: usize, role: &str, per_service: usize, first_ready: bool) -> Item {
     }))
 }
 
+fn pod_name(i: usize, role: &str, k: usize) -> String {
+    format!("app{i}-{role}-{}-{k:05}", hash(role))
+}
+
+fn hash(role: &str) -> &'static str {
+    if role == "canary" {
+        "5d4c7b9b4c"
+    } else {
+        "7bf84f9696"
+    }
+}
+
+/// A pod of `app{i}`'s `role` ReplicaSet, as [`PodInfo::from_k8s`] keeps it: the labels a
+/// Deployment's pods have, and the workload its owner names.
+fn pod(i: usize, role: &str) -> Item {
+    let labels = [
+        ("app", format!("app{i}")),
+        ("version", role.to_string()),
+        ("pod-template-hash", hash(role).to_string()),
+        ("app.kubernetes.io/name", format!("app{i}")),
+        ("app.kubernetes.io/part-of", "shop".to_string()),
+    ];
+    Item::Pod(PodInfo {
+        labels: labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        workload: format!("app{i}-{role}"),
+    })
+}
+
 /// The full lists the watchers would send at start: `n` VirtualServices, each splitting its
 /// own host between its own stable and canary Service, with `per_service` ready endpoints
 /// behind each Service.
 fn lists(n: usize, per_service: usize) -> Vec<Change> {
-    let (mut vs, mut svc, mut slices) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut vs, mut svc, mut slices, mut pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let ns = namespace(i);
         for role in ["stable", "canary"] {
@@ -114,6 +147,9 @@ fn lists(n: usize, per_service: usize) -> Vec<Change> {
                 (ns.clone(), format!("{name}-abcde")),
                 slice(i, role, per_service, true),
             ));
+            for k in 0..per_service {
+                pods.push(((ns.clone(), pod_name(i, role, k)), pod(i, role)));
+            }
         }
         vs.push(((ns, format!("app{i}")), virtual_service(i, 10, 1)));
     }
@@ -122,7 +158,7 @@ fn lists(n: usize, per_service: usize) -> Vec<Change> {
         Change::Listed(Kind::DestinationRule, None, Vec::new()),
         Change::Listed(Kind::Service, None, svc),
         Change::Listed(Kind::EndpointSlice, None, slices),
-        Change::Listed(Kind::Pod, None, Vec::new()),
+        Change::Listed(Kind::Pod, None, pods),
     ]
 }
 
@@ -158,14 +194,27 @@ fn main() {
         let rss_before = rss_kib();
         let control = Control::new(config, None);
         let mut applier = Applier::new(spec, 1);
+        // What each kind costs as kept (the RSS it adds when taken), then what serving all
+        // of it adds (the translation and the compiled runtime).
+        let all = lists(n, per_service);
+        let mut kept = Vec::new();
+        let mut last = rss_kib();
         let started = Instant::now();
-        for change in lists(n, per_service) {
+        for change in all {
+            let (kind, count) = match &change {
+                Change::Listed(kind, _, items) => (*kind, items.len()),
+                _ => unreachable!("lists only"),
+            };
             applier.take(change);
+            let now = rss_kib();
+            kept.push((kind, count, now.saturating_sub(last)));
+            last = now;
         }
         let first = applier.apply(&control).await;
         assert!(matches!(first, Applied::Full(Ok(_))), "{first:?}");
         let initial = started.elapsed();
         let rss_loaded = rss_kib();
+        let served_kib = rss_loaded.saturating_sub(last);
         let mut first_ready = vec![true; n];
         let mut endpoint_times = Vec::new();
         let mut weight_times = Vec::new();
@@ -224,6 +273,18 @@ fn main() {
         println!(
             "  RSS: {rss_before} KiB before, {rss_loaded} KiB with the objects served ({:.1} KiB per VirtualService with its two Services), {rss_after} KiB after the events",
             (rss_loaded.saturating_sub(rss_before)) as f64 / n as f64
+        );
+        for (kind, count, kib) in kept {
+            if count > 0 {
+                println!(
+                    "  kept {count} {kind:?}: {kib} KiB ({:.0} bytes each)",
+                    kib as f64 * 1024.0 / count as f64
+                );
+            }
+        }
+        println!(
+            "  served (translation and compiled runtime): {served_kib} KiB ({:.1} KiB per VirtualService)",
+            served_kib as f64 / n as f64
         );
         println!("  generation now {}", control.generation());
     });

@@ -14,7 +14,7 @@
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
 //! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
-//! `hostile` and `h2flood`):
+//! `hostile`, `h2flood` and `churn`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -51,6 +51,11 @@
 //!   Reports the gateway's CPU, how fast it closed the attacking connections, what reached the
 //!   upstreams (their requests and peak connections, against `max_connections_per_endpoint`,
 //!   set to 64 here), and TIME_WAIT sockets before and after.
+//! * `churn`: on a fresh gateway in Kubernetes mode (its objects on the tests' fake API server),
+//!   `max` without churn, with the Service's EndpointSlice rewritten `--churn-rate` (100) times a
+//!   second, and without churn again; each change takes one of `--churn-endpoints` (4) stable and
+//!   as many canary endpoints out or puts it back. Reports the failed requests (goal 0) and the
+//!   throughput with churn against the mean without (goal ≥ 95%). See `benches/load/churn.rs`.
 //!
 //! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
 //! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
@@ -78,6 +83,7 @@
 //! cargo bench --bench load -- --scenario idle --idle-connections 10000
 //! cargo bench --bench load -- --scenario hostile,h2flood --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
+//! cargo bench --bench load -- --scenario churn --gateway-quota 50 --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
 //!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
 //! cargo bench --bench load -- --help
@@ -109,7 +115,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-// The edge scenarios live beside this file, in `benches/load/`.
+// The edge and Kubernetes scenarios live beside this file, in `benches/load/`.
+#[path = "load/churn.rs"]
+mod churn;
+// The fake Kubernetes API server of the tests.
+#[path = "../tests/common/fake_kube.rs"]
+mod fake_kube;
 #[path = "load/h2flood.rs"]
 mod h2flood;
 #[path = "load/hostile.rs"]
@@ -200,12 +211,25 @@ struct Args {
     /// h2flood: attacking connections at once.
     #[arg(long, default_value_t = 4)]
     flood_connections: usize,
+    /// churn: EndpointSlice changes per second.
+    #[arg(long, default_value_t = 100.0)]
+    churn_rate: f64,
+    /// churn: runs with churn, each between two without.
+    #[arg(long, default_value_t = 2)]
+    churn_rounds: usize,
+    /// churn: endpoints of each subset (each an upstream on its own address).
+    #[arg(long, default_value_t = 4)]
+    churn_endpoints: usize,
     /// Gateway worker threads (`splitgate run --concurrency`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: usize,
     /// Run the gateway under `taskset -c CPU` (like `0` or `0-1`) when taskset exists.
     #[arg(long, value_name = "CPU")]
     pin_gateway: Option<String>,
+    /// Cap the gateway at PERCENT of one CPU with a cgroup (v1 or v2; needs root), so that it
+    /// and not the load generator is what limits throughput, as `peer-cpu.sh` does.
+    #[arg(long, value_name = "PERCENT")]
+    gateway_quota: Option<u32>,
     /// Pin this process (client and upstreams) with `taskset -a -p -c CPU` when taskset exists.
     #[arg(long, value_name = "CPU")]
     pin_client: Option<String>,
@@ -244,6 +268,7 @@ enum Scenario {
     Idle,
     Hostile,
     H2flood,
+    Churn,
     All,
 }
 
@@ -276,6 +301,7 @@ impl Args {
             "--hostile-deadline=1s",
             "--flood-duration=1s",
             "--flood-connections=2",
+            "--churn-rounds=1",
         ])
     }
 
@@ -291,6 +317,7 @@ impl Args {
                 Scenario::Idle,
                 Scenario::Hostile,
                 Scenario::H2flood,
+                Scenario::Churn,
             ]
         } else {
             self.scenario.clone()
@@ -350,6 +377,9 @@ impl Args {
         }
         if !(self.flip_rate >= 0.0 && self.flip_rate.is_finite()) {
             bail!("--flip-rate must be a number from 0 up");
+        }
+        if !(self.churn_rate >= 0.0 && self.churn_rate.is_finite()) {
+            bail!("--churn-rate must be a number from 0 up");
         }
         if self.gateway_threads == 0 || self.upstream_threads == 0 || self.client_threads == Some(0)
         {
@@ -519,6 +549,7 @@ async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> 
             Scenario::Idle => run_idle(args, upstreams, report).await?,
             Scenario::Hostile => hostile::run(args, upstreams, report).await?,
             Scenario::H2flood => h2flood::run(args, own, report).await?,
+            Scenario::Churn => churn::run(args, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -1484,16 +1515,23 @@ struct Seen {
     requests: AtomicU64,
     open: AtomicU64,
     peak: AtomicU64,
+    /// Connections opened in all.
+    opened: AtomicU64,
 }
 
 impl Seen {
     fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(open, Ordering::Relaxed);
     }
 
     fn closed(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn opened_total(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// Starts a new peak from the connections open now.
@@ -1555,6 +1593,16 @@ async fn serve_upstream(
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .with_context(|| format!("binding the {name} upstream"))?;
+    serve_upstream_at(listener, name, body_size, seen)
+}
+
+/// [`serve_upstream`] on a listener already bound.
+fn serve_upstream_at(
+    listener: TcpListener,
+    name: &'static str,
+    body_size: usize,
+    seen: Arc<Seen>,
+) -> Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let body = upstream_body(name, body_size);
     tokio::spawn(async move {
@@ -1593,6 +1641,8 @@ async fn serve_upstream(
 /// A running `splitgate run`; killed (and its temp dir removed) on drop.
 struct Gateway {
     child: std::sync::Mutex<Child>,
+    /// The cgroup that caps its CPU (`--gateway-quota`); removed after the gateway.
+    _cap: Option<CpuCap>,
     pid: u32,
     listen: SocketAddr,
     admin: SocketAddr,
@@ -1675,7 +1725,12 @@ impl Gateway {
             child.id(),
             args.gateway_threads
         );
+        let cap = match args.gateway_quota {
+            Some(percent) => Some(CpuCap::new(child.id(), percent)?),
+            None => None,
+        };
         Ok(Gateway {
+            _cap: cap,
             pid: child.id(),
             child: std::sync::Mutex::new(child),
             listen,
@@ -1818,6 +1873,9 @@ struct Tweaks {
     head_deadline: Option<Duration>,
     /// The service's `policy.max_connections_per_endpoint`.
     upstream_cap: Option<usize>,
+    /// Kubernetes mode with this kubeconfig: the services and routes come from the API
+    /// server, and the file has none.
+    kubeconfig: Option<PathBuf>,
 }
 
 fn gateway_config(
@@ -1836,6 +1894,22 @@ fn gateway_config(
     let policy = tweaks.upstream_cap.map_or(String::new(), |n| {
         format!("    policy: {{ max_connections_per_endpoint: {n} }}\n")
     });
+    if let Some(kubeconfig) = &tweaks.kubeconfig {
+        return format!(
+            r#"# Written by benches/load.rs.
+listeners:
+  - name: bench
+    address: "{listen}"
+{limits}admin: {{ address: "{admin}" }}
+readiness: {{ address: "{readiness}" }}
+metrics: {{ address: "{metrics}" }}
+kubernetes:
+  gateway: istio-system/splitgate
+  kubeconfig: "{}"
+"#,
+            kubeconfig.display()
+        );
+    }
     format!(
         r#"# Written by benches/load.rs.
 listeners:
@@ -1883,6 +1957,59 @@ fn free_ports() -> Result<[SocketAddr; 4]> {
 
 // ---------------------------------------------------------------------------------------------
 // The machine: limits, pinning, description
+
+/// A cgroup capping one process at a share of one CPU; removed on drop (after the process).
+struct CpuCap {
+    dir: PathBuf,
+}
+
+impl CpuCap {
+    /// Moves `pid` into a new cgroup capped at `percent` of one CPU: cgroup v1's `cpu`
+    /// controller when it is mounted, else cgroup v2.
+    fn new(pid: u32, percent: u32) -> Result<CpuCap> {
+        if percent == 0 {
+            bail!("--gateway-quota must be above 0");
+        }
+        let name = format!("splitgate-load-{}-{pid}", std::process::id());
+        let (quota, period) = (u64::from(percent) * 1000, 100_000u64);
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        let (dir, settings) = if v1.join("cpu.cfs_quota_us").is_file() {
+            let dir = v1.join(&name);
+            let settings = vec![
+                ("cpu.cfs_period_us", period.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ];
+            (dir, settings)
+        } else {
+            let dir = Path::new("/sys/fs/cgroup").join(&name);
+            (dir, vec![("cpu.max", format!("{quota} {period}"))])
+        };
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "creating the cgroup {} (--gateway-quota needs root)",
+                dir.display()
+            )
+        })?;
+        let cap = CpuCap { dir };
+        for (file, value) in settings {
+            std::fs::write(cap.dir.join(file), value)
+                .with_context(|| format!("writing {}/{file}", cap.dir.display()))?;
+        }
+        std::fs::write(cap.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving the gateway into {}", cap.dir.display()))?;
+        eprintln!(
+            "gateway: capped at {percent}% of one CPU ({})",
+            cap.dir.display()
+        );
+        Ok(cap)
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -1997,6 +2124,9 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "gateway_threads": args.gateway_threads,
         "pin_gateway": args.pin_gateway,
         "pin_client": args.pin_client,
+        "gateway_quota_percent": args.gateway_quota,
+        "churn_rate": args.churn_rate,
+        "churn_endpoints": args.churn_endpoints,
         "client_threads": args.client_threads,
         "upstream_threads": args.upstream_threads,
         "upstreams": args.upstreams.as_ref().map(|u| json!({ "stable": u.stable.to_string(), "canary": u.canary.to_string() })),

@@ -5,7 +5,7 @@ use crate::metrics::hub::MetricsHub;
 use crate::metrics::istio::DestinationMetrics;
 use crate::routing::Router;
 use crate::split::Target;
-use crate::upstream::{Balancer, UpstreamProtocol};
+use crate::upstream::{Balancer, Endpoint, UpstreamProtocol};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +57,9 @@ pub struct Subset {
     pub workload: Box<str>,
     /// Its endpoints and how one is picked.
     pub balancer: Balancer,
+    /// Endpoints that get no request but keep their pooled connections for when they are
+    /// picked again (not ready in Kubernetes, not terminating).
+    pub standby: Box<[Arc<Endpoint>]>,
     /// What its endpoints are spoken to in (its service's `policy.protocol`).
     pub protocol: UpstreamProtocol,
     /// Its Istio series.

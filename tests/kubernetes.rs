@@ -459,6 +459,20 @@ async fn flagger_session_affinity_sets_its_cookie_and_keeps_holders_on_the_canar
 /// port), ready or terminating as `terminating` says; and a VirtualService sending all of
 /// `web.example.com` to it.
 fn churn_objects(addrs: &[SocketAddr], terminating: Option<usize>) -> String {
+    out_objects(addrs, terminating.map(|k| (k, Out::Terminating)))
+}
+
+/// How an endpoint is out.
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    /// Its pod is being deleted.
+    Terminating,
+    /// Its pod fails its readiness probe.
+    NotReady,
+}
+
+/// [`churn_objects`] with endpoint `down.0` out as `down.1` says.
+fn out_objects(addrs: &[SocketAddr], down: Option<(usize, Out)>) -> String {
     let mut out = "apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -476,7 +490,9 @@ spec:
 "
     .to_string();
     for (k, a) in addrs.iter().enumerate() {
-        let gone = terminating == Some(k);
+        let how = down.filter(|(i, _)| *i == k).map(|(_, how)| how);
+        let gone = how.is_some();
+        let terminating = how == Some(Out::Terminating);
         out.push_str(&format!(
             "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -488,12 +504,13 @@ addressType: IPv4
 ports: [{{name: http, port: {port}, protocol: TCP}}]
 endpoints:
   - addresses: [\"{ip}\"]
-    conditions: {{ready: {ready}, serving: true, terminating: {gone}}}
+    conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}
 ---
 ",
             ip = a.ip(),
             port = a.port(),
             ready = !gone,
+            serving = how != Some(Out::NotReady),
         ));
     }
     out
@@ -574,6 +591,76 @@ async fn endpoints_churning_under_load_fail_no_request() {
             &failed[..failed.len().min(5)]
         );
         assert!(ok > 600, "only {ok} requests ran");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_failing_its_readiness_probe_gets_no_request_and_keeps_its_connection() {
+    bounded(async {
+        let (a, b) = (
+            spawn_upstream("a", Behavior::Name).await,
+            spawn_upstream("b", Behavior::Name).await,
+        );
+        let addrs = [a.addr, b.addr];
+        let kube = FakeKube::start().await;
+        let g = generation_of(&kube.apply_yaml(&out_objects(&addrs, None)));
+        let dir = temp_dir("kube-standby");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_state(&app, "web served", |s| {
+            object(s, "VirtualService", "shop", "web").is_some_and(|o| o["served_generation"] == g)
+        })
+        .await;
+        let client = http1_client();
+        let send = |n: usize| {
+            let (client, url) = (client.clone(), app.url("/"));
+            async move {
+                let mut bodies = Vec::new();
+                for _ in 0..n {
+                    let r = get(&client, &url, &[("host", "web.example.com")]).await;
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    bodies.push(r.body);
+                }
+                bodies
+            }
+        };
+        send(10).await;
+        assert!(a.count() > 0 && b.count() > 0, "round robin over both");
+        let (a_requests, a_connections) = (a.count(), a.connections());
+
+        // a fails its readiness probe: no request reaches it.
+        let before = app.app.control.generation();
+        kube.apply_yaml(&out_objects(&addrs, Some((0, Out::NotReady))));
+        wait_generation_above(&app, before).await;
+        let bodies = send(20).await;
+        assert!(bodies.iter().all(|b| b == "b\n"), "{bodies:?}");
+        assert_eq!(a.count(), a_requests, "a got requests while not ready");
+
+        // It passes again: it serves on the connection the gateway kept for it.
+        let before = app.app.control.generation();
+        kube.apply_yaml(&out_objects(&addrs, None));
+        wait_generation_above(&app, before).await;
+        send(20).await;
+        assert!(a.count() > a_requests, "a serves again");
+        assert_eq!(
+            a.connections(),
+            a_connections,
+            "the gateway opened a new connection to a pod that was only not ready"
+        );
+
+        // A terminating pod's connections go with it: when an endpoint at that address is
+        // back, it starts afresh.
+        let before = app.app.control.generation();
+        kube.apply_yaml(&out_objects(&addrs, Some((0, Out::Terminating))));
+        wait_generation_above(&app, before).await;
+        let before = app.app.control.generation();
+        kube.apply_yaml(&out_objects(&addrs, None));
+        wait_generation_above(&app, before).await;
+        send(20).await;
+        assert!(
+            a.connections() > a_connections,
+            "a terminating endpoint's connection was kept"
+        );
     })
     .await;
 }

@@ -100,7 +100,7 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// User plus system CPU time the process `pid` (or `self`) has used, from `/proc/<pid>/stat`.
-fn cpu_time(pid: &str) -> Result<Duration> {
+pub fn cpu_time(pid: &str) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces; the fields after it start at field 3.

@@ -22,7 +22,7 @@ type Reusable = HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>>;
 fn reusable<'a>(services: impl Iterator<Item = &'a Service>) -> Reusable {
     services
         .flat_map(|s| &s.subsets)
-        .flat_map(|s| s.balancer.endpoints())
+        .flat_map(|s| s.balancer.endpoints().iter().chain(s.standby.iter()))
         .map(|ep| ((ep.addr().clone(), ep.settings().clone()), ep.clone()))
         .collect()
 }
@@ -151,17 +151,15 @@ fn service(
         .subsets
         .iter()
         .map(|sub| {
-            let endpoints = sub
-                .endpoints
-                .iter()
-                .map(|a| {
-                    let key = (a.clone(), settings.clone());
-                    reusable
-                        .get(&key)
-                        .cloned()
-                        .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
-                })
-                .collect();
+            let endpoint = |a: &EndpointAddr| {
+                let key = (a.clone(), settings.clone());
+                reusable
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
+            };
+            let endpoints = sub.endpoints.iter().map(endpoint).collect();
+            let standby = sub.standby.iter().map(endpoint).collect();
             let info = DestinationInfo {
                 service: s.service_name.clone(),
                 namespace: s.namespace.clone(),
@@ -177,6 +175,7 @@ fn service(
                 labels: sub.labels.clone(),
                 workload: sub.workload.as_str().into(),
                 balancer: Balancer::new(endpoints, s.load_balancer),
+                standby,
                 protocol: s.protocol,
                 metrics,
             }

@@ -249,6 +249,11 @@ pub struct RawSubset {
     pub workload: Option<String>,
     /// `host:port` entries.
     pub endpoints: Vec<String>,
+    /// `host:port` entries that get no request but keep their pooled connections: in
+    /// Kubernetes mode, endpoints listed not ready and not terminating (a pod failing its
+    /// readiness probe), which usually come back. Not read from the config file.
+    #[serde(skip)]
+    pub standby: Vec<String>,
 }
 
 /// DestinationRule-like policy.

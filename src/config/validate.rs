@@ -99,6 +99,8 @@ pub struct SubsetSpec {
     pub workload: String,
     /// Endpoint addresses.
     pub endpoints: Vec<EndpointAddr>,
+    /// Addresses that get no request but keep their pooled connections ([`RawSubset::standby`]).
+    pub standby: Vec<EndpointAddr>,
 }
 
 /// A route and the hosts it serves (lowercase).
@@ -421,16 +423,18 @@ pub fn validate_route(
 /// One subset of the service `service` (whose path is `p`).
 fn subset(errs: &mut Errors, p: &str, service: &str, name: &str, ss: &RawSubset) -> SubsetSpec {
     let sp = format!("{p}.subsets.{name}");
-    let endpoints = ss
-        .endpoints
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            parse_endpoint(e)
-                .map_err(|m| errs.add(format!("{sp}.endpoints[{i}]"), m))
-                .ok()
-        })
-        .collect();
+    let mut parse = |field: &str, list: &[String]| -> Vec<EndpointAddr> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                parse_endpoint(e)
+                    .map_err(|m| errs.add(format!("{sp}.{field}[{i}]"), m))
+                    .ok()
+            })
+            .collect()
+    };
+    let endpoints = parse("endpoints", &ss.endpoints);
+    let standby = parse("standby", &ss.standby);
     SubsetSpec {
         name: name.to_string(),
         labels: ss.labels.clone(),
@@ -439,6 +443,7 @@ fn subset(errs: &mut Errors, p: &str, service: &str, name: &str, ss: &RawSubset)
             .clone()
             .unwrap_or_else(|| format!("{service}-{name}")),
         endpoints,
+        standby,
     }
 }
 

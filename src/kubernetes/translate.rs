@@ -594,7 +594,9 @@ fn subset_rule(
 
 /// The ready, not terminating endpoints of Service `ns/name` on its port `port_name`, those of
 /// pods with `selector`'s labels when given; their labels and workload, as Istio derives
-/// them for metrics.
+/// them for metrics. Those listed not ready and not terminating (a pod failing its readiness
+/// probe, which usually comes back) are its standby: they get no request but keep their
+/// pooled connections, as Envoy keeps an unhealthy host's.
 fn endpoints(
     cluster: &Cluster,
     ns: &str,
@@ -603,6 +605,7 @@ fn endpoints(
     selector: Option<&BTreeMap<String, String>>,
 ) -> RawSubset {
     let mut addrs = BTreeSet::new();
+    let mut standby = BTreeSet::new();
     let mut pods = Vec::new();
     let slices = cluster
         .slices
@@ -614,7 +617,7 @@ fn endpoints(
         let Some(&(_, port)) = slice.ports.iter().find(|(n, _)| n == port_name) else {
             continue;
         };
-        for e in slice.endpoints.iter().filter(|e| e.ready && !e.terminating) {
+        for e in slice.endpoints.iter().filter(|e| !e.terminating) {
             let pod = e
                 .pod
                 .as_ref()
@@ -625,7 +628,10 @@ fn endpoints(
                     continue;
                 }
             }
-            if addrs.insert(std::net::SocketAddr::new(e.ip, port).to_string()) {
+            let addr = std::net::SocketAddr::new(e.ip, port).to_string();
+            if !e.ready {
+                standby.insert(addr);
+            } else if addrs.insert(addr) {
                 pods.extend(pod);
             }
         }
@@ -652,6 +658,8 @@ fn endpoints(
     RawSubset {
         labels,
         workload: Some(workload),
+        // An address another slice lists ready is served, not on standby.
+        standby: standby.difference(&addrs).cloned().collect(),
         endpoints: addrs.into_iter().collect(),
     }
 }
@@ -945,6 +953,31 @@ mod tests {
             let want = want.map(|(a, b)| (a.to_string(), b.to_string()));
             assert_eq!(got, want, "{h}");
         }
+    }
+
+    #[test]
+    fn a_not_ready_endpoint_waits_on_standby_and_a_terminating_one_is_gone() {
+        let spec = gateway("istio-system/splitgate");
+        let t = run(ARGO_HOST, "istio-system/splitgate");
+        let stable = &t.services["rollouts-demo-stable.shop"].subsets["*"];
+        assert_eq!(stable.endpoints, ["10.1.0.11:8080", "10.1.0.12:8080"]);
+        assert!(stable.standby.is_empty(), "{:?}", stable.standby);
+
+        // The terminating pod is back to not ready only (its readiness probe fails): it gets
+        // no request, but the gateway keeps its connections for when it passes again.
+        let terminating = "{ready: false, serving: true, terminating: true}";
+        assert!(ARGO_HOST.contains(terminating));
+        let flapping = ARGO_HOST.replace(
+            terminating,
+            "{ready: false, serving: false, terminating: false}",
+        );
+        let cluster = Cluster::from_yaml(&flapping).unwrap();
+        let t = translate(&cluster, &spec, &file(), &LastGood::new());
+        let stable = &t.services["rollouts-demo-stable.shop"].subsets["*"];
+        assert_eq!(stable.endpoints, ["10.1.0.11:8080", "10.1.0.12:8080"]);
+        assert_eq!(stable.standby, ["10.1.0.13:8080"]);
+        // Its labels count for nothing while it is out.
+        assert_eq!(stable.workload.as_deref(), Some("rollouts-demo"));
     }
 
     /// The Argo host-level fixture with its primary rule's route replaced.
