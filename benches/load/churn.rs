@@ -73,6 +73,38 @@ pub async fn run(args: &Args, report: &mut Report) -> Result<()> {
     let rss_before = gw.rss_kib()?;
     let target = Target::gateway(gw.listen, Proto::H1);
 
+    // First the churn alone, without requests: what each change costs the gateway in CPU.
+    let alone = {
+        let pid = gw.pid.to_string();
+        let (generation_before, cpu_before) = (generation(&gw).await?, cpu_time(&pid)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let churner = api.spawn(churn(
+            kube.clone(),
+            endpoints.clone(),
+            port,
+            args.churn_rate,
+            stop.clone(),
+        ));
+        tokio::time::sleep(args.duration).await;
+        stop.store(true, Ordering::Relaxed);
+        let changes = churner.await.context("the churner panicked")??;
+        kube.apply(slice(&endpoints, port, None));
+        let applied = settle(&gw, generation_before, true).await?;
+        let cpu = cpu_time(&pid)?.saturating_sub(cpu_before);
+        let per_change = cpu.as_secs_f64() * 1e6 / changes.written.max(1) as f64;
+        report.notes.push(format!(
+            "churn alone (no requests): {} changes in {:.1} s, {applied} snapshots; the gateway \
+             used {:.0} ms of CPU, {per_change:.0} µs per change ({:.1}% of a CPU at {}/s)",
+            changes.written,
+            changes.elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e3,
+            per_change * args.churn_rate / 1e4,
+            args.churn_rate
+        ));
+        json!({ "changes": changes.written, "snapshots": applied, "gateway_cpu_s": cpu.as_secs_f64(),
+                "gateway_cpu_us_per_change": per_change })
+    };
+
     let mut steady = Vec::new();
     let mut churned = Vec::new();
     let rounds = args.churn_rounds.max(1);
@@ -189,6 +221,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Result<()> {
                 "scenario": "churn",
                 "target": "ratio",
                 "throughput_ratio": ratio,
+                "churn_alone": alone,
                 "gateway_cpu_us_per_request": { "churn": cpu_churn, "no_churn": cpu_steady },
                 "churn_errors": errors,
                 "rss_kib_before": rss_before,
