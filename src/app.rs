@@ -144,6 +144,13 @@ impl App {
         })
     }
 
+    /// Starts the drain: readiness turns 503, and the listeners go on accepting while every
+    /// answer asks its client to go. [`App::shutdown`] ends it.
+    pub fn drain(&self) {
+        self.control.set_draining();
+        self.gateway.drain();
+    }
+
     /// Turns readiness to 503, drains the listeners (up to `grace`), then stops the rest.
     pub async fn shutdown(self, grace: Duration) {
         self.control.set_draining();

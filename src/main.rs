@@ -311,9 +311,26 @@ fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
 async fn serve(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     let app = splitgate::app::App::start(config, Some(path)).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: readiness is 503, draining connections");
-    app.shutdown(Duration::from_secs(10)).await;
-    Ok(())
+    let drain = app.control.drain_spec().await;
+    tracing::info!(
+        delay = ?drain.delay,
+        timeout = ?drain.timeout,
+        "draining: readiness is 503; still accepting for the delay, every answer asking its \
+         client to go; then the connections left get the timeout (a second signal ends it now)"
+    );
+    app.drain();
+    let finish = async {
+        tokio::time::sleep(drain.delay).await;
+        tracing::info!("drain delay over: closing the listeners");
+        app.shutdown(drain.timeout).await;
+    };
+    tokio::select! {
+        () = finish => Ok(()),
+        () = shutdown_signal() => {
+            tracing::warn!("a second signal: exiting without finishing the drain");
+            std::process::exit(1);
+        }
+    }
 }
 
 async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {

@@ -331,6 +331,7 @@ readiness:
 metrics:
   address: {metrics}
   reporter: source
+drain: { delay: 0s }
 services:
   svc:
     namespace: default
@@ -986,6 +987,183 @@ async fn run_serves_and_exits_0_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_one_worker_serves_and_exits_0_on_sigterm() {
     run_serves_and_stops(&["--concurrency", "1"]).await;
+}
+
+/// One HTTP/1.1 or h2c connection of our own to `addr`, so that a test sees what happens to
+/// that very connection.
+async fn connect(
+    addr: SocketAddr,
+    h2: bool,
+) -> (
+    Box<dyn FnMut(http::Request<http_body_util::Full<bytes::Bytes>>) -> ResponseFuture + Send>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Box::new(move |req| Box::pin(tx.send_request(req))), task)
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Box::new(move |req| Box::pin(tx.send_request(req))), task)
+    }
+}
+
+type ResponseFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>
+            + Send,
+    >,
+>;
+
+/// A GET on a connection of our own: status, `Connection` header, body.
+async fn get_on(
+    send: &mut (dyn FnMut(http::Request<http_body_util::Full<bytes::Bytes>>) -> ResponseFuture
+              + Send),
+    url: &str,
+) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send(req))
+        .await
+        .expect("an answer within 10 s")
+        .expect("an answer, not a transport error");
+    let status = resp.status().as_u16();
+    let connection = resp
+        .headers()
+        .get(http::header::CONNECTION)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        connection,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The readiness address a [`config`] text names.
+fn readiness_of(text: &str) -> SocketAddr {
+    let at = text.find("readiness:\n  address: ").unwrap() + "readiness:\n  address: ".len();
+    text[at..].lines().next().unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_keeps_accepting_for_the_delay_and_asks_clients_to_go() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let text = edit(
+        &config(listen, stable.addr, canary.addr),
+        &[("drain: { delay: 0s }", "drain: { delay: 2s, timeout: 5s }")],
+    );
+    let readiness = format!("http://{}/healthz/ready", readiness_of(&text));
+    let file = dir.write("run.yaml", &text);
+    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    wait_until_serving(&mut gw, listen).await;
+    let url = format!("http://{listen}/");
+    let client = http1_client();
+    assert_eq!(ask(&client, &readiness, &[]).await.status, 200);
+
+    // Keep-alive connections opened before the signal, HTTP/1.1 and HTTP/2.
+    let (mut h1, h1_conn) = connect(listen, false).await;
+    let (mut h2, h2_conn) = connect(listen, true).await;
+    let (status, connection, _) = get_on(&mut *h1, &url).await;
+    assert_eq!((status, connection), (200, None));
+    assert_eq!(get_on(&mut *h2, &url).await.0, 200);
+
+    gw.signal("TERM");
+    let signalled = Instant::now();
+    // Readiness turns 503 at once, so that the Service stops sending here.
+    let deadline = Instant::now() + STOP;
+    while ask(&client, &readiness, &[]).await.status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness still 200 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+
+    // The HTTP/2 client is told to go (GOAWAY): with nothing in flight, its connection ends
+    // well before the delay is over.
+    tokio::time::timeout(Duration::from_millis(1500), h2_conn)
+        .await
+        .expect("the HTTP/2 connection ends at once: GOAWAY")
+        .unwrap();
+    // The HTTP/1.1 one is served, and its answer closes it.
+    let (status, connection, body) = get_on(&mut *h1, &url).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(connection.as_deref(), Some("close"));
+    tokio::time::timeout(Duration::from_secs(1), h1_conn)
+        .await
+        .expect("the HTTP/1.1 connection closes after its answer")
+        .unwrap();
+    // A client that still comes during the delay is served, and told to go too.
+    let (mut late, _) = connect(listen, false).await;
+    let (status, connection, _) = get_on(&mut *late, &url).await;
+    assert_eq!((status, connection.as_deref()), (200, Some("close")));
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1800),
+        "the checks above ran within the 2 s delay"
+    );
+
+    // After the delay the listeners close, and the process exits 0.
+    let Some(status) = gw.wait(Duration::from_secs(2) + STOP).await else {
+        panic!("still running after the delay and the timeout");
+    };
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "exited {:?} after SIGTERM, before the 2 s delay",
+        signalled.elapsed()
+    );
+    let f = gw.finish(status);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(!accepts(listen), "the listener is closed after exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let text = edit(
+        &config(listen, stable.addr, canary.addr),
+        &[("drain: { delay: 0s }", "drain: { delay: 60s }")],
+    );
+    let readiness = format!("http://{}/healthz/ready", readiness_of(&text));
+    let file = dir.write("run.yaml", &text);
+    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    wait_until_serving(&mut gw, listen).await;
+    gw.signal("TERM");
+    let client = http1_client();
+    let deadline = Instant::now() + STOP;
+    while ask(&client, &readiness, &[]).await.status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness still 200 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Draining for a minute: still serving.
+    assert_eq!(
+        ask(&client, &format!("http://{listen}/"), &[]).await.status,
+        200
+    );
+    let f = gw.terminate().await;
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("second signal"), "{}", f.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,9 @@ pub struct RawConfig {
     /// Readiness endpoint settings.
     #[serde(default)]
     pub readiness: RawReadiness,
+    /// What a shutdown signal starts.
+    #[serde(default, skip_serializing_if = "RawDrain::is_default")]
+    pub drain: RawDrain,
     /// Metrics endpoint settings.
     #[serde(default)]
     pub metrics: RawMetrics,
@@ -147,6 +150,26 @@ impl Default for RawAdmin {
             token_file: None,
             state_file: None,
         }
+    }
+}
+
+/// The drain on SIGTERM: readiness turns 503 at once; the listeners keep accepting for `delay`
+/// while every answer asks its client to go (`Connection: close`, HTTP/2 GOAWAY); then they
+/// close, and requests in flight get up to `timeout`. A second signal ends the process at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrain {
+    /// Duration string; default 5s (Istio's `terminationDrainDuration`). `0s`: close at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Duration string; default 10s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+impl RawDrain {
+    fn is_default(&self) -> bool {
+        *self == RawDrain::default()
     }
 }
 

@@ -43,7 +43,23 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// What to watch in Kubernetes, when the config says so.
     pub kubernetes: Option<super::kubernetes::KubernetesSpec>,
+    /// The drain on a shutdown signal.
+    pub drain: DrainSpec,
 }
+
+/// The drain on a shutdown signal ([`RawDrain`](super::model::RawDrain)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSpec {
+    /// How long the listeners keep accepting, every answer asking its client to go.
+    pub delay: Duration,
+    /// How long requests in flight then get.
+    pub timeout: Duration,
+}
+
+/// `drain.delay` unless set.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// `drain.timeout` unless set.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listener.
 #[derive(Debug, Clone)]
@@ -228,6 +244,22 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         );
     }
 
+    let mut drain_duration = |field: &str, value: &Option<String>, default: Duration| match value
+        .as_deref()
+        .map(parse_duration)
+    {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(m)) => {
+            errs.add(format!("drain.{field}"), m);
+            default
+        }
+    };
+    let drain = DrainSpec {
+        delay: drain_duration("delay", &raw.drain.delay, DEFAULT_DRAIN_DELAY),
+        timeout: drain_duration("timeout", &raw.drain.timeout, DEFAULT_DRAIN_TIMEOUT),
+    };
+
     let kubernetes = raw.kubernetes.as_ref().and_then(|k| {
         super::kubernetes::kubernetes(k)
             .map_err(|e| errs.0.extend(e))
@@ -294,6 +326,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         services,
         routes,
         kubernetes,
+        drain,
     })
 }
 

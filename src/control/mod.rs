@@ -390,6 +390,11 @@ impl Control {
         Some(generation)
     }
 
+    /// The drain settings of the config as last accepted.
+    pub async fn drain_spec(&self) -> config::validate::DrainSpec {
+        self.state.lock().await.effective.drain
+    }
+
     /// The config file as last accepted.
     pub async fn file_config(&self) -> RawConfig {
         self.state.lock().await.file.clone()

@@ -713,6 +713,7 @@ fn check(t: &Translated) -> Result<(), String> {
         }],
         admin: Default::default(),
         readiness: Default::default(),
+        drain: Default::default(),
         metrics: Default::default(),
         services: t.services.clone(),
         routes: vec![t.route.clone()],

@@ -28,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+/// `Connection: close`, on every HTTP/1.1 answer while the gateway drains.
+static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// No head has begun.
@@ -138,6 +141,8 @@ struct ConnState {
     resets: AtomicU32,
     max_resets: u32,
     flood: AtomicBool,
+    /// The gateway drains: every HTTP/1.1 answer from now on closes the connection.
+    closing: AtomicBool,
 }
 
 impl ConnState {
@@ -152,6 +157,7 @@ impl ConnState {
             resets: AtomicU32::new(0),
             max_resets: limits.http2_max_resets,
             flood: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -410,13 +416,15 @@ fn is_http2_flood(e: &hyper::Error) -> bool {
 
 /// Serves one accepted connection until it ends. `deadline` bounds the wait for the first
 /// bytes (and, on TLS listeners, was the handshake's). On shutdown, lets its current requests
-/// finish.
+/// finish. While `drain` says the gateway drains, each answer asks the client to go
+/// (`Connection: close`, or GOAWAY on HTTP/2).
 pub async fn serve<I, F, Fut, B>(
     mut io: I,
     deadline: Instant,
     http: &Http,
     metrics: Option<&SelfMetrics>,
     stop: &mut watch::Receiver<bool>,
+    mut drain: Option<watch::Receiver<bool>>,
     handler: F,
 ) -> Conduct
 where
@@ -456,20 +464,43 @@ where
     let service = service_fn(move |req| {
         let active = Active::new(service_state.clone());
         let answer = handler(req);
+        let state = service_state.clone();
         async move {
-            let resp = answer.await;
+            let mut resp = answer.await;
+            if state.closing.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, CLOSE.clone());
+            }
             Ok::<_, Infallible>(resp.map(|inner| Guarded { inner, active }))
         }
     });
-    let mut dog = Watchdog::new(state, limits);
+    let mut dog = Watchdog::new(state.clone(), limits);
     let result = match proto {
         Proto::Http1 => {
             let conn = http.h1.serve_connection(io, service).with_upgrades();
-            drive(conn, &mut dog, stop, |c| c.graceful_shutdown()).await
+            // Draining, an idle connection is left open: closing it could cross a request
+            // on its way. Its next answer closes it.
+            drive(
+                conn,
+                &mut dog,
+                stop,
+                &mut drain,
+                |c| c.graceful_shutdown(),
+                |_| state.closing.store(true, Ordering::Relaxed),
+            )
+            .await
         }
         Proto::Http2 => {
             let conn = http.h2.serve_connection(io, service);
-            drive(conn, &mut dog, stop, |c| c.graceful_shutdown()).await
+            drive(
+                conn,
+                &mut dog,
+                stop,
+                &mut drain,
+                |c| c.graceful_shutdown(),
+                |c| c.graceful_shutdown(),
+            )
+            .await
         }
     };
     match result {
@@ -499,26 +530,47 @@ where
 }
 
 /// Polls a connection and its watchdog; a shutdown asks the connection to finish gracefully.
+/// When the gateway starts to drain (or drains already), `on_drain` asks the client to go
+/// without cutting a request: HTTP/2 sends GOAWAY, HTTP/1.1 closes after its next answer.
 async fn drive<C>(
     conn: C,
     dog: &mut Watchdog,
     stop: &mut watch::Receiver<bool>,
+    drain: &mut Option<watch::Receiver<bool>>,
     graceful: impl Fn(Pin<&mut C>),
+    on_drain: impl Fn(Pin<&mut C>),
 ) -> Result<Result<(), hyper::Error>, Cut>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     tokio::pin!(conn);
-    let mut draining = false;
+    let mut stopping = false;
+    let mut drained = false;
     loop {
         tokio::select! {
             biased;
             r = conn.as_mut() => return Ok(r),
             cut = poll_fn(|cx| dog.poll(cx)) => return Err(cut),
-            _ = stop.changed(), if !draining => {
-                draining = true;
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
                 graceful(conn.as_mut());
             }
+            _ = draining(drain), if !drained && !stopping => {
+                drained = true;
+                on_drain(conn.as_mut());
+            }
+        }
+    }
+}
+
+/// Ready once `drain` says the gateway drains; never without one.
+async fn draining(drain: &mut Option<watch::Receiver<bool>>) {
+    let Some(d) = drain else {
+        return std::future::pending().await;
+    };
+    while !*d.borrow_and_update() {
+        if d.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

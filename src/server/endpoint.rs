@@ -26,7 +26,7 @@ where
         let deadline = Instant::now() + http.limits().first_byte_timeout;
         let (handler, http, mut stop) = (handler.clone(), http.clone(), stop.clone());
         tokio::spawn(async move {
-            super::conn::serve(stream, deadline, &http, None, &mut stop, handler).await;
+            super::conn::serve(stream, deadline, &http, None, &mut stop, None, handler).await;
             drop(permit);
         });
     }

@@ -62,6 +62,8 @@ pub enum ServeError {
 pub struct Gateway {
     addrs: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
+    /// True once the gateway drains.
+    drain: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
     cert_stores: Vec<Arc<CertStore>>,
 }
@@ -70,6 +72,7 @@ impl Gateway {
     /// Binds every listener of `config` and starts serving from `runtime`.
     pub async fn start(config: &Config, runtime: SharedRuntime) -> Result<Self, ServeError> {
         let (shutdown, _) = watch::channel(false);
+        let (drain, _) = watch::channel(false);
         let descriptors = raise_descriptor_limit();
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -107,12 +110,14 @@ impl Gateway {
                 Arc::new(Http::new(limits)),
                 runtime.clone(),
                 shutdown.clone(),
+                drain.clone(),
             );
             accept_tasks.push(tokio::spawn(task));
         }
         Ok(Gateway {
             addrs,
             shutdown,
+            drain,
             accept_tasks,
             cert_stores,
         })
@@ -131,6 +136,13 @@ impl Gateway {
     /// The bound address of a listener.
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
         self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Starts the drain: the listeners go on accepting, and every answer from now on asks its
+    /// client to go (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2), so that clients move
+    /// to other replicas without a refused connection or a cut request.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
     }
 
     /// Stops accepting, asks open connections to finish their current requests, and waits for
@@ -202,6 +214,7 @@ async fn accept_loop(
     http: Arc<Http>,
     runtime: SharedRuntime,
     shutdown: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
 ) {
     let mut stop = shutdown.subscribe();
     let mut acceptor = Acceptor::new(listener, http.limits().max_connections);
@@ -220,6 +233,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let offenders = offenders.clone();
         let mut stop = shutdown.subscribe();
+        let drain = drain.subscribe();
         tokio::spawn(async move {
             own.active_connections.inc();
             // The wait below counts against the first-byte deadline: a tarpitted client gets
@@ -236,12 +250,13 @@ async fn accept_loop(
                     }
                 }
                 let conduct = match tls {
-                    None => serve(stream, deadline, &http, runtime, conn, &mut stop).await,
+                    None => serve(stream, deadline, &http, runtime, conn, &mut stop, drain).await,
                     // Boxed: a TLS stream is large, and plain connections need not reserve
                     // room for it.
                     Some(acceptor) => {
                         let tls = serve_tls(
                             acceptor, stream, peer, deadline, &http, runtime, conn, &mut stop,
+                            drain,
                         );
                         Box::pin(tls).await
                     }
@@ -268,6 +283,7 @@ async fn serve_tls(
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Conduct {
     let own = runtime.load().hub.own.clone();
     let handshake = tokio::time::timeout_at(deadline, async {
@@ -284,7 +300,7 @@ async fn serve_tls(
     };
     match accepted {
         Ok(None) => Conduct::Clean,
-        Ok(Some(Ok(stream))) => serve(stream, deadline, http, runtime, conn, stop).await,
+        Ok(Some(Ok(stream))) => serve(stream, deadline, http, runtime, conn, stop, drain).await,
         Ok(Some(Err(e))) => {
             own.tls_handshake_errors.inc();
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -307,6 +323,7 @@ async fn serve<I>(
     runtime: SharedRuntime,
     conn: Arc<ConnInfo>,
     stop: &mut watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Conduct
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -316,5 +333,5 @@ where
         let (runtime, conn) = (runtime.clone(), conn.clone());
         async move { proxy::handle(&runtime, &conn, req).await }
     };
-    super::conn::serve(io, deadline, http, Some(&own), stop, handler).await
+    super::conn::serve(io, deadline, http, Some(&own), stop, Some(drain), handler).await
 }
