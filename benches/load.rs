@@ -14,7 +14,7 @@
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
 //! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
-//! `hostile`, `h2flood` and `churn`):
+//! `hostile`, `h2flood`, `churn` and `drain`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -56,6 +56,9 @@
 //!   second, and without churn again; each change takes one of `--churn-endpoints` (4) stable and
 //!   as many canary endpoints out or puts it back. Reports the failed requests (goal 0) and the
 //!   throughput with churn against the mean without (goal ≥ 95%). See `benches/load/churn.rs`.
+//! * `drain`: on a fresh gateway, 32 keep-alive clients and 4 that open a new connection for
+//!   every request; SIGTERM two seconds in. Counts the failed requests and refused connections
+//!   before the signal and during `drain.delay` (`--drain-delay`, 5 s). See `benches/load/drain.rs`.
 //!
 //! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
 //! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
@@ -118,6 +121,8 @@ use tokio::task::JoinHandle;
 // The edge and Kubernetes scenarios live beside this file, in `benches/load/`.
 #[path = "load/churn.rs"]
 mod churn;
+#[path = "load/drain.rs"]
+mod drain;
 // The fake Kubernetes API server of the tests.
 #[path = "../tests/common/fake_kube.rs"]
 mod fake_kube;
@@ -220,6 +225,15 @@ struct Args {
     /// churn: endpoints of each subset (each an upstream on its own address).
     #[arg(long, default_value_t = 4)]
     churn_endpoints: usize,
+    /// drain: the gateway's `drain.delay`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_delay: Duration,
+    /// drain: keep-alive clients.
+    #[arg(long, default_value_t = 32)]
+    drain_clients: usize,
+    /// drain: clients that open a new connection for every request.
+    #[arg(long, default_value_t = 4)]
+    drain_new: usize,
     /// Gateway worker threads (`splitgate run --concurrency`).
     #[arg(long, default_value_t = 1)]
     gateway_threads: usize,
@@ -269,6 +283,7 @@ enum Scenario {
     Hostile,
     H2flood,
     Churn,
+    Drain,
     All,
 }
 
@@ -302,6 +317,7 @@ impl Args {
             "--flood-duration=1s",
             "--flood-connections=2",
             "--churn-rounds=1",
+            "--drain-delay=1s",
         ])
     }
 
@@ -318,6 +334,7 @@ impl Args {
                 Scenario::Hostile,
                 Scenario::H2flood,
                 Scenario::Churn,
+                Scenario::Drain,
             ]
         } else {
             self.scenario.clone()
@@ -550,6 +567,7 @@ async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> 
             Scenario::Hostile => hostile::run(args, upstreams, report).await?,
             Scenario::H2flood => h2flood::run(args, own, report).await?,
             Scenario::Churn => churn::run(args, report).await?,
+            Scenario::Drain => drain::run(args, upstreams, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -918,6 +936,14 @@ impl Sender {
         read_answer(resp).await
     }
 
+    /// Waits until the connection can take a request; an error when it is closed.
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(tx) => tx.ready().await,
+            Sender::H2(tx) => tx.ready().await,
+        }
+    }
+
     /// Another handle on the same connection: a new stream for HTTP/2, nothing for HTTP/1.1.
     fn share(&self) -> Option<Sender> {
         match self {
@@ -1022,8 +1048,15 @@ async fn read_answer(resp: Response<Incoming>) -> Result<Answer, hyper::Error> {
 }
 
 /// One request on `slot`'s connection, connecting first when there is none. A transport error
-/// drops the connection, so the next attempt makes a new one.
+/// drops the connection, so the next attempt makes a new one. A connection the server closed
+/// between requests (an answer with `Connection: close`, an idle timeout seen in time) is
+/// replaced before the request goes out, as a client's pool does: nothing was sent on it.
 async fn attempt(target: &Target, slot: &mut Option<Sender>) -> Result<Answer, String> {
+    if let Some(sender) = slot {
+        if sender.ready().await.is_err() {
+            *slot = None;
+        }
+    }
     let sender = match slot {
         Some(sender) => sender,
         None => match connect(target).await {
@@ -1876,6 +1909,9 @@ struct Tweaks {
     /// Kubernetes mode with this kubeconfig: the services and routes come from the API
     /// server, and the file has none.
     kubeconfig: Option<PathBuf>,
+    /// `drain.delay` (the bench's gateways otherwise have `delay: 0s`: they are killed, not
+    /// drained).
+    drain_delay: Option<Duration>,
 }
 
 fn gateway_config(
@@ -1894,6 +1930,10 @@ fn gateway_config(
     let policy = tweaks.upstream_cap.map_or(String::new(), |n| {
         format!("    policy: {{ max_connections_per_endpoint: {n} }}\n")
     });
+    let drain = format!(
+        "drain: {{ delay: {}ms, timeout: 5s }}\n",
+        tweaks.drain_delay.unwrap_or_default().as_millis()
+    );
     if let Some(kubeconfig) = &tweaks.kubeconfig {
         return format!(
             r#"# Written by benches/load.rs.
@@ -1918,7 +1958,7 @@ listeners:
 {limits}admin: {{ address: "{admin}" }}
 readiness: {{ address: "{readiness}" }}
 metrics: {{ address: "{metrics}" }}
-services:
+{drain}services:
   bench:
     namespace: default
     host: bench.default.svc.cluster.local
@@ -2127,6 +2167,9 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "gateway_quota_percent": args.gateway_quota,
         "churn_rate": args.churn_rate,
         "churn_endpoints": args.churn_endpoints,
+        "drain_delay_s": args.drain_delay.as_secs_f64(),
+        "drain_clients": args.drain_clients,
+        "drain_new": args.drain_new,
         "client_threads": args.client_threads,
         "upstream_threads": args.upstream_threads,
         "upstreams": args.upstreams.as_ref().map(|u| json!({ "stable": u.stable.to_string(), "canary": u.canary.to_string() })),
