@@ -155,6 +155,7 @@ fn request_path(c: &mut Criterion) {
                     response_bytes: 240,
                     protocol: "http",
                     grpc_status: "",
+                    done_flags: "-",
                 };
                 headers::prepare_request(&mut parts, &conn, false);
                 recorder.finish("-");

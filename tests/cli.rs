@@ -523,12 +523,12 @@ fn validate_reports_an_unknown_field_in_a_rule() {
     // serde names the unknown field's path; the message names the field (and the known ones).
     let text = edit(
         &base(),
-        &[("timeout: 15s", "timeout: 15s\n        retries: 3")],
+        &[("timeout: 15s", "timeout: 15s\n        retry: 3")],
     );
     assert_single_problem(
         &text,
-        "routes[0].http[1].retries",
-        &["unknown field `retries`", "`timeout`"],
+        "routes[0].http[1].retry",
+        &["unknown field `retry`", "`retries`"],
     );
 }
 

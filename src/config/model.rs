@@ -359,6 +359,27 @@ pub struct RawRule {
     /// Header changes to every request this rule sends and every answer it returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawHeaders>,
+    /// Retries (Istio's `retries`); none: Istio's default, 2 on 503 and connect failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RawRetries>,
+}
+
+/// Istio's `HTTPRetry`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first try (default 2); 0 turns retries off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Duration string bounding each try (default: none but the rule's `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// Comma-separated conditions, as Envoy's `retry_on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    /// The statuses `retriable-status-codes` retries (default `[503]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriable_status_codes: Option<Vec<u16>>,
 }
 
 /// Header changes, as Istio's `headers`: to the request and to the response.

@@ -3,6 +3,7 @@
 use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
+use crate::routing::retry::{self, Retry};
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::server::limits::Limits;
 use crate::split::{Split, Target};
@@ -330,6 +331,61 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
     })
 }
 
+/// A rule's retry policy; Istio's default without a `retries` block.
+fn retries(errs: &mut Errors, rp: &str, raw: Option<&RawRetries>) -> Retry {
+    let Some(raw) = raw else {
+        return Retry::default();
+    };
+    let p = format!("{rp}.retries");
+    let default = Retry::default();
+    let attempts = raw.attempts.unwrap_or(default.attempts);
+    if attempts > retry::MAX_ATTEMPTS {
+        errs.add(
+            format!("{p}.attempts"),
+            format!("{attempts} is more than {}", retry::MAX_ATTEMPTS),
+        );
+    }
+    let per_try_timeout = raw
+        .per_try_timeout
+        .as_deref()
+        .and_then(|t| match parse_duration(t) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(m) => {
+                errs.add(format!("{p}.per_try_timeout"), m);
+                None
+            }
+        });
+    let on = match raw.retry_on.as_deref().map(retry::parse_retry_on) {
+        None => default.on,
+        Some(Ok(on)) => on,
+        Some(Err(m)) => {
+            errs.add(format!("{p}.retry_on"), m);
+            default.on
+        }
+    };
+    let codes = match &raw.retriable_status_codes {
+        None => default.codes,
+        Some(codes) => {
+            for (i, c) in codes.iter().enumerate() {
+                if !(100..=599).contains(c) {
+                    errs.add(
+                        format!("{p}.retriable_status_codes[{i}]"),
+                        format!("{c} is not an HTTP status"),
+                    );
+                }
+            }
+            codes.clone().into()
+        }
+    };
+    Retry {
+        attempts: attempts.min(retry::MAX_ATTEMPTS),
+        per_try_timeout,
+        on,
+        codes,
+    }
+}
+
 /// The rules of route `r` (the `i`th), whose checked hosts are `hosts`.
 fn route(
     errs: &mut Errors,
@@ -378,6 +434,7 @@ fn route(
                     }
                 });
             let mirror = mirror(errs, &rp, rule, services, service_index);
+            let retry = retries(errs, &rp, rule.retries.as_ref());
             let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
                 raw.as_ref().and_then(|raw| {
                     super::headers::headers(raw)
@@ -406,6 +463,7 @@ fn route(
                 split,
                 timeout,
                 mirror,
+                retry,
                 headers,
                 destination_headers: destination_headers.into(),
             }

@@ -367,6 +367,7 @@ fn header_rule(
         }],
         timeout: None,
         mirror: None,
+        retries: None,
         mirror_percentage: None,
         headers: None,
     })
@@ -417,6 +418,7 @@ fn mirror_rule(
         }),
         mirror_percentage: Some(mr.percentage),
         headers: primary.headers.clone(),
+        retries: primary.retries.clone(),
     })
 }
 

@@ -439,6 +439,8 @@ fn route_for(
             mirror,
             mirror_percentage,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
+            // Istio's default; a `retries` block is listed as not served.
+            retries: None,
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;

@@ -50,6 +50,8 @@ pub struct Recorder {
     pub protocol: &'static str,
     /// gRPC status, once the response's headers or trailers have given it.
     pub grpc_status: &'static str,
+    /// The flags of an answer that ends well: `-`, or `URX` when retries ran out on it.
+    pub done_flags: &'static str,
 }
 
 impl Recorder {
@@ -103,6 +105,10 @@ impl ProxyBody {
         }
     }
 
+    fn done_flags(&self) -> &'static str {
+        self.recorder.as_ref().map_or("-", |r| r.done_flags)
+    }
+
     fn finish(&mut self, flags: &'static str) {
         if let Some(r) = self.recorder.take() {
             r.finish(flags);
@@ -114,7 +120,10 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // A body already complete may be dropped unread (204, HEAD, empty); anything else
         // dropped before its end means the client went away (Envoy's DC).
-        let flags = if self.is_end_stream() { "-" } else { "DC" };
+        let flags = match &self.recorder {
+            Some(r) if self.is_end_stream() => r.done_flags,
+            _ => "DC",
+        };
         self.finish(flags);
     }
 }
@@ -144,10 +153,10 @@ impl Body for ProxyBody {
                     }
                 }
                 if this.is_end_stream() {
-                    this.finish("-");
+                    this.finish(this.done_flags());
                 }
             }
-            Poll::Ready(None) => this.finish("-"),
+            Poll::Ready(None) => this.finish(this.done_flags()),
             // The upstream broke off, or stalled past the stream idle timeout, mid-body.
             Poll::Ready(Some(Err(e))) => {
                 this.finish(if is_stream_idle(&**e) { "SI" } else { "UC" })

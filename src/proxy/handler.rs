@@ -7,6 +7,7 @@ use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
 use crate::routing::header_ops::Headers;
+use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
@@ -19,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 /// Endpoints of a subset tried in turn when connecting fails (Istio retries connect failures).
@@ -91,6 +92,7 @@ pub async fn handle(
         response_bytes: 0,
         protocol,
         grpc_status: "",
+        done_flags: "-",
     }));
     let choice = Choice {
         route: hit.route,
@@ -101,12 +103,13 @@ pub async fn handle(
     let result = proxy(&rt, conn, parts, body, choice).await;
     let recorder = pending.0.take();
     match result {
-        Ok((mut parts, body)) => {
+        Ok(((mut parts, body), exhausted)) => {
             changes.response(&mut parts.headers);
             let recorder = recorder.map(|r| Recorder {
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
+                done_flags: if exhausted { "URX" } else { "-" },
                 ..r
             });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder, conn.stream_idle))
@@ -178,7 +181,7 @@ async fn proxy(
     mut parts: http::request::Parts,
     body: Incoming,
     choice: Choice<'_>,
-) -> Result<(http::response::Parts, PooledBody), ProxyError> {
+) -> Result<((http::response::Parts, PooledBody), bool), ProxyError> {
     let Choice {
         route,
         rule,
@@ -210,14 +213,16 @@ async fn proxy(
             primary
         }
     };
-    let sent = forward(subset, Request::from_parts(parts, body));
-    let resp = match rule.timeout {
+    // An upgrade is never retried: its upstream may have switched already.
+    let retry = (!upgrade).then_some(&rule.retry);
+    let sent = forward(subset, Request::from_parts(parts, body), retry);
+    let (resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
         None => sent.await?,
     };
-    Ok(respond(resp, client_upgrade))
+    Ok((respond(resp, client_upgrade), exhausted))
 }
 
 /// Whether an upgrade the request asks for is passed through. `h2c` never is: the request is
@@ -288,23 +293,85 @@ fn answer_size(resp: &Response<ProxyBody>) -> u64 {
     head_size(resp.status(), resp.headers()) + resp.body().size_hint().exact().unwrap_or(0)
 }
 
-/// Sends to an endpoint of the subset, moving to the next endpoint when a connection can't be made.
+/// Sends to an endpoint of the subset. A connection that can't be made moves the request to
+/// the next endpoint (nothing was sent). An answer that `retry` retries (a 503, by default)
+/// sends it again to the next endpoint, up to its attempts, when the request body can be sent
+/// again (none, or held in memory). Also true when the last answer was one to retry but the
+/// retries ran out (Envoy's `URX`).
 pub(crate) async fn forward(
     subset: &Subset,
     mut req: Request<UpstreamBody>,
-) -> Result<Response<PooledBody>, ProxyError> {
+    retry: Option<&Retry>,
+) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let endpoints = subset.balancer.endpoints();
     let Some(first) = subset.balancer.pick_index(&mut rand::rng()) else {
         return Err(ProxyError::NoHealthyUpstream);
     };
+    let retry = retry.filter(|r| r.attempts > 0);
+    // The body again for each retry; none when it cannot be sent twice.
+    let replay = retry.and_then(|_| req.body().replay());
+    let mut retries = if replay.is_some() {
+        retry.map_or(0, |r| r.attempts)
+    } else {
+        0
+    };
+    // A try that breaks (`reset`) or times out (`per_try_timeout`) takes the head with it: a
+    // policy that retries those keeps a copy (only such a policy pays for it).
+    let spare = retry
+        .filter(|r| r.on.reset || (r.per_try_timeout.is_some() && r.retries_timeout()))
+        .filter(|_| retries > 0)
+        .map(|_| head_of(&req));
+    let per_try = retry.and_then(|r| r.per_try_timeout);
     // After a failed connect, move on to endpoints not tried yet (the pick may repeat itself).
-    let attempts = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
-    let mut last_error = String::new();
-    for attempt in 0..attempts {
-        let endpoint = &endpoints[(first + attempt) % endpoints.len()];
-        match endpoint.send(req).await {
-            Ok(resp) => return Ok(resp),
+    let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
+    let mut next = first;
+    loop {
+        let endpoint = &endpoints[next % endpoints.len()];
+        next += 1;
+        let sent = match per_try {
+            Some(t) => tokio::time::timeout(t, endpoint.send(req))
+                .await
+                .unwrap_or(Err(SendError::TimedOut)),
+            None => endpoint.send(req).await,
+        };
+        // Broken or timed out: once more, from the spare head, when the policy says so.
+        let broken = match &sent {
+            Err(SendError::Reset(_)) => retry.is_some_and(|r| r.on.reset),
+            Err(SendError::TimedOut) => retry.is_some_and(Retry::retries_timeout),
+            _ => false,
+        };
+        if broken && retries > 0 {
+            if let (Some(head), Some(body)) = (
+                spare.as_ref(),
+                replay.as_ref().and_then(UpstreamBody::replay),
+            ) {
+                retries -= 1;
+                tracing::debug!(endpoint = %endpoint.addr(), "try broke or timed out; retrying on the next endpoint");
+                req = Request::from_parts(clone_head(head), body);
+                continue;
+            }
+        }
+        match sent {
+            Ok((resp, head)) => {
+                let again = retry.is_some_and(|r| {
+                    let grpc = resp.headers().get("grpc-status").map(|v| v.as_bytes());
+                    r.retries_answer(resp.status().as_u16(), grpc)
+                });
+                let (Some(head), Some(body), true, true) = (
+                    head,
+                    replay.as_ref().and_then(UpstreamBody::replay),
+                    again,
+                    retries > 0,
+                ) else {
+                    return Ok((resp, again));
+                };
+                retries -= 1;
+                tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
+                discard(resp).await;
+                req = Request::from_parts(head, body);
+            }
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
+            Err(SendError::TimedOut) => return Err(ProxyError::UpstreamTimeout),
             Err(SendError::ClientBody(e)) => return Err(ProxyError::client_body(e)),
             Err(SendError::Overflow(e)) => return Err(ProxyError::UpstreamOverflow(e)),
             Err(SendError::Connect {
@@ -312,12 +379,51 @@ pub(crate) async fn forward(
                 reason,
                 request,
             }) => {
-                last_error = format!("{endpoint}: {reason}");
+                connects -= 1;
+                if connects == 0 {
+                    return Err(ProxyError::ConnectFailure(format!("{endpoint}: {reason}")));
+                }
                 req = *request;
             }
         }
     }
-    Err(ProxyError::ConnectFailure(last_error))
+}
+
+/// A copy of a request's head, for a policy that retries tries that break or time out.
+fn head_of(req: &Request<UpstreamBody>) -> http::request::Parts {
+    copy_head(req.method(), req.uri(), req.version(), req.headers())
+}
+
+fn clone_head(h: &http::request::Parts) -> http::request::Parts {
+    copy_head(&h.method, &h.uri, h.version, &h.headers)
+}
+
+fn copy_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = uri.clone();
+    *copy.version_mut() = version;
+    *copy.headers_mut() = headers.clone();
+    copy.into_parts().0
+}
+
+/// Largest answer to a retried request that is read to its end, so that its connection goes
+/// back to the pool; a larger one (or one slower than [`DISCARD_WAIT`]) closes it.
+const DISCARD_BYTES: u64 = 16 * 1024;
+const DISCARD_WAIT: Duration = Duration::from_millis(100);
+
+/// Drops an answer that is retried, reading it to its end first when it is small.
+async fn discard(resp: Response<PooledBody>) {
+    use http_body_util::BodyExt;
+    let body = resp.into_body();
+    if body.size_hint().upper().is_some_and(|n| n <= DISCARD_BYTES) {
+        let _ = tokio::time::timeout(DISCARD_WAIT, body.collect()).await;
+    }
 }
 
 fn respond(

@@ -2,6 +2,7 @@
 
 pub mod header_ops;
 pub mod matcher;
+pub mod retry;
 pub mod router;
 
 pub use matcher::{MatchBlock, NamedMatch, StringMatch};

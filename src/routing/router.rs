@@ -57,6 +57,8 @@ pub struct Rule {
     pub timeout: Option<Duration>,
     /// Where copies of matching requests go, if anywhere.
     pub mirror: Option<Mirror>,
+    /// When a request is tried again, on another endpoint.
+    pub retry: super::retry::Retry,
     /// The rule's header changes, if any.
     pub headers: Option<Box<super::header_ops::Headers>>,
     /// Each destination's header changes, in the split's order; empty when none has any.
@@ -224,6 +226,7 @@ mod tests {
                 split,
                 timeout: None,
                 mirror: None,
+                retry: Default::default(),
                 headers: None,
                 destination_headers: Box::new([]),
             }],

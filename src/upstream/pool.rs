@@ -67,6 +67,9 @@ pub enum SendError {
     /// Every connection the endpoint may have stayed busy for the connect timeout.
     #[error("{0}")]
     Overflow(String),
+    /// No answer within the try's timeout (`retries.per_try_timeout`).
+    #[error("the try timed out")]
+    TimedOut,
 }
 
 /// A boxed error, as body errors travel.
@@ -297,17 +300,22 @@ impl Endpoint {
     }
 
     /// Sends a request on a pooled or new connection and returns the response with a body that
-    /// gives the connection back when it ends.
+    /// gives the connection back when it ends, and (HTTP/1.1) the request head, for a retry.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<(Response<PooledBody>, Option<http::request::Parts>), SendError> {
         let guard = InFlight::new(self.clone());
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(req, guard).await,
+            UpstreamProtocol::Http1 => self
+                .send_h1(req, guard)
+                .await
+                .map(|(resp, head)| (resp, Some(head))),
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
-            // room for it.
-            UpstreamProtocol::Http2 => Box::pin(self.send_h2(req, guard)).await,
+            // room for it. The head went to the HTTP/2 client.
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(req, guard))
+                .await
+                .map(|resp| (resp, None)),
         }
     }
 
@@ -315,7 +323,7 @@ impl Endpoint {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         guard: InFlight,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<(Response<PooledBody>, http::request::Parts), SendError> {
         let (head, mut body) = req.into_parts();
         loop {
             let checkout = match self.take_idle() {
@@ -344,7 +352,8 @@ impl Endpoint {
             match pending.exchange.response().await {
                 Ok((parts, body)) => {
                     let body = PooledBody::new(Inner::H1(body), guard, pending.slot.take());
-                    return Ok(Response::from_parts(parts, body));
+                    drop(pending);
+                    return Ok((Response::from_parts(parts, body), head));
                 }
                 // The upstream closed an idle connection as the request went out: once more,
                 // on another connection.
