@@ -45,9 +45,57 @@ pub struct HttpRoute {
     pub mirror_percent: Option<u32>,
     /// Header changes for the rule.
     pub headers: Option<Headers>,
-    /// Everything else (`retries`, `headers`, `rewrite`, `fault`, ...).
+    /// Retries.
+    pub retries: Option<HttpRetry>,
+    /// Everything else (`rewrite`, `fault`, `corsPolicy`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// Istio's `HTTPRetry`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRetry {
+    /// Retries after the first try.
+    pub attempts: Option<i64>,
+    /// Bound on each try, as a duration string.
+    pub per_try_timeout: Option<String>,
+    /// Envoy's conditions, and status codes, comma-separated.
+    pub retry_on: Option<String>,
+    /// Anything else (`retryRemoteLocalities`, `backoff`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl HttpRetry {
+    /// As the config file writes them. Status codes in `retryOn` (`"503,gateway-error"`) are
+    /// retriable status codes, as Istio reads them.
+    pub fn to_raw(&self) -> crate::config::model::RawRetries {
+        let (mut conditions, mut codes) = (Vec::new(), Vec::new());
+        for token in self
+            .retry_on
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+        {
+            match token.parse::<u16>() {
+                Ok(code) => codes.push(code),
+                Err(_) if !token.is_empty() => conditions.push(token),
+                Err(_) => {}
+            }
+        }
+        if !codes.is_empty() && !conditions.contains(&"retriable-status-codes") {
+            conditions.push("retriable-status-codes");
+        }
+        crate::config::model::RawRetries {
+            attempts: self
+                .attempts
+                .map(|a| u32::try_from(a.max(0)).unwrap_or(u32::MAX)),
+            per_try_timeout: self.per_try_timeout.clone(),
+            retry_on: self.retry_on.as_ref().map(|_| conditions.join(",")),
+            retriable_status_codes: (!codes.is_empty()).then_some(codes),
+        }
+    }
 }
 
 /// Istio's `Headers`: changes to the request and the response.
@@ -233,6 +281,9 @@ impl VirtualServiceSpec {
             if let Some(hd) = &h.headers {
                 hd.unsupported(&format!("{at}.headers"), &mut out);
             }
+            if let Some(r) = &h.retries {
+                paths(&format!("{at}.retries"), &r.rest, &mut out);
+            }
             for (j, m) in h.matches.iter().enumerate() {
                 let at = format!("{at}.match[{j}]");
                 paths(&at, &m.rest, &mut out);
@@ -289,6 +340,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn status_codes_in_retry_on_are_retriable_status_codes_as_istio_reads_them() {
+        let r: HttpRetry =
+            serde_json::from_value(json!({"attempts": -1, "retryOn": "503, gateway-error,429"}))
+                .unwrap();
+        let raw = r.to_raw();
+        assert_eq!(raw.attempts, Some(0));
+        assert_eq!(
+            raw.retry_on.as_deref(),
+            Some("gateway-error,retriable-status-codes")
+        );
+        assert_eq!(raw.retriable_status_codes, Some(vec![503, 429]));
+    }
+
+    #[test]
     fn fields_not_served_are_listed_by_path() {
         let spec: VirtualServiceSpec = serde_json::from_value(json!({
             "hosts": ["app.example.com"],
@@ -300,7 +365,7 @@ mod tests {
                            "headers": {"x": {"exact": "1", "ignored": 1}}}],
                 "route": [{"destination": {"host": "app", "port": {"number": 80}}, "weight": 100.0,
                            "headers": {"response": {"add": {"a": "b"}, "prepend": 1}}}],
-                "retries": {"attempts": 3}
+                "retries": {"attempts": 3, "retryRemoteLocalities": true}
             }]
         }))
         .unwrap();
@@ -308,7 +373,7 @@ mod tests {
             spec.unsupported(),
             [
                 "spec.tcp",
-                "spec.http[0].retries",
+                "spec.http[0].retries.retryRemoteLocalities",
                 "spec.http[0].match[0].ignoreUriCase",
                 "spec.http[0].match[0].headers.x.ignored",
                 "spec.http[0].route[0].headers.response.prepend",

@@ -439,8 +439,7 @@ fn route_for(
             mirror,
             mirror_percentage,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
-            // Istio's default; a `retries` block is listed as not served.
-            retries: None,
+            retries: h.retries.as_ref().map(|r| r.to_raw()),
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;
@@ -886,12 +885,16 @@ mod tests {
         let t = run(FLAGGER, "istio-system/public-gateway");
         let vs = status(&t, "VirtualService", "podinfo");
         assert_eq!(vs.status, Status::Applied);
-        assert_eq!(
-            vs.unsupported,
-            ["spec.http[0].retries", "spec.http[1].retries"],
-            "served without retries, and said so"
-        );
+        assert!(vs.unsupported.is_empty(), "{:?}", vs.unsupported);
         let r = &t.routes[0];
+        // Flagger's retries are served as written.
+        let retries = r.http[0].retries.as_ref().unwrap();
+        assert_eq!(retries.attempts, Some(3));
+        assert_eq!(retries.per_try_timeout.as_deref(), Some("1s"));
+        assert_eq!(
+            retries.retry_on.as_deref(),
+            Some("gateway-error,connect-failure,refused-stream")
+        );
         assert_eq!(
             r.hosts,
             ["app.example.com", "podinfo.test.svc.cluster.local"]
