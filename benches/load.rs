@@ -14,7 +14,7 @@
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
 //! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
-//! `hostile`, `h2flood`, `churn` and `drain`):
+//! `hostile`, `h2flood`, `churn`, `drain` and `retry`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -59,6 +59,9 @@
 //! * `drain`: on a fresh gateway, 32 keep-alive clients and 4 that open a new connection for
 //!   every request; SIGTERM two seconds in. Counts the failed requests and refused connections
 //!   before the signal and during `drain.delay` (`--drain-delay`, 5 s). See `benches/load/drain.rs`.
+//! * `retry`: on fresh gateways whose `stable` subset has three endpoints, one of them answering
+//!   503 to 30% of its requests: `max` with Istio's default retries, then with `retries: {
+//!   attempts: 0 }`. Reports the non-2xx share clients see (goal with retries: below 0.1%).
 //!
 //! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
 //! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
@@ -123,6 +126,8 @@ use tokio::task::JoinHandle;
 mod churn;
 #[path = "load/drain.rs"]
 mod drain;
+#[path = "load/retry.rs"]
+mod retry;
 // The fake Kubernetes API server of the tests.
 #[path = "../tests/common/fake_kube.rs"]
 mod fake_kube;
@@ -284,6 +289,7 @@ enum Scenario {
     H2flood,
     Churn,
     Drain,
+    Retry,
     All,
 }
 
@@ -335,6 +341,7 @@ impl Args {
                 Scenario::H2flood,
                 Scenario::Churn,
                 Scenario::Drain,
+                Scenario::Retry,
             ]
         } else {
             self.scenario.clone()
@@ -568,6 +575,7 @@ async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> 
             Scenario::H2flood => h2flood::run(args, own, report).await?,
             Scenario::Churn => churn::run(args, report).await?,
             Scenario::Drain => drain::run(args, upstreams, report).await?,
+            Scenario::Retry => retry::run(args, upstreams, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -1912,6 +1920,10 @@ struct Tweaks {
     /// `drain.delay` (the bench's gateways otherwise have `delay: 0s`: they are killed, not
     /// drained).
     drain_delay: Option<Duration>,
+    /// The `stable` subset's endpoints, instead of the stable upstream.
+    stable_endpoints: Option<Vec<SocketAddr>>,
+    /// The weighted rule's `retries` (YAML flow).
+    retries: Option<String>,
 }
 
 fn gateway_config(
@@ -1923,6 +1935,18 @@ fn gateway_config(
     tweaks: &Tweaks,
 ) -> String {
     let (stable, canary) = (upstreams.stable, upstreams.canary);
+    let stable_endpoints = match &tweaks.stable_endpoints {
+        Some(list) => list
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => format!("\"{stable}\""),
+    };
+    let retries = tweaks
+        .retries
+        .as_ref()
+        .map_or(String::new(), |r| format!("        retries: {r}\n"));
     let limits = tweaks.head_deadline.map_or(String::new(), |d| {
         let ms = d.as_millis();
         format!("    limits: {{ first_byte_timeout: {ms}ms, request_headers_timeout: {ms}ms }}\n")
@@ -1963,7 +1987,7 @@ metrics: {{ address: "{metrics}" }}
     namespace: default
     host: bench.default.svc.cluster.local
 {policy}    subsets:
-      stable: {{ labels: {{ version: v1 }}, endpoints: ["{stable}"] }}
+      stable: {{ labels: {{ version: v1 }}, endpoints: [{stable_endpoints}] }}
       canary: {{ labels: {{ version: v2 }}, endpoints: ["{canary}"] }}
 routes:
   - name: bench
@@ -1978,7 +2002,7 @@ routes:
         route:
           - {{ destination: {{ service: bench, subset: stable }}, weight: 90 }}
           - {{ destination: {{ service: bench, subset: canary }}, weight: 10 }}
-"#
+{retries}"#
     )
 }
 
