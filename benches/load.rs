@@ -639,14 +639,7 @@ async fn run_max(
     let mut gateway_rps = 0.0;
     for target in h1_targets(args, gw, upstreams) {
         let label = format!("max {}", target.name);
-        let tally = closed_loop(
-            &label,
-            &target,
-            args.connections,
-            args.connections,
-            args.timing(),
-        )
-        .await?;
+        let tally = max_loop(args, &label, &target).await?;
         let row = Row::from_tally("max", &target.name, &tally, args.duration, json!({}));
         if target.name == "gateway" {
             gateway_rps = row.rps.unwrap_or(0.0);
@@ -730,14 +723,7 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
     let flipper = tokio::spawn(flip_weights(gw.admin, args.flip_rate, stop.clone()));
     let target = Target::gateway(gw.listen, Proto::H1);
     let label = format!("flip {}/s", args.flip_rate);
-    let tally = closed_loop(
-        &label,
-        &target,
-        args.connections,
-        args.connections,
-        args.timing(),
-    )
-    .await;
+    let tally = max_loop(args, &label, &target).await;
     stop.store(true, Ordering::Relaxed);
     let flips = flipper.await.context("the weight flipper panicked")?;
     let tally = tally?;
@@ -1128,6 +1114,19 @@ fn spawn_progress(label: String, live: Arc<Live>, window: Window) -> JoinHandle<
             last = ok;
         }
     })
+}
+
+/// `max`'s closed loop: `--connections` HTTP/1.1 keep-alive connections, one request in
+/// flight on each.
+async fn max_loop(args: &Args, label: &str, target: &Target) -> Result<Tally> {
+    closed_loop(
+        label,
+        target,
+        args.connections,
+        args.connections,
+        args.timing(),
+    )
+    .await
 }
 
 /// Closed loop: every sender sends its next request as soon as its last answer is in.
@@ -1958,23 +1957,7 @@ fn gateway_config(
         "drain: {{ delay: {}ms, timeout: 5s }}\n",
         tweaks.drain_delay.unwrap_or_default().as_millis()
     );
-    if let Some(kubeconfig) = &tweaks.kubeconfig {
-        return format!(
-            r#"# Written by benches/load.rs.
-listeners:
-  - name: bench
-    address: "{listen}"
-{limits}admin: {{ address: "{admin}" }}
-readiness: {{ address: "{readiness}" }}
-metrics: {{ address: "{metrics}" }}
-kubernetes:
-  gateway: istio-system/splitgate
-  kubeconfig: "{}"
-"#,
-            kubeconfig.display()
-        );
-    }
-    format!(
+    let head = format!(
         r#"# Written by benches/load.rs.
 listeners:
   - name: bench
@@ -1982,7 +1965,16 @@ listeners:
 {limits}admin: {{ address: "{admin}" }}
 readiness: {{ address: "{readiness}" }}
 metrics: {{ address: "{metrics}" }}
-{drain}services:
+"#
+    );
+    if let Some(kubeconfig) = &tweaks.kubeconfig {
+        return format!(
+            "{head}kubernetes:\n  gateway: istio-system/splitgate\n  kubeconfig: \"{}\"\n",
+            kubeconfig.display()
+        );
+    }
+    format!(
+        r#"{head}{drain}services:
   bench:
     namespace: default
     host: bench.default.svc.cluster.local

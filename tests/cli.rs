@@ -1057,20 +1057,42 @@ fn readiness_of(text: &str) -> SocketAddr {
     text[at..].lines().next().unwrap().trim().parse().unwrap()
 }
 
+/// A gateway serving [`config`] with the given `drain:` line, and what a drain test needs.
+struct Draining {
+    gw: Proc,
+    listen: SocketAddr,
+    /// The readiness URL.
+    readiness: String,
+    _parts: (common::Upstream, common::Upstream, TempDir),
+}
+
+impl Draining {
+    async fn start(drain: &str) -> Draining {
+        let stable = spawn_upstream("stable", Behavior::Name).await;
+        let canary = spawn_upstream("canary", Behavior::Name).await;
+        let listen = free_addr();
+        let dir = TempDir::new();
+        let text = edit(
+            &config(listen, stable.addr, canary.addr),
+            &[("drain: { delay: 0s }", drain)],
+        );
+        let readiness = format!("http://{}/healthz/ready", readiness_of(&text));
+        let file = dir.write("run.yaml", &text);
+        let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+        wait_until_serving(&mut gw, listen).await;
+        Draining {
+            gw,
+            listen,
+            readiness,
+            _parts: (stable, canary, dir),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_keeps_accepting_for_the_delay_and_asks_clients_to_go() {
-    let stable = spawn_upstream("stable", Behavior::Name).await;
-    let canary = spawn_upstream("canary", Behavior::Name).await;
-    let listen = free_addr();
-    let dir = TempDir::new();
-    let text = edit(
-        &config(listen, stable.addr, canary.addr),
-        &[("drain: { delay: 0s }", "drain: { delay: 2s, timeout: 5s }")],
-    );
-    let readiness = format!("http://{}/healthz/ready", readiness_of(&text));
-    let file = dir.write("run.yaml", &text);
-    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
-    wait_until_serving(&mut gw, listen).await;
+    let d = Draining::start("drain: { delay: 2s, timeout: 5s }").await;
+    let (mut gw, listen, readiness) = (d.gw, d.listen, d.readiness);
     let url = format!("http://{listen}/");
     let client = http1_client();
     assert_eq!(ask(&client, &readiness, &[]).await.status, 200);
@@ -1134,18 +1156,8 @@ async fn sigterm_drains_keeps_accepting_for_the_delay_and_asks_clients_to_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_ends_the_drain_at_once() {
-    let stable = spawn_upstream("stable", Behavior::Name).await;
-    let canary = spawn_upstream("canary", Behavior::Name).await;
-    let listen = free_addr();
-    let dir = TempDir::new();
-    let text = edit(
-        &config(listen, stable.addr, canary.addr),
-        &[("drain: { delay: 0s }", "drain: { delay: 60s }")],
-    );
-    let readiness = format!("http://{}/healthz/ready", readiness_of(&text));
-    let file = dir.write("run.yaml", &text);
-    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
-    wait_until_serving(&mut gw, listen).await;
+    let d = Draining::start("drain: { delay: 60s }").await;
+    let (gw, listen, readiness) = (d.gw, d.listen, d.readiness);
     gw.signal("TERM");
     let client = http1_client();
     let deadline = Instant::now() + STOP;

@@ -27,7 +27,7 @@
 use super::fake_kube::FakeKube;
 use super::probe::cpu_time;
 use super::{
-    closed_loop, get_request, serve_upstream_at, Args, Gateway, Proto, Report, Row, Seen, Target,
+    get_request, max_loop, serve_upstream_at, Args, Gateway, Proto, Report, Row, Seen, Target,
     Tweaks, UpstreamAddrs,
 };
 use anyhow::{anyhow, bail, Context, Result};
@@ -128,14 +128,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Result<()> {
                 cpu_time(&pid)
             }
         });
-        let tally = closed_loop(
-            &label,
-            &target,
-            args.connections,
-            args.connections,
-            args.timing(),
-        )
-        .await;
+        let tally = max_loop(args, &label, &target).await;
         stop.store(true, Ordering::Relaxed);
         let changes = match churner {
             Some(c) => Some(c.await.context("the churner panicked")??),

@@ -5,7 +5,7 @@
 //! { attempts: 0 }`. The goal with retries: below 0.1% non-2xx seen by clients.
 
 use super::{
-    closed_loop, serve_upstream_at, upstream_body, Args, Gateway, Proto, Report, Row, Seen, Target,
+    max_loop, serve_upstream_at, upstream_body, Args, Gateway, Proto, Report, Row, Seen, Target,
     Tweaks, UpstreamAddrs,
 };
 use anyhow::{Context, Result};
@@ -48,14 +48,7 @@ pub async fn run(args: &Args, upstreams: &UpstreamAddrs, report: &mut Report) ->
         let target = Target::gateway(gw.listen, Proto::H1);
         let failed_before = failing.load(Ordering::Relaxed);
         let label = format!("retry: {name}");
-        let tally = closed_loop(
-            &label,
-            &target,
-            args.connections,
-            args.connections,
-            args.timing(),
-        )
-        .await?;
+        let tally = max_loop(args, &label, &target).await?;
         let answered = tally.answered() + tally.errors();
         let share = 100.0 * tally.errors() as f64 / answered.max(1) as f64;
         let upstream_503 = failing.load(Ordering::Relaxed) - failed_before;
