@@ -62,6 +62,8 @@ pub struct Subset {
     pub standby: Box<[Arc<Endpoint>]>,
     /// What its endpoints are spoken to in (its service's `policy.protocol`).
     pub protocol: UpstreamProtocol,
+    /// Its service's outlier detection, if any.
+    pub outlier: Option<crate::upstream::outlier::OutlierPolicy>,
     /// Its Istio series.
     pub metrics: Arc<DestinationMetrics>,
 }

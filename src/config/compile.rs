@@ -177,6 +177,7 @@ fn service(
                 balancer: Balancer::new(endpoints, s.load_balancer),
                 standby,
                 protocol: s.protocol,
+                outlier: s.outlier,
                 metrics,
             }
         })

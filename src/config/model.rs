@@ -302,6 +302,32 @@ pub struct RawPolicy {
     /// TLS to the endpoints (DestinationRule `tls.mode: SIMPLE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawUpstreamTls>,
+    /// Eject endpoints that fail in a row (Istio's `outlierDetection`); none: no ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<RawOutlierDetection>,
+}
+
+/// Istio's `OutlierDetection`, in snake_case.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// 5xx answers and local failures in a row that eject (default 5; 0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// 502, 503, 504 and local failures in a row that eject (default 0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Duration string: how often ejections are reviewed in Istio (default 10s). Here an
+    /// endpoint returns when its ejection time is over, whatever the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Duration string: the first ejection's length (default 30s); the n-th is n times longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// Ejections stop while this percent of the subset is out (default 10); the first is
+    /// always made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// TLS to a service's endpoints.

@@ -8,6 +8,7 @@ use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::server::limits::Limits;
 use crate::split::{Split, Target};
 use crate::tls::{CertPaths, UpstreamTls};
+use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -101,6 +102,8 @@ pub struct ServiceSpec {
     pub protocol: UpstreamProtocol,
     /// TLS to the endpoints.
     pub tls: Option<UpstreamTls>,
+    /// Ejection of endpoints that fail in a row.
+    pub outlier: Option<OutlierPolicy>,
     /// Subsets in name order; `Target::subset` indexes this.
     pub subsets: Vec<SubsetSpec>,
 }
@@ -637,8 +640,50 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
         max_connections,
         protocol,
         tls,
+        outlier: outlier(errs, &p, s.policy.outlier_detection.as_ref()),
         subsets,
     }
+}
+
+/// A service's `policy.outlier_detection`, with Istio's defaults for what it leaves out.
+fn outlier(errs: &mut Errors, p: &str, raw: Option<&RawOutlierDetection>) -> Option<OutlierPolicy> {
+    let raw = raw?;
+    let p = format!("{p}.policy.outlier_detection");
+    let mut duration = |field: &str, value: &Option<String>, default: Duration| match value
+        .as_deref()
+        .map(parse_duration)
+    {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            errs.add(format!("{p}.{field}"), "must be above zero");
+            default
+        }
+        Some(Err(m)) => {
+            errs.add(format!("{p}.{field}"), m);
+            default
+        }
+    };
+    // Read for its errors only: an endpoint returns when its own ejection is over.
+    duration("interval", &raw.interval, Duration::from_secs(10));
+    let base_ejection_time = duration(
+        "base_ejection_time",
+        &raw.base_ejection_time,
+        Duration::from_secs(30),
+    );
+    let max_ejection_percent = raw.max_ejection_percent.unwrap_or(10);
+    if max_ejection_percent > 100 {
+        errs.add(
+            format!("{p}.max_ejection_percent"),
+            format!("{max_ejection_percent} is more than 100"),
+        );
+    }
+    Some(OutlierPolicy {
+        consecutive_5xx: raw.consecutive_5xx_errors.unwrap_or(5),
+        consecutive_gateway: raw.consecutive_gateway_errors.unwrap_or(0),
+        base_ejection_time,
+        max_ejection_percent: max_ejection_percent.min(100),
+    })
 }
 
 /// A listener's `tls`: the pairs it names. Their files are checked by [`check_files`], not

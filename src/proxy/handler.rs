@@ -12,7 +12,8 @@ use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
 use crate::upstream::h1::Io;
-use crate::upstream::{PooledBody, SendError, UpstreamBody, UpstreamProtocol};
+use crate::upstream::outlier::{Outcome, OutlierPolicy};
+use crate::upstream::{Endpoint, PooledBody, SendError, UpstreamBody, UpstreamProtocol};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -326,6 +327,7 @@ pub(crate) async fn forward(
     let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
     let mut next = first;
     loop {
+        next = usable(subset, next);
         let endpoint = &endpoints[next % endpoints.len()];
         next += 1;
         let sent = match per_try {
@@ -334,6 +336,21 @@ pub(crate) async fn forward(
                 .unwrap_or(Err(SendError::TimedOut)),
             None => endpoint.send(req).await,
         };
+        if let Some(policy) = &subset.outlier {
+            let outcome = match &sent {
+                Ok((resp, _)) if resp.status().as_u16() >= 500 => {
+                    Some(Outcome::Status(resp.status().as_u16()))
+                }
+                Ok(_) => Some(Outcome::Success),
+                Err(SendError::Connect { .. } | SendError::Reset(_) | SendError::TimedOut) => {
+                    Some(Outcome::Local)
+                }
+                Err(_) => None,
+            };
+            if let Some(outcome) = outcome {
+                note(subset, endpoint, policy, outcome);
+            }
+        }
         // Broken or timed out: once more, from the spare head, when the policy says so.
         let broken = match &sent {
             Err(SendError::Reset(_)) => retry.is_some_and(|r| r.on.reset),
@@ -387,6 +404,41 @@ pub(crate) async fn forward(
             }
         }
     }
+}
+
+/// The first endpoint from index `from` on (modulo) that outlier detection has not ejected;
+/// `from` itself when it has ejected them all (panic: every endpoint serves).
+fn usable(subset: &Subset, from: usize) -> usize {
+    if subset.outlier.is_none() {
+        return from;
+    }
+    let endpoints = subset.balancer.endpoints();
+    (from..from + endpoints.len())
+        .find(|&i| !endpoints[i % endpoints.len()].outlier().is_ejected())
+        .unwrap_or(from)
+}
+
+/// Counts a try at `endpoint`, and ejects it when that makes too many failures in a row and no
+/// more than `max_ejection_percent` of the subset is out already.
+fn note(subset: &Subset, endpoint: &Endpoint, policy: &OutlierPolicy, outcome: Outcome) {
+    if !endpoint.outlier().record(policy, outcome) {
+        return;
+    }
+    let endpoints = subset.balancer.endpoints();
+    let out = endpoints
+        .iter()
+        .filter(|e| e.outlier().is_ejected())
+        .count();
+    if out * 100 >= endpoints.len() * policy.max_ejection_percent as usize && out > 0 {
+        return;
+    }
+    let length = endpoint.outlier().eject(policy);
+    tracing::warn!(
+        endpoint = %endpoint.addr(),
+        subset = %subset.name,
+        seconds = length.as_secs_f64(),
+        "outlier detection: endpoint ejected"
+    );
 }
 
 /// A copy of a request's head, for a policy that retries tries that break or time out.

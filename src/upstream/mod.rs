@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod h1;
+pub mod outlier;
 pub mod pool;
 
 pub use balance::{Balancer, LoadBalancer};

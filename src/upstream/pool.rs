@@ -112,6 +112,8 @@ pub struct Endpoint {
     slots: Arc<Semaphore>,
     /// Signalled when a connection goes back to the pool.
     returned: Notify,
+    /// Its failures in a row and whether it is ejected (outlier detection).
+    outlier: super::outlier::OutlierState,
 }
 
 /// The right of one HTTP/1.1 connection to be open; given back when the connection closes.
@@ -135,8 +137,14 @@ impl Endpoint {
                 settings.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             returned: Notify::new(),
+            outlier: Default::default(),
             settings,
         })
+    }
+
+    /// Its outlier detection record.
+    pub fn outlier(&self) -> &super::outlier::OutlierState {
+        &self.outlier
     }
 
     /// The address.
