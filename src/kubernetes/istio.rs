@@ -245,9 +245,55 @@ pub struct DestinationRuleSpec {
     pub host: String,
     /// Named label sets over the Service's pods.
     pub subsets: Vec<DrSubset>,
-    /// Everything else (`trafficPolicy`, `exportTo`, ...).
+    /// The Service's traffic policy (for all its subsets).
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Everything else (`exportTo`, `workloadSelector`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// A DestinationRule's `trafficPolicy`: its `outlierDetection` is served.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrafficPolicy {
+    /// Ejection of endpoints that fail in a row.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Everything else (`connectionPool`, `loadBalancer`, `tls`, `portLevelSettings`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `OutlierDetection`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutlierDetection {
+    /// 5xx answers and local failures in a row that eject.
+    #[serde(rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// 502, 503, 504 and local failures in a row that eject.
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Duration string.
+    pub interval: Option<String>,
+    /// Duration string.
+    pub base_ejection_time: Option<String>,
+    /// Percent.
+    pub max_ejection_percent: Option<u32>,
+    /// Everything else (`minHealthPercent`, `consecutiveLocalOriginFailures`, ...).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl OutlierDetection {
+    /// As the config file writes it.
+    pub fn to_raw(&self) -> crate::config::model::RawOutlierDetection {
+        crate::config::model::RawOutlierDetection {
+            consecutive_5xx_errors: self.consecutive_5xx_errors,
+            consecutive_gateway_errors: self.consecutive_gateway_errors,
+            interval: self.interval.clone(),
+            base_ejection_time: self.base_ejection_time.clone(),
+            max_ejection_percent: self.max_ejection_percent,
+        }
+    }
 }
 
 /// A DestinationRule subset.
@@ -329,6 +375,12 @@ impl DestinationRuleSpec {
         paths("spec", &self.rest, &mut out);
         for (i, s) in self.subsets.iter().enumerate() {
             paths(&format!("spec.subsets[{i}]"), &s.rest, &mut out);
+        }
+        if let Some(tp) = &self.traffic_policy {
+            paths("spec.trafficPolicy", &tp.rest, &mut out);
+            if let Some(od) = &tp.outlier_detection {
+                paths("spec.trafficPolicy.outlierDetection", &od.rest, &mut out);
+            }
         }
         out
     }

@@ -539,12 +539,20 @@ fn destination(
             (s.clone(), Some(labels))
         }
     };
+    // The Service's DestinationRule sets its policy for every subset.
+    let mut policy = crate::config::model::RawPolicy::default();
+    if let Some((rule, od)) = service_rule(cluster, spec, &meta.namespace, &ns, &fqdn)
+        .and_then(|(k, s)| Some((k, s.traffic_policy.as_ref()?.outlier_detection.as_ref()?)))
+    {
+        policy.outlier_detection = Some(od.to_raw());
+        t.rules_used.insert(rule);
+    }
     let service = t.services.entry(key.clone()).or_insert_with(|| RawService {
         name: Some(name.clone()),
         namespace: ns.clone(),
         host: fqdn,
         subsets: BTreeMap::new(),
-        policy: Default::default(),
+        policy,
     });
     if !service.subsets.contains_key(&subset_name) {
         let recipe = Recipe {
@@ -564,8 +572,7 @@ fn destination(
     })
 }
 
-/// The DestinationRule subset `subset` of the Service `fqdn`: the rule in the
-/// VirtualService's namespace first, then the Service's, then the oldest.
+/// The DestinationRule subset `subset` of the Service `fqdn` (see [`service_rule`]).
 fn subset_rule(
     cluster: &Cluster,
     spec: &KubernetesSpec,
@@ -574,6 +581,20 @@ fn subset_rule(
     fqdn: &str,
     subset: &str,
 ) -> Option<(Key, BTreeMap<String, String>)> {
+    let (key, s) = service_rule(cluster, spec, vs_ns, svc_ns, fqdn)?;
+    let found = s.subsets.iter().find(|x| x.name == subset)?;
+    Some((key, found.labels.clone()))
+}
+
+/// The DestinationRule of the Service `fqdn`: the rule in the VirtualService's namespace
+/// first, then the Service's, then the oldest.
+fn service_rule<'a>(
+    cluster: &'a Cluster,
+    spec: &KubernetesSpec,
+    vs_ns: &str,
+    svc_ns: &str,
+    fqdn: &str,
+) -> Option<(Key, &'a DestinationRuleSpec)> {
     let mut rules: Vec<(&Object<DestinationRuleSpec>, &DestinationRuleSpec)> = cluster
         .destination_rules
         .values()
@@ -589,8 +610,7 @@ fn subset_rule(
         (ns != vs_ns, ns != svc_ns, dr.meta.created.clone())
     });
     let (dr, s) = rules.first()?;
-    let found = s.subsets.iter().find(|x| x.name == subset)?;
-    Some((dr.meta.key(), found.labels.clone()))
+    Some((dr.meta.key(), s))
 }
 
 /// The ready, not terminating endpoints of Service `ns/name` on its port `port_name`, those of
@@ -984,6 +1004,33 @@ mod tests {
         assert_eq!(stable.standby, ["10.1.0.13:8080"]);
         // Its labels count for nothing while it is out.
         assert_eq!(stable.workload.as_deref(), Some("rollouts-demo"));
+    }
+
+    #[test]
+    fn a_destination_rules_outlier_detection_is_served_for_its_service() {
+        let old = "spec:\n  host: rollouts-demo\n  subsets:";
+        assert!(ARGO_SUBSET.contains(old));
+        let yaml = ARGO_SUBSET.replace(
+            old,
+            "spec:\n  host: rollouts-demo\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 7, baseEjectionTime: 15s, minHealthPercent: 50}\n    connectionPool: {tcp: {maxConnections: 100}}\n  subsets:",
+        );
+        let t = run(&yaml, "istio-system/splitgate");
+        let od = t.services["rollouts-demo.shop"]
+            .policy
+            .outlier_detection
+            .as_ref()
+            .expect("the rule's outlierDetection");
+        assert_eq!(od.consecutive_5xx_errors, Some(7));
+        assert_eq!(od.base_ejection_time.as_deref(), Some("15s"));
+        let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+        assert_eq!(dr.status, Status::Applied);
+        assert_eq!(
+            dr.unsupported,
+            [
+                "spec.trafficPolicy.connectionPool",
+                "spec.trafficPolicy.outlierDetection.minHealthPercent"
+            ]
+        );
     }
 
     /// The Argo host-level fixture with its primary rule's route replaced.
