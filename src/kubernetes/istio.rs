@@ -246,7 +246,7 @@ pub struct DestinationRuleSpec {
     /// Named label sets over the Service's pods.
     pub subsets: Vec<DrSubset>,
     /// The Service's traffic policy (for all its subsets).
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     /// Everything else (`exportTo`, `workloadSelector`, ...).
     #[serde(flatten)]
     pub rest: Rest,
