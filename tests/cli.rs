@@ -1066,6 +1066,24 @@ struct Draining {
     _parts: (common::Upstream, common::Upstream, TempDir),
 }
 
+/// Waits (up to `STOP`) until the readiness URL answers 503.
+async fn until_not_ready(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    readiness: &str,
+) {
+    let deadline = Instant::now() + STOP;
+    while ask(client, readiness, &[]).await.status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness still 200 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Draining {
     async fn start(drain: &str) -> Draining {
         let stable = spawn_upstream("stable", Behavior::Name).await;
@@ -1107,14 +1125,7 @@ async fn sigterm_drains_keeps_accepting_for_the_delay_and_asks_clients_to_go() {
     gw.signal("TERM");
     let signalled = Instant::now();
     // Readiness turns 503 at once, so that the Service stops sending here.
-    let deadline = Instant::now() + STOP;
-    while ask(&client, &readiness, &[]).await.status != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness still 200 after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_not_ready(&client, &readiness).await;
     drop(client);
 
     // The HTTP/2 client is told to go (GOAWAY): with nothing in flight, its connection ends
@@ -1160,14 +1171,7 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     let (gw, listen, readiness) = (d.gw, d.listen, d.readiness);
     gw.signal("TERM");
     let client = http1_client();
-    let deadline = Instant::now() + STOP;
-    while ask(&client, &readiness, &[]).await.status != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness still 200 after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_not_ready(&client, &readiness).await;
     // Draining for a minute: still serving.
     assert_eq!(
         ask(&client, &format!("http://{listen}/"), &[]).await.status,
