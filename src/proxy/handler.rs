@@ -380,7 +380,8 @@ pub(crate) async fn forward(
                     again,
                     retries > 0,
                 ) else {
-                    return Ok((resp, again));
+                    // URX only when retries were possible and ran out.
+                    return Ok((resp, again && replay.is_some()));
                 };
                 retries -= 1;
                 tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
