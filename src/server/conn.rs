@@ -464,10 +464,9 @@ where
     let service = service_fn(move |req| {
         let active = Active::new(service_state.clone());
         let answer = handler(req);
-        let state = service_state.clone();
         async move {
             let mut resp = answer.await;
-            if state.closing.load(Ordering::Relaxed) {
+            if active.state.closing.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, CLOSE.clone());
             }
