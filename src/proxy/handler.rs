@@ -301,27 +301,23 @@ fn answer_size(resp: &Response<ProxyBody>) -> u64 {
 /// retries ran out (Envoy's `URX`).
 pub(crate) async fn forward(
     subset: &Subset,
-    mut req: Request<UpstreamBody>,
+    req: Request<UpstreamBody>,
     retry: Option<&Retry>,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let endpoints = subset.balancer.endpoints();
     let Some(first) = subset.balancer.pick_index(&mut rand::rng()) else {
         return Err(ProxyError::NoHealthyUpstream);
     };
-    let retry = retry.filter(|r| r.attempts > 0);
+    // The head stays here and is lent to each try. HTTP/2 hands it to h2, so only an HTTP/1.1
+    // subset retries.
+    let (mut head, mut body) = req.into_parts();
+    let retry = retry.filter(|r| r.attempts > 0 && subset.protocol == UpstreamProtocol::Http1);
     // The body again for each retry; none when it cannot be sent twice.
-    let replay = retry.and_then(|_| req.body().replay());
-    let mut retries = if replay.is_some() {
-        retry.map_or(0, |r| r.attempts)
-    } else {
-        0
+    let replay = retry.and_then(|_| body.replay());
+    let mut retries = match (&replay, retry) {
+        (Some(_), Some(r)) => r.attempts,
+        _ => 0,
     };
-    // A try that breaks (`reset`) or times out (`per_try_timeout`) takes the head with it: a
-    // policy that retries those keeps a copy (only such a policy pays for it).
-    let spare = retry
-        .filter(|r| r.on.reset || (r.per_try_timeout.is_some() && r.retries_timeout()))
-        .filter(|_| retries > 0)
-        .map(|_| head_of(&req));
     let per_try = retry.and_then(|r| r.per_try_timeout);
     // After a failed connect, move on to endpoints not tried yet (the pick may repeat itself).
     let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
@@ -331,14 +327,14 @@ pub(crate) async fn forward(
         let endpoint = &endpoints[next % endpoints.len()];
         next += 1;
         let sent = match per_try {
-            Some(t) => tokio::time::timeout(t, endpoint.send(req))
+            Some(t) => tokio::time::timeout(t, endpoint.send(&mut head, body))
                 .await
                 .unwrap_or(Err(SendError::TimedOut)),
-            None => endpoint.send(req).await,
+            None => endpoint.send(&mut head, body).await,
         };
         if let Some(policy) = &subset.outlier {
             let outcome = match &sent {
-                Ok((resp, _)) if resp.status().as_u16() >= 500 => {
+                Ok(resp) if resp.status().as_u16() >= 500 => {
                     Some(Outcome::Status(resp.status().as_u16()))
                 }
                 Ok(_) => Some(Outcome::Success),
@@ -351,31 +347,27 @@ pub(crate) async fn forward(
                 note(subset, endpoint, policy, outcome);
             }
         }
-        // Broken or timed out: once more, from the spare head, when the policy says so.
+        // Broken or timed out: once more, when the policy says so.
         let broken = match &sent {
             Err(SendError::Reset(_)) => retry.is_some_and(|r| r.on.reset),
             Err(SendError::TimedOut) => retry.is_some_and(Retry::retries_timeout),
             _ => false,
         };
         if broken && retries > 0 {
-            if let (Some(head), Some(body)) = (
-                spare.as_ref(),
-                replay.as_ref().and_then(UpstreamBody::replay),
-            ) {
+            if let Some(again) = replay.as_ref().and_then(UpstreamBody::replay) {
                 retries -= 1;
                 tracing::debug!(endpoint = %endpoint.addr(), "try broke or timed out; retrying on the next endpoint");
-                req = Request::from_parts(clone_head(head), body);
+                body = again;
                 continue;
             }
         }
         match sent {
-            Ok((resp, head)) => {
+            Ok(resp) => {
                 let again = retry.is_some_and(|r| {
                     let grpc = resp.headers().get("grpc-status").map(|v| v.as_bytes());
                     r.retries_answer(resp.status().as_u16(), grpc)
                 });
-                let (Some(head), Some(body), true, true) = (
-                    head,
+                let (Some(next_body), true, true) = (
                     replay.as_ref().and_then(UpstreamBody::replay),
                     again,
                     retries > 0,
@@ -386,7 +378,7 @@ pub(crate) async fn forward(
                 retries -= 1;
                 tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
                 discard(resp).await;
-                req = Request::from_parts(head, body);
+                body = next_body;
             }
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
             Err(SendError::TimedOut) => return Err(ProxyError::UpstreamTimeout),
@@ -395,13 +387,13 @@ pub(crate) async fn forward(
             Err(SendError::Connect {
                 endpoint,
                 reason,
-                request,
+                body: back,
             }) => {
                 connects -= 1;
                 if connects == 0 {
                     return Err(ProxyError::ConnectFailure(format!("{endpoint}: {reason}")));
                 }
-                req = *request;
+                body = *back;
             }
         }
     }
@@ -440,29 +432,6 @@ fn note(subset: &Subset, endpoint: &Endpoint, policy: &OutlierPolicy, outcome: O
         seconds = length.as_secs_f64(),
         "outlier detection: endpoint ejected"
     );
-}
-
-/// A copy of a request's head, for a policy that retries tries that break or time out.
-fn head_of(req: &Request<UpstreamBody>) -> http::request::Parts {
-    copy_head(req.method(), req.uri(), req.version(), req.headers())
-}
-
-fn clone_head(h: &http::request::Parts) -> http::request::Parts {
-    copy_head(&h.method, &h.uri, h.version, &h.headers)
-}
-
-fn copy_head(
-    method: &http::Method,
-    uri: &http::Uri,
-    version: http::Version,
-    headers: &http::HeaderMap,
-) -> http::request::Parts {
-    let mut copy = Request::new(());
-    *copy.method_mut() = method.clone();
-    *copy.uri_mut() = uri.clone();
-    *copy.version_mut() = version;
-    *copy.headers_mut() = headers.clone();
-    copy.into_parts().0
 }
 
 /// Largest answer to a retried request that is read to its end, so that its connection goes

@@ -55,8 +55,8 @@ pub enum SendError {
         endpoint: String,
         /// What went wrong.
         reason: String,
-        /// The request, handed back for another endpoint.
-        request: Box<Request<UpstreamBody>>,
+        /// The request's body, handed back for another endpoint (the head was lent).
+        body: Box<UpstreamBody>,
     },
     /// The connection failed after the request was (partly) written.
     #[error("upstream reset: {0}")]
@@ -299,40 +299,38 @@ impl Endpoint {
         *req.version_mut() = Version::HTTP_2;
     }
 
-    fn connect_error(&self, reason: String, request: Request<UpstreamBody>) -> SendError {
+    fn connect_error(&self, reason: String, body: UpstreamBody) -> SendError {
         SendError::Connect {
             endpoint: self.addr.to_string(),
             reason,
-            request: Box::new(request),
+            body: Box::new(body),
         }
     }
 
     /// Sends a request on a pooled or new connection and returns the response with a body that
-    /// gives the connection back when it ends, and (HTTP/1.1) the request head, for a retry.
+    /// gives the connection back when it ends. HTTP/1.1 only reads `head`, which stays the
+    /// caller's for another try; HTTP/2 takes it (it is left empty) unless no connection could
+    /// be made.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<PooledBody>, Option<http::request::Parts>), SendError> {
+        head: &mut http::request::Parts,
+        body: UpstreamBody,
+    ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self
-                .send_h1(req, guard)
-                .await
-                .map(|(resp, head)| (resp, Some(head))),
+            UpstreamProtocol::Http1 => self.send_h1(head, body, guard).await,
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
-            // room for it. The head went to the HTTP/2 client.
-            UpstreamProtocol::Http2 => Box::pin(self.send_h2(req, guard))
-                .await
-                .map(|resp| (resp, None)),
+            // room for it.
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(head, body, guard)).await,
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
+        head: &http::request::Parts,
+        mut body: UpstreamBody,
         guard: InFlight,
-    ) -> Result<(Response<PooledBody>, http::request::Parts), SendError> {
-        let (head, mut body) = req.into_parts();
+    ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let checkout = match self.take_idle() {
                 Some((c, slot)) => Checkout::Idle(c, slot),
@@ -347,21 +345,18 @@ impl Endpoint {
                 Checkout::Idle(c, slot) => (c, slot, true),
                 Checkout::Fresh(slot) => match Box::pin(self.connect()).await {
                     Ok(io) => (h1::Conn::new(io), slot, false),
-                    Err(reason) => {
-                        return Err(self.connect_error(reason, Request::from_parts(head, body)))
-                    }
+                    Err(reason) => return Err(self.connect_error(reason, body)),
                 },
             };
             let mut pending = Pending {
                 ep: self,
-                exchange: h1::Exchange::new(conn, &head, body, reused),
+                exchange: h1::Exchange::new(conn, head, body, reused),
                 slot: Some(slot),
             };
             match pending.exchange.response().await {
                 Ok((parts, body)) => {
                     let body = PooledBody::new(Inner::H1(body), guard, pending.slot.take());
-                    drop(pending);
-                    return Ok((Response::from_parts(parts, body), head));
+                    return Ok(Response::from_parts(parts, body));
                 }
                 // The upstream closed an idle connection as the request went out: once more,
                 // on another connection.
@@ -383,9 +378,13 @@ impl Endpoint {
 
     async fn send_h2(
         self: &Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        head: &mut http::request::Parts,
+        body: UpstreamBody,
         guard: InFlight,
     ) -> Result<Response<PooledBody>, SendError> {
+        // An empty head takes its place (no allocation) until it comes back.
+        let empty = Request::new(()).into_parts().0;
+        let mut req = Request::from_parts(std::mem::replace(head, empty), body);
         self.to_h2(&mut req);
         let mut fresh = false;
         loop {
@@ -396,7 +395,11 @@ impl Endpoint {
                         fresh = true;
                         s
                     }
-                    Err(reason) => return Err(self.connect_error(reason, req)),
+                    Err(reason) => {
+                        let (parts, body) = req.into_parts();
+                        *head = parts;
+                        return Err(self.connect_error(reason, body));
+                    }
                 },
             };
             if sender.ready().await.is_err() && !fresh {
