@@ -313,12 +313,9 @@ impl Control {
         }
         changed.sort_unstable();
         changed.dedup();
-        let previous = self.runtime.load_full();
-        let generation = previous.generation + 1;
-        let next =
-            config::compile::recompile_services(&st.effective, &previous, &changed, generation);
-        self.runtime.store(Arc::new(next));
-        Some(generation)
+        Some(self.swap_runtime(|previous, generation| {
+            config::compile::recompile_services(&st.effective, previous, &changed, generation)
+        }))
     }
 
     /// Replaces routes from outside the file that keep their names and hosts, services
@@ -381,13 +378,10 @@ impl Control {
         if changed.is_empty() {
             return Some(self.generation());
         }
-        let previous = self.runtime.load_full();
-        let generation = previous.generation + 1;
         let replaced: Vec<(usize, &RawRoute)> = changed.iter().map(|(i, r)| (*i, r)).collect();
-        let next =
-            config::compile::recompile_routes(&st.effective, &previous, &replaced, generation);
-        self.runtime.store(Arc::new(next));
-        Some(generation)
+        Some(self.swap_runtime(|previous, generation| {
+            config::compile::recompile_routes(&st.effective, previous, &replaced, generation)
+        }))
     }
 
     /// The drain settings of the config as last accepted.
@@ -532,8 +526,17 @@ impl Control {
         }
     }
 
-    /// Builds the runtime for `effective` and makes it live. Requests that start after this
-    /// returns use it; requests in flight finish on the snapshot they started with.
+    /// Builds the next snapshot from the live one with `build` (given the next generation) and
+    /// makes it live; returns that generation. Requests that start after this returns use it;
+    /// requests in flight finish on the snapshot they started with.
+    fn swap_runtime(&self, build: impl FnOnce(&Runtime, u64) -> Runtime) -> u64 {
+        let previous = self.runtime.load_full();
+        let generation = previous.generation + 1;
+        self.runtime.store(Arc::new(build(&previous, generation)));
+        generation
+    }
+
+    /// Builds the runtime for `effective` and makes it live.
     fn commit(
         &self,
         st: &mut ControlState,
@@ -541,10 +544,9 @@ impl Control {
         overlay: Overlay,
         dropped: Vec<Dropped>,
     ) -> u64 {
-        let previous: Arc<Runtime> = self.runtime.load_full();
-        let generation = previous.generation + 1;
-        let next = config::compile(&effective, Some(&previous), generation);
-        self.runtime.store(Arc::new(next));
+        let generation = self.swap_runtime(|previous, generation| {
+            config::compile(&effective, Some(previous), generation)
+        });
         st.effective = effective;
         st.overlay = overlay;
         // Drops are history: they stay listed (the latest ones) until later changes push them out.
