@@ -57,14 +57,6 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// No retries (`attempts: 0`).
-    pub fn none() -> Self {
-        Retry {
-            attempts: 0,
-            ..Retry::default()
-        }
-    }
-
     /// Whether an answer with `status` and gRPC status `grpc` (from its head) is retried.
     pub fn retries_answer(&self, status: u16, grpc: Option<&[u8]>) -> bool {
         let on = &self.on;
