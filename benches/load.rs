@@ -14,7 +14,7 @@
 //!   runtime (`--client-threads`), every request with `Host: bench.example.com`.
 //!
 //! Scenarios (`--scenario`, comma-separated; the default is `max,open,h2,flip`; `all` adds `idle`,
-//! `hostile`, `h2flood`, `churn`, `drain` and `retry`):
+//! `hostile`, `h2flood`, `churn`, `drain`, `retry`, `outage` and `reload`):
 //!
 //! * `max`: closed loop. `--connections` HTTP/1.1 keep-alive connections each send their next
 //!   request as soon as the previous answer is read. First straight to the stable upstream
@@ -30,6 +30,9 @@
 //! * `flip`: `max` through the gateway while the weights of `primary` flip between 90/10 and 10/90
 //!   `--flip-rate` times a second through the admin API, one call at a time. The goal is zero
 //!   errors; the split should come out near 50/50. The weights are 90/10 again afterwards.
+//!   `--rss-every 10s` reads the gateway's RSS that often and reports it after the first 20% of
+//!   the run and at the end, and the growth (a soak: `--duration 30m --flip-rate 1`; goal: at
+//!   most +1%).
 //! * `idle`: on a fresh gateway, a few seconds at 1000 requests/s, then `--idle-connections`
 //!   keep-alive connections that each send one request and stay open for `--idle-hold` (1 s).
 //!   Reports the gateway's RSS (fresh, under load, with the idle connections), the KiB each idle
@@ -62,6 +65,16 @@
 //! * `retry`: on fresh gateways whose `stable` subset has three endpoints, one of them answering
 //!   503 to 30% of its requests: `max` with Istio's default retries, then with `retries: {
 //!   attempts: 0 }`. Reports the non-2xx share clients see (goal with retries: below 0.1%).
+//! * `outage`: on fresh gateways with outlier detection and retries, whose `stable` subset (all
+//!   the load here) has three endpoints that are processes of their own: `max` healthy, then with
+//!   one endpoint SIGKILLed, SIGSTOPped (both at `--outage-at`, default 20% of `--duration`), or
+//!   answering 503 to 30% of its requests. Reports errors and throughput against the healthy
+//!   run, from 1 s after the fault on (goals: errors below 0.1%, at least 90% of the healthy
+//!   throughput), and when the ejections came. See `benches/load/outage.rs`.
+//! * `reload`: on a fresh gateway with `--reload-rules` (1000) regex rules ahead of the weighted
+//!   one, `open` at `--rate` (default 5000/s) without weight changes, then with
+//!   `--reload-flip-rate` (100) a second. Reports how much the latency grew (goal: at most 1 ms)
+//!   and the admin calls' latency. See `benches/load/reload.rs`.
 //!
 //! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
 //! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
@@ -90,6 +103,9 @@
 //! cargo bench --bench load -- --scenario hostile,h2flood --pin-gateway 0 --pin-client 1
 //! cargo bench --bench load -- --pin-gateway 0 --pin-client 1  # the gateway alone on CPU 0
 //! cargo bench --bench load -- --scenario churn --gateway-quota 50 --pin-gateway 0 --pin-client 1
+//! cargo bench --bench load -- --scenario outage --pin-gateway 0 --pin-client 1
+//! cargo bench --bench load -- --scenario reload --rate 5000 --pin-gateway 0 --pin-client 1
+//! cargo bench --bench load -- --scenario flip --flip-rate 1 --duration 30m --rss-every 10s
 //! cargo bench --bench load -- --scenario open --rate 20000 --pin-gateway 0 --pin-client 1 \
 //!     --upstreams 127.0.0.1:28001,127.0.0.1:28002 --peer haproxy=127.0.0.1:28082
 //! cargo bench --bench load -- --help
@@ -126,6 +142,10 @@ use tokio::task::JoinHandle;
 mod churn;
 #[path = "load/drain.rs"]
 mod drain;
+#[path = "load/outage.rs"]
+mod outage;
+#[path = "load/reload.rs"]
+mod reload;
 #[path = "load/retry.rs"]
 mod retry;
 // The fake Kubernetes API server of the tests.
@@ -221,6 +241,19 @@ struct Args {
     /// h2flood: attacking connections at once.
     #[arg(long, default_value_t = 4)]
     flood_connections: usize,
+    /// outage: when the fault comes, into the measured part [default: 20% of --duration].
+    #[arg(long, value_parser = parse_duration)]
+    outage_at: Option<Duration>,
+    /// reload: regex rules ahead of the weighted rule.
+    #[arg(long, default_value_t = 1000)]
+    reload_rules: usize,
+    /// reload: weight changes per second through the admin API in the second run.
+    #[arg(long, default_value_t = 100.0)]
+    reload_flip_rate: f64,
+    /// flip: read the gateway's RSS this often (like `10s`) and report its growth after the
+    /// first 20% of the run (a soak: run it with a long --duration and --flip-rate 1).
+    #[arg(long, value_parser = parse_duration)]
+    rss_every: Option<Duration>,
     /// churn: EndpointSlice changes per second.
     #[arg(long, default_value_t = 100.0)]
     churn_rate: f64,
@@ -290,6 +323,8 @@ enum Scenario {
     Churn,
     Drain,
     Retry,
+    Outage,
+    Reload,
     All,
 }
 
@@ -342,6 +377,8 @@ impl Args {
                 Scenario::Churn,
                 Scenario::Drain,
                 Scenario::Retry,
+                Scenario::Outage,
+                Scenario::Reload,
             ]
         } else {
             self.scenario.clone()
@@ -363,6 +400,11 @@ impl Args {
             need = need.max(Some(hostile));
         }
         need.map(|n| n + FD_MARGIN)
+    }
+
+    /// When `outage`'s fault comes, into the measured part.
+    fn outage_at(&self) -> Duration {
+        self.outage_at.unwrap_or(self.duration / 5)
     }
 
     /// The hostile kinds chosen, once each.
@@ -401,6 +443,15 @@ impl Args {
         }
         if !(self.flip_rate >= 0.0 && self.flip_rate.is_finite()) {
             bail!("--flip-rate must be a number from 0 up");
+        }
+        if self.outage_at.is_some_and(|at| at >= self.duration) {
+            bail!("--outage-at must be less than --duration");
+        }
+        if !(self.reload_flip_rate > 0.0 && self.reload_flip_rate.is_finite()) {
+            bail!("--reload-flip-rate must be a number above 0");
+        }
+        if self.rss_every.is_some_and(|every| every.is_zero()) {
+            bail!("--rss-every must be above 0");
         }
         if !(self.churn_rate >= 0.0 && self.churn_rate.is_finite()) {
             bail!("--churn-rate must be a number from 0 up");
@@ -480,6 +531,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    // `outage` runs its endpoints as processes of this binary.
+    if raw.first().is_some_and(|a| a == outage::SERVE_ENDPOINT) {
+        return outage::serve_endpoint(&raw[1..]);
+    }
     let asked_for_help = raw.iter().any(|a| a == "-h" || a == "--help");
     let smoke = !raw.iter().any(|a| a == "--bench") && !asked_for_help;
     let args = if smoke {
@@ -576,6 +631,8 @@ async fn run_scenarios(args: &Args, scenarios: &[Scenario], own: &Upstreams) -> 
             Scenario::Churn => churn::run(args, report).await?,
             Scenario::Drain => drain::run(args, upstreams, report).await?,
             Scenario::Retry => retry::run(args, upstreams, report).await?,
+            Scenario::Outage => outage::run(args, upstreams, report).await?,
+            Scenario::Reload => reload::run(args, upstreams, report).await?,
             Scenario::All => unreachable!("expanded by Args::scenarios"),
         }
         if let Some(gw) = &shared {
@@ -723,7 +780,21 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
     let flipper = tokio::spawn(flip_weights(gw.admin, args.flip_rate, stop.clone()));
     let target = Target::gateway(gw.listen, Proto::H1);
     let label = format!("flip {}/s", args.flip_rate);
-    let tally = max_loop(args, &label, &target).await;
+    let zero = Instant::now() + args.warmup;
+    let sampling = async {
+        match args.rss_every {
+            Some(every) => Some(rss_series(gw.pid, every, zero, zero + args.duration).await),
+            None => None,
+        }
+    };
+    let (tally, series) = tokio::join!(max_loop(args, &label, &target), sampling);
+    // One more read at the end.
+    let series = series.map(|mut s| {
+        if let Ok(kib) = gw.rss_kib() {
+            s.push((zero.elapsed().as_secs_f64(), kib));
+        }
+        s
+    });
     stop.store(true, Ordering::Relaxed);
     let flips = flipper.await.context("the weight flipper panicked")?;
     let tally = tally?;
@@ -734,13 +805,19 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
         .context("setting the weights back to 90/10 after flip")?;
 
     let seconds = flips.elapsed.as_secs_f64().max(1e-9);
-    let extra = json!({
+    let mut extra = json!({
         "flip_rate": args.flip_rate,
         "admin_ok": flips.ok,
         "admin_failed": flips.failed,
         "admin_ok_per_s": flips.ok as f64 / seconds,
         "admin_first_failure": flips.first_failure,
+        "admin_latency_us": latency_json(&flips.latency),
     });
+    if let Some(series) = &series {
+        let rss = rss_growth(series, args.duration);
+        report.notes.push(rss.text.clone());
+        extra["rss"] = rss.json;
+    }
     let row = Row::from_tally("flip", "gateway", &tally, args.duration, extra);
     report.notes.push(format!(
         "flip: {} weight changes applied ({:.1}/s over {:.1} s), {} admin calls failed{}",
@@ -752,6 +829,89 @@ async fn run_flip(args: &Args, gw: &Gateway, report: &mut Report) -> Result<()> 
     ));
     report.push(row, &tally);
     Ok(())
+}
+
+/// The VmRSS of process `pid` in KiB every `every` from now until `end`, each with its time in
+/// seconds from `zero` (negative before it).
+async fn rss_series(pid: u32, every: Duration, zero: Instant, end: Instant) -> Vec<(f64, u64)> {
+    let mut series = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let at = tick.tick().await.into_std();
+        if at >= end {
+            break;
+        }
+        let path = format!("/proc/{pid}/status");
+        let kib = std::fs::read_to_string(&path).ok().and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        });
+        if let Some(kib) = kib {
+            let t = if at >= zero {
+                (at - zero).as_secs_f64()
+            } else {
+                -(zero - at).as_secs_f64()
+            };
+            series.push((t, kib));
+        }
+    }
+    series
+}
+
+/// What an RSS series says.
+struct RssGrowth {
+    text: String,
+    json: Value,
+}
+
+/// The RSS after warm-up (the first read at or after 20% of `duration`), at the end, and the
+/// growth between them.
+fn rss_growth(series: &[(f64, u64)], duration: Duration) -> RssGrowth {
+    let warm_at = duration.as_secs_f64() * 0.2;
+    let warm = series
+        .iter()
+        .find(|(t, _)| *t >= warm_at)
+        .or(series.first())
+        .copied();
+    let end = series.last().copied();
+    let growth = match (warm, end) {
+        (Some((_, w)), Some((_, e))) if w > 0 => Some(100.0 * (e as f64 - w as f64) / w as f64),
+        _ => None,
+    };
+    let text = match (warm, end, growth) {
+        (Some((wt, w)), Some((et, e)), Some(g)) => format!(
+            "flip: gateway RSS {w} KiB after warm-up (read at {wt:.1} s), {e} KiB at the end \
+             ({et:.1} s): {g:+.2}% (soak goal: at most +1% after warm-up); {} reads, peak {} KiB",
+            series.len(),
+            series.iter().map(|(_, k)| *k).max().unwrap_or(0)
+        ),
+        _ => format!("flip: only {} RSS reads, too few to compare", series.len()),
+    };
+    let json = json!({
+        "series": series.iter().map(|(t, k)| json!([t, k])).collect::<Vec<_>>(),
+        "warm_up_end_s": warm_at,
+        "after_warm_up": warm.map(|(t, k)| json!({ "t_s": t, "kib": k })),
+        "end": end.map(|(t, k)| json!({ "t_s": t, "kib": k })),
+        "growth_percent": growth,
+    });
+    RssGrowth { text, json }
+}
+
+/// p50, p99, p99.9 and max of a µs histogram, for the JSON report.
+fn latency_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "count": h.len(),
+        "p50": h.value_at_quantile(0.5),
+        "p99": h.value_at_quantile(0.99),
+        "p99.9": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
 }
 
 /// `idle`: the memory a fresh gateway takes at a steady 1000 requests/s and per idle connection.
@@ -1499,6 +1659,8 @@ struct FlipStats {
     failed: u64,
     first_failure: Option<String>,
     elapsed: Duration,
+    /// How long each admin call took, µs.
+    latency: Histogram<u64>,
 }
 
 /// Flips `primary` between 90/10 and 10/90 `rate` times a second until `stop`.
@@ -1509,6 +1671,8 @@ async fn flip_weights(admin: SocketAddr, rate: f64, stop: Arc<AtomicBool>) -> Fl
         failed: 0,
         first_failure: None,
         elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+            .expect("constant histogram bounds are valid"),
     };
     if rate > 0.0 {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -1519,7 +1683,11 @@ async fn flip_weights(admin: SocketAddr, rate: f64, stop: Arc<AtomicBool>) -> Fl
             tick.tick().await;
             canary_heavy = !canary_heavy;
             let (stable, canary) = if canary_heavy { (10, 90) } else { (90, 10) };
-            match put_weights(&mut conn, admin, stable, canary).await {
+            let called = Instant::now();
+            let result = put_weights(&mut conn, admin, stable, canary).await;
+            let us = u64::try_from(called.elapsed().as_micros()).unwrap_or(u64::MAX);
+            stats.latency.saturating_record(us.max(1));
+            match result {
                 Ok(()) => stats.ok += 1,
                 Err(e) => {
                     stats.failed += 1;
@@ -1923,6 +2091,16 @@ struct Tweaks {
     stable_endpoints: Option<Vec<SocketAddr>>,
     /// The weighted rule's `retries` (YAML flow).
     retries: Option<String>,
+    /// More fields of the service's `policy` (YAML flow, without the braces), like
+    /// `outlier_detection: { … }`.
+    service_policy: Option<String>,
+    /// The weighted rule's `timeout`.
+    route_timeout: Option<Duration>,
+    /// The weighted rule's stable and canary weights, instead of 90/10.
+    primary_weights: Option<(u32, u32)>,
+    /// Rules (YAML, list items indented for `http:`) put between `canary-by-header` and the
+    /// weighted rule.
+    extra_rules: Option<String>,
 }
 
 fn gateway_config(
@@ -1950,9 +2128,22 @@ fn gateway_config(
         let ms = d.as_millis();
         format!("    limits: {{ first_byte_timeout: {ms}ms, request_headers_timeout: {ms}ms }}\n")
     });
-    let policy = tweaks.upstream_cap.map_or(String::new(), |n| {
-        format!("    policy: {{ max_connections_per_endpoint: {n} }}\n")
+    let mut policy: Vec<String> = tweaks
+        .upstream_cap
+        .map(|n| format!("max_connections_per_endpoint: {n}"))
+        .into_iter()
+        .collect();
+    policy.extend(tweaks.service_policy.clone());
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!("    policy: {{ {} }}\n", policy.join(", "))
+    };
+    let timeout = tweaks.route_timeout.map_or(String::new(), |t| {
+        format!("        timeout: {}ms\n", t.as_millis())
     });
+    let (stable_weight, canary_weight) = tweaks.primary_weights.unwrap_or((90, 10));
+    let extra_rules = tweaks.extra_rules.as_deref().unwrap_or_default();
     let drain = format!(
         "drain: {{ delay: {}ms, timeout: 5s }}\n",
         tweaks.drain_delay.unwrap_or_default().as_millis()
@@ -1990,11 +2181,11 @@ routes:
           - headers: {{ x-canary: {{ exact: always }} }}
         route:
           - destination: {{ service: bench, subset: canary }}
-      - name: primary
+{extra_rules}      - name: primary
         route:
-          - {{ destination: {{ service: bench, subset: stable }}, weight: 90 }}
-          - {{ destination: {{ service: bench, subset: canary }}, weight: 10 }}
-{retries}"#
+          - {{ destination: {{ service: bench, subset: stable }}, weight: {stable_weight} }}
+          - {{ destination: {{ service: bench, subset: canary }}, weight: {canary_weight} }}
+{retries}{timeout}"#
     )
 }
 
@@ -2181,6 +2372,10 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "pin_gateway": args.pin_gateway,
         "pin_client": args.pin_client,
         "gateway_quota_percent": args.gateway_quota,
+        "outage_at_s": args.outage_at().as_secs_f64(),
+        "reload_rules": args.reload_rules,
+        "reload_flip_rate": args.reload_flip_rate,
+        "rss_every_s": args.rss_every.map(|d| d.as_secs_f64()),
         "churn_rate": args.churn_rate,
         "churn_endpoints": args.churn_endpoints,
         "drain_delay_s": args.drain_delay.as_secs_f64(),

@@ -64,6 +64,8 @@ pub struct Subset {
     pub protocol: UpstreamProtocol,
     /// Its service's outlier detection, if any.
     pub outlier: Option<crate::upstream::outlier::OutlierPolicy>,
+    /// Its bounds (`connection_pool`), retry budget and event counters.
+    pub circuit: Arc<crate::upstream::circuit::Circuit>,
     /// Its Istio series.
     pub metrics: Arc<DestinationMetrics>,
 }

@@ -50,6 +50,9 @@ async fn an_endpoint_failing_in_a_row_is_ejected_then_returns() {
         first[first.len() - 20..].iter().all(|&s| s == 200),
         "{first:?}"
     );
+    let ejections = "splitgate_outlier_ejections_total{service=\"svc\",subset=\"pool\"} 1";
+    let text = app.runtime.load().hub.encode();
+    assert!(text.lines().any(|l| l == ejections), "{text}");
 
     // After its ejection, it is picked again, fails 3 more times and goes out for twice as long.
     let ejected_at = Instant::now();

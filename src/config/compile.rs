@@ -4,34 +4,46 @@ use super::model::RawRoute;
 use super::validate::{RouteSpec, ServiceSpec};
 use super::Config;
 use crate::metrics::analysis::Window;
-use crate::metrics::hub::{DestinationInfo, MetricsHub, WeightLabel};
+use crate::metrics::hub::{DestinationInfo, MetricsHub, SubsetLabel, WeightLabel};
 use crate::routing::Router;
 use crate::runtime::{Runtime, Service, Subset};
 use crate::split::Target;
+use crate::upstream::circuit::{Circuit, Limits};
 use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Live endpoints by address and pool settings, to carry over into the next runtime.
-// `PoolSettings` holds a rustls config, which has interior mutability (its session cache),
-// but its `Hash` and `Eq` look only at what the settings were built from.
-#[allow(clippy::mutable_key_type)]
-type Reusable = HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>>;
+/// What a runtime carries over into the next: live endpoints by address and pool settings
+/// (with their pooled connections), and subsets' circuits by service, subset and bounds (with
+/// their counts of open connections).
+#[derive(Default)]
+struct Reusable {
+    // `PoolSettings` holds a rustls config, which has interior mutability (its session
+    // cache), but its `Hash` and `Eq` look only at what the settings were built from.
+    #[allow(clippy::mutable_key_type)]
+    endpoints: HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>>,
+    circuits: HashMap<(Box<str>, Box<str>, Limits), Arc<Circuit>>,
+}
 
-#[allow(clippy::mutable_key_type)]
 fn reusable<'a>(services: impl Iterator<Item = &'a Service>) -> Reusable {
-    services
-        .flat_map(|s| &s.subsets)
-        .flat_map(|s| s.balancer.endpoints().iter().chain(s.standby.iter()))
-        .map(|ep| ((ep.addr().clone(), ep.settings().clone()), ep.clone()))
-        .collect()
+    let mut out = Reusable::default();
+    for s in services {
+        for sub in &s.subsets {
+            let endpoints = sub.balancer.endpoints().iter().chain(sub.standby.iter());
+            out.endpoints.extend(
+                endpoints.map(|ep| ((ep.addr().clone(), ep.settings().clone()), ep.clone())),
+            );
+            let key = (s.name.clone(), sub.name.clone(), sub.circuit.limits);
+            out.circuits.insert(key, sub.circuit.clone());
+        }
+    }
+    out
 }
 
 /// Builds a runtime. From `previous` it carries over the endpoints whose address and pool
 /// settings are unchanged (with their pooled connections) and the metrics hub, whose series and
 /// analysis windows continue; those of subsets that are gone are removed.
 pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> Runtime {
-    #[allow(clippy::mutable_key_type)]
     let reusable = reusable(
         previous
             .into_iter()
@@ -57,6 +69,18 @@ pub fn compile(config: &Config, previous: Option<&Runtime>, generation: u64) -> 
         .map(|r| route_windows(config, r, &hub, &mut window_keys))
         .collect();
     hub.retain(&destinations, &window_keys);
+    hub.retain_subsets(
+        &config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.subsets.iter().map(|sub| SubsetLabel {
+                    service: s.name.clone(),
+                    subset: sub.name.clone(),
+                })
+            })
+            .collect(),
+    );
     route_weights(config, &hub);
 
     let router = Router::new(
@@ -89,7 +113,6 @@ pub fn recompile_services(
     changed: &[usize],
     generation: u64,
 ) -> Runtime {
-    #[allow(clippy::mutable_key_type)]
     let reusable = reusable(changed.iter().map(|&i| &*previous.services[i]));
     let hub = previous.hub.clone();
     hub.own
@@ -131,9 +154,8 @@ pub fn recompile_services(
     }
 }
 
-/// One service's runtime: its endpoints reused from `reusable` where they can be, its
-/// subsets' metrics from `hub` (whose identities are added to `destinations`).
-#[allow(clippy::mutable_key_type)]
+/// One service's runtime: its endpoints and circuits reused from `reusable` where they can
+/// be, its subsets' metrics from `hub` (whose identities are added to `destinations`).
 fn service(
     s: &ServiceSpec,
     reusable: &Reusable,
@@ -146,42 +168,50 @@ fn service(
         max_connections: s.max_connections,
         protocol: s.protocol,
         tls: s.tls.clone(),
+        max_requests_per_connection: s.max_requests_per_connection,
+        idle_timeout: s.idle_timeout,
     };
-    let subsets = s
-        .subsets
-        .iter()
-        .map(|sub| {
-            let endpoint = |a: &EndpointAddr| {
-                let key = (a.clone(), settings.clone());
-                reusable
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
-            };
-            let endpoints = sub.endpoints.iter().map(endpoint).collect();
-            let standby = sub.standby.iter().map(endpoint).collect();
-            let info = DestinationInfo {
-                service: s.service_name.clone(),
-                namespace: s.namespace.clone(),
-                host: s.host.clone(),
-                subset: sub.name.clone(),
-                workload: sub.workload.clone(),
-                labels: sub.labels.clone(),
-            };
-            let metrics = hub.destination(&info);
-            destinations.insert(info);
-            Subset {
-                name: sub.name.as_str().into(),
-                labels: sub.labels.clone(),
-                workload: sub.workload.as_str().into(),
-                balancer: Balancer::new(endpoints, s.load_balancer),
-                standby,
-                protocol: s.protocol,
-                outlier: s.outlier,
-                metrics,
-            }
-        })
-        .collect();
+    let subsets =
+        s.subsets
+            .iter()
+            .map(|sub| {
+                let endpoint = |a: &EndpointAddr| {
+                    let key = (a.clone(), settings.clone());
+                    reusable
+                        .endpoints
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
+                };
+                let endpoints = sub.endpoints.iter().map(endpoint).collect();
+                let standby = sub.standby.iter().map(endpoint).collect();
+                let info = DestinationInfo {
+                    service: s.service_name.clone(),
+                    namespace: s.namespace.clone(),
+                    host: s.host.clone(),
+                    subset: sub.name.clone(),
+                    workload: sub.workload.clone(),
+                    labels: sub.labels.clone(),
+                };
+                let metrics = hub.destination(&info);
+                destinations.insert(info);
+                let key = (s.name.as_str().into(), sub.name.as_str().into(), s.circuit);
+                let circuit = reusable.circuits.get(&key).cloned().unwrap_or_else(|| {
+                    Circuit::new(s.circuit, hub.subset_events(&s.name, &sub.name))
+                });
+                Subset {
+                    name: sub.name.as_str().into(),
+                    labels: sub.labels.clone(),
+                    workload: sub.workload.as_str().into(),
+                    balancer: Balancer::new(endpoints, s.load_balancer),
+                    standby,
+                    protocol: s.protocol,
+                    outlier: s.outlier,
+                    circuit,
+                    metrics,
+                }
+            })
+            .collect();
     Service {
         name: s.name.as_str().into(),
         service_name: s.service_name.as_str().into(),

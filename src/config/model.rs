@@ -305,6 +305,37 @@ pub struct RawPolicy {
     /// Eject endpoints that fail in a row (Istio's `outlierDetection`); none: no ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<RawOutlierDetection>,
+    /// Bounds on each subset's connections and requests (Istio's `connectionPool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<RawConnectionPool>,
+}
+
+/// Istio's `ConnectionPoolSettings`, flat and in snake_case. Bounds are per subset (an Envoy
+/// cluster); one left out is no bound.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnectionPool {
+    /// HTTP/1.1 connections open to the subset at once; more requests wait for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Requests waiting for a connection at once; more are answered 503 `UO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<usize>,
+    /// Requests in flight to the subset at once (HTTP/1.1 and HTTP/2); more are answered 503
+    /// `UO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<usize>,
+    /// Requests an HTTP/1.1 connection carries before it is closed; 0 (default): no bound,
+    /// 1: no keep-alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries in flight to the subset at once (beyond the retry budget, which always holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<usize>,
+    /// Duration string: an idle pooled connection is closed after this (default 1h; `0s`:
+    /// never, the upstream closes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
 }
 
 /// Istio's `OutlierDetection`, in snake_case.

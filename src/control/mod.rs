@@ -15,7 +15,7 @@ use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::sync::Mutex;
 
 /// How many dropped overrides `/v1/state` keeps listing.
@@ -247,8 +247,9 @@ impl Control {
     /// changes. A set that does not validate with the file changes nothing and says why.
     pub async fn set_external(&self, external: External) -> Result<u64, Vec<FieldError>> {
         let mut st = self.state.lock().await;
+        let started = Instant::now();
         let base = external::merged(&st.file, Some(&external));
-        let (effective, dropped) = effective_config(&base, &st.overlay).inspect_err(|errors| {
+        let (effective, dropped) = validated(base, st.overlay.clone()).await.inspect_err(|errors| {
             tracing::error!(?errors, "routes from Kubernetes do not validate with the config file; the running config stays");
         })?;
         self.synced.store(external.synced, Ordering::SeqCst);
@@ -258,7 +259,9 @@ impl Control {
             return Ok(self.generation());
         }
         let overlay = prune(st.overlay.clone(), &dropped);
-        Ok(self.commit(&mut st, effective, overlay, dropped))
+        Ok(self
+            .commit(&mut st, effective, overlay, dropped, started)
+            .await)
     }
 
     /// Gives subsets of the outside services new endpoints (with their pod labels and
@@ -409,6 +412,7 @@ impl Control {
     {
         let mut st = self.state.lock().await;
         self.check_generation(if_match)?;
+        let started = Instant::now();
         let mut overlay = st.overlay.clone();
         let base = external::merged(&st.file, st.external.as_ref());
         let route = edit(&mut overlay, &base)?;
@@ -422,17 +426,21 @@ impl Control {
         overlay.routes.retain(|_, ro| !ro.is_empty());
         // The overlay check above catches what the API can get wrong; this is the backstop.
         let (effective, dropped) =
-            effective_config(&base, &overlay).map_err(|errors| ChangeError::Invalid {
-                field: "body".into(),
-                message: format!(
-                    "the change does not validate: {}",
-                    errors
-                        .first()
-                        .map(|e| e.message.as_str())
-                        .unwrap_or("unknown error")
-                ),
-            })?;
-        let generation = self.commit(&mut st, effective, overlay, dropped);
+            validated(base, overlay.clone())
+                .await
+                .map_err(|errors| ChangeError::Invalid {
+                    field: "body".into(),
+                    message: format!(
+                        "the change does not validate: {}",
+                        errors
+                            .first()
+                            .map(|e| e.message.as_str())
+                            .unwrap_or("unknown error")
+                    ),
+                })?;
+        let generation = self
+            .commit(&mut st, effective, overlay, dropped, started)
+            .await;
         self.persist(&mut st).await;
         Ok(generation)
     }
@@ -448,15 +456,21 @@ impl Control {
         };
         let mut st = self.state.lock().await;
         self.check_generation(if_match)?;
-        let (hash, loaded) = config::load_hashed(&path);
+        let started = Instant::now();
+        let (external, overlay, file) = (st.external.clone(), st.overlay.clone(), path.clone());
+        let (hash, result) = off_thread(move || {
+            let (hash, loaded) = config::load_hashed(&file);
+            let result = loaded.map_err(|e| e.errors).and_then(|file| {
+                let base = external::merged(&file.raw, external.as_ref());
+                let (effective, dropped) = effective_config(&base, &overlay)?;
+                Ok((file, effective, dropped))
+            });
+            (hash, result)
+        })
+        .await;
         if let Some(h) = hash {
             self.file_hash.store(h, Ordering::SeqCst);
         }
-        let result = loaded.map_err(|e| e.errors).and_then(|file| {
-            let base = external::merged(&file.raw, st.external.as_ref());
-            let (effective, dropped) = effective_config(&base, &st.overlay)?;
-            Ok((file, effective, dropped))
-        });
         match result {
             Ok((file, effective, dropped)) => {
                 if file.raw.listeners != st.file.listeners {
@@ -468,7 +482,9 @@ impl Control {
                     tracing::warn!(route = %d.route, what = ?d.what, reason = %d.reason, "API override dropped by reload");
                 }
                 let pruned = overlay != st.overlay;
-                let generation = self.commit(&mut st, effective, overlay, dropped);
+                let generation = self
+                    .commit(&mut st, effective, overlay, dropped, started)
+                    .await;
                 st.last_reload = Some(ReloadStatus {
                     at: SystemTime::now(),
                     errors: Vec::new(),
@@ -536,17 +552,30 @@ impl Control {
         generation
     }
 
-    /// Builds the runtime for `effective` and makes it live.
-    fn commit(
+    /// Builds the runtime for `effective`, off the serving threads, and makes it live; counts
+    /// the time since `started` (validation included) in `splitgate_config_compile_seconds`.
+    /// The caller holds the state lock, so no other snapshot is made meanwhile.
+    async fn commit(
         &self,
         st: &mut ControlState,
         effective: Config,
         overlay: Overlay,
         dropped: Vec<Dropped>,
+        started: Instant,
     ) -> u64 {
-        let generation = self.swap_runtime(|previous, generation| {
-            config::compile(&effective, Some(previous), generation)
-        });
+        let previous = self.runtime.load_full();
+        let generation = previous.generation + 1;
+        let (effective, runtime) = off_thread(move || {
+            let runtime = config::compile(&effective, Some(&previous), generation);
+            (effective, runtime)
+        })
+        .await;
+        runtime
+            .hub
+            .own
+            .compile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.runtime.store(Arc::new(runtime));
         st.effective = effective;
         st.overlay = overlay;
         // Drops are history: they stay listed (the latest ones) until later changes push them out.
@@ -564,6 +593,23 @@ impl Control {
             tracing::error!(file = %path.display(), error = %e, "cannot persist API overrides");
         }
     }
+}
+
+/// Runs `work` on the blocking pool, off the threads that serve requests: validating and
+/// compiling a large config takes milliseconds, and a request queued behind it would wait.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// [`effective_config`], off the serving threads.
+async fn validated(
+    file: RawConfig,
+    overlay: Overlay,
+) -> Result<(Config, Vec<Dropped>), Vec<FieldError>> {
+    off_thread(move || effective_config(&file, &overlay)).await
 }
 
 /// The file config with the overlay applied, validated.

@@ -252,15 +252,96 @@ pub struct DestinationRuleSpec {
     pub rest: Rest,
 }
 
-/// A DestinationRule's `trafficPolicy`: its `outlierDetection` is served.
+/// A DestinationRule's `trafficPolicy`: its `outlierDetection` and `connectionPool` are
+/// served.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TrafficPolicy {
     /// Ejection of endpoints that fail in a row.
     pub outlier_detection: Option<OutlierDetection>,
-    /// Everything else (`connectionPool`, `loadBalancer`, `tls`, `portLevelSettings`, ...).
+    /// Bounds on connections and requests.
+    pub connection_pool: Option<ConnectionPool>,
+    /// Everything else (`loadBalancer`, `tls`, `portLevelSettings`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// Istio's `ConnectionPoolSettings`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConnectionPool {
+    /// TCP settings.
+    pub tcp: Option<TcpPool>,
+    /// HTTP settings.
+    pub http: Option<HttpPool>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `connectionPool.tcp`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TcpPool {
+    /// Connections to the subset; 0: no bound.
+    pub max_connections: Option<u32>,
+    /// Duration string.
+    pub connect_timeout: Option<String>,
+    /// Duration string (the HTTP one wins when both are set).
+    pub idle_timeout: Option<String>,
+    /// Everything else (`tcpKeepalive`, `maxConnectionDuration`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// `connectionPool.http`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpPool {
+    /// 0: no bound.
+    pub http1_max_pending_requests: Option<u32>,
+    /// 0: no bound.
+    pub http2_max_requests: Option<u32>,
+    /// 0: no bound.
+    pub max_requests_per_connection: Option<u32>,
+    /// 0: no bound.
+    pub max_retries: Option<u32>,
+    /// Duration string.
+    pub idle_timeout: Option<String>,
+    /// Everything else (`h2UpgradePolicy`, `useClientProtocol`, `maxConcurrentStreams`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl ConnectionPool {
+    /// As the config file writes it (Istio's 0 is no bound: left out), and the connect
+    /// timeout it sets.
+    pub fn to_raw(&self) -> (crate::config::model::RawConnectionPool, Option<String>) {
+        let bound = |n: Option<u32>| n.filter(|&n| n > 0).map(|n| n as usize);
+        let (tcp, http) = (
+            self.tcp.clone().unwrap_or_default(),
+            self.http.clone().unwrap_or_default(),
+        );
+        let raw = crate::config::model::RawConnectionPool {
+            max_connections: bound(tcp.max_connections),
+            http1_max_pending_requests: bound(http.http1_max_pending_requests),
+            http2_max_requests: bound(http.http2_max_requests),
+            max_requests_per_connection: http.max_requests_per_connection,
+            max_retries: bound(http.max_retries),
+            idle_timeout: http.idle_timeout.or(tcp.idle_timeout),
+        };
+        (raw, tcp.connect_timeout)
+    }
+
+    fn unsupported(&self, at: &str, out: &mut Vec<String>) {
+        paths(at, &self.rest, out);
+        if let Some(t) = &self.tcp {
+            paths(&format!("{at}.tcp"), &t.rest, out);
+        }
+        if let Some(h) = &self.http {
+            paths(&format!("{at}.http"), &h.rest, out);
+        }
+    }
 }
 
 /// Istio's `OutlierDetection`.
@@ -380,6 +461,9 @@ impl DestinationRuleSpec {
             paths("spec.trafficPolicy", &tp.rest, &mut out);
             if let Some(od) = &tp.outlier_detection {
                 paths("spec.trafficPolicy.outlierDetection", &od.rest, &mut out);
+            }
+            if let Some(cp) = &tp.connection_pool {
+                cp.unsupported("spec.trafficPolicy.connectionPool", &mut out);
             }
         }
         out

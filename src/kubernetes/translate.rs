@@ -541,11 +541,18 @@ fn destination(
     };
     // The Service's DestinationRule sets its policy for every subset.
     let mut policy = crate::config::model::RawPolicy::default();
-    if let Some((rule, od)) = service_rule(cluster, spec, &meta.namespace, &ns, &fqdn)
-        .and_then(|(k, s)| Some((k, s.traffic_policy.as_ref()?.outlier_detection.as_ref()?)))
+    if let Some((rule, tp)) = service_rule(cluster, spec, &meta.namespace, &ns, &fqdn)
+        .and_then(|(k, s)| Some((k, s.traffic_policy.as_ref()?)))
     {
-        policy.outlier_detection = Some(od.to_raw());
-        t.rules_used.insert(rule);
+        policy.outlier_detection = tp.outlier_detection.as_ref().map(|od| od.to_raw());
+        if let Some(cp) = &tp.connection_pool {
+            let (pool, connect_timeout) = cp.to_raw();
+            policy.connection_pool = Some(pool);
+            policy.connect_timeout = connect_timeout;
+        }
+        if policy != crate::config::model::RawPolicy::default() {
+            t.rules_used.insert(rule);
+        }
     }
     let service = t.services.entry(key.clone()).or_insert_with(|| RawService {
         name: Some(name.clone()),
@@ -1007,12 +1014,12 @@ mod tests {
     }
 
     #[test]
-    fn a_destination_rules_outlier_detection_is_served_for_its_service() {
+    fn a_destination_rules_outlier_detection_and_connection_pool_are_served_for_its_service() {
         let old = "spec:\n  host: rollouts-demo\n  subsets:";
         assert!(ARGO_SUBSET.contains(old));
         let yaml = ARGO_SUBSET.replace(
             old,
-            "spec:\n  host: rollouts-demo\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 7, baseEjectionTime: 15s, minHealthPercent: 50}\n    connectionPool: {tcp: {maxConnections: 100}}\n  subsets:",
+            "spec:\n  host: rollouts-demo\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 7, baseEjectionTime: 15s, minHealthPercent: 50}\n    connectionPool: {tcp: {maxConnections: 100, connectTimeout: 2s, tcpKeepalive: {time: 7200s}}, http: {http1MaxPendingRequests: 0, http2MaxRequests: 50, maxRequestsPerConnection: 10, idleTimeout: 30s}}\n  subsets:",
         );
         let t = run(&yaml, "istio-system/splitgate");
         let od = t.services["rollouts-demo.shop"]
@@ -1022,13 +1029,24 @@ mod tests {
             .expect("the rule's outlierDetection");
         assert_eq!(od.consecutive_5xx_errors, Some(7));
         assert_eq!(od.base_ejection_time.as_deref(), Some("15s"));
+        let policy = &t.services["rollouts-demo.shop"].policy;
+        let pool = policy.connection_pool.as_ref().expect("the connectionPool");
+        assert_eq!(pool.max_connections, Some(100));
+        assert_eq!(
+            pool.http1_max_pending_requests, None,
+            "Istio's 0 is no bound"
+        );
+        assert_eq!(pool.http2_max_requests, Some(50));
+        assert_eq!(pool.max_requests_per_connection, Some(10));
+        assert_eq!(pool.idle_timeout.as_deref(), Some("30s"));
+        assert_eq!(policy.connect_timeout.as_deref(), Some("2s"));
         let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
         assert_eq!(dr.status, Status::Applied);
         assert_eq!(
             dr.unsupported,
             [
-                "spec.trafficPolicy.connectionPool",
-                "spec.trafficPolicy.outlierDetection.minHealthPercent"
+                "spec.trafficPolicy.outlierDetection.minHealthPercent",
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
             ]
         );
     }

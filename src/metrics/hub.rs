@@ -5,10 +5,12 @@
 use super::analysis::Window;
 use super::istio::{DestinationMetrics, IstioFamilies, IstioLabels, Sample};
 use crate::config::model::RawMetrics;
+use crate::upstream::circuit::Events;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -55,6 +57,15 @@ pub struct WeightLabel {
     pub subset: String,
 }
 
+/// Labels of a subset's own series (`splitgate_upstream_retries_total` and the like).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubsetLabel {
+    /// Service key.
+    pub service: String,
+    /// Subset.
+    pub subset: String,
+}
+
 /// `state` label of upstream connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -63,7 +74,7 @@ pub struct StateLabel {
 }
 
 /// splitgate's own metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SelfMetrics {
     /// `splitgate_config_generation`.
     pub generation: Gauge,
@@ -93,6 +104,44 @@ pub struct SelfMetrics {
     /// `splitgate_downstream_connections_tarpitted_total`: connections read only after a
     /// wait, because their address broke a limit shortly before.
     pub tarpitted: Counter,
+    /// `splitgate_upstream_retries_total{service,subset}`.
+    pub retries: Family<SubsetLabel, Counter>,
+    /// `splitgate_upstream_retry_overflow_total{service,subset}`: retries the budget refused.
+    pub retry_overflow: Family<SubsetLabel, Counter>,
+    /// `splitgate_upstream_overflow_total{service,subset}`: requests answered `UO`.
+    pub overflow: Family<SubsetLabel, Counter>,
+    /// `splitgate_outlier_ejections_total{service,subset}`.
+    pub ejections: Family<SubsetLabel, Counter>,
+    /// `splitgate_outlier_ejected_endpoints{service,subset}` (set at scrape time).
+    pub ejected: Family<SubsetLabel, Gauge>,
+    /// `splitgate_config_compile_seconds`: validating and compiling a new snapshot.
+    pub compile_seconds: Histogram,
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        SelfMetrics {
+            generation: Gauge::default(),
+            reloads: Family::default(),
+            active_connections: Gauge::default(),
+            upstream_connections: Family::default(),
+            mirror_requests: Family::default(),
+            cert_reloads: Family::default(),
+            tls_handshake_errors: Counter::default(),
+            downstream_closed: Family::default(),
+            object_generation: Family::default(),
+            kubernetes_last_event: Gauge::default(),
+            route_weight: Family::default(),
+            tarpitted: Counter::default(),
+            retries: Family::default(),
+            retry_overflow: Family::default(),
+            overflow: Family::default(),
+            ejections: Family::default(),
+            ejected: Family::default(),
+            // 100 µs to 3.3 s.
+            compile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
 }
 
 impl SelfMetrics {
@@ -160,6 +209,8 @@ pub struct MetricsHub {
     destinations: Mutex<HashMap<DestinationInfo, Arc<DestinationMetrics>>>,
     windows: Mutex<HashMap<(String, String, String), Arc<Window>>>,
     no_route: Mutex<HashMap<String, Arc<DestinationMetrics>>>,
+    /// The subsets with series of their own, so that those of subsets gone can be removed.
+    subsets: Mutex<HashSet<SubsetLabel>>,
     /// Mirror copies started but not finished (for tests and shutdown).
     pub mirrors_in_flight: AtomicU64,
 }
@@ -226,6 +277,36 @@ impl MetricsHub {
             own.tarpitted.clone(),
         );
         registry.register(
+            "splitgate_config_compile_seconds",
+            "Time to validate and compile a new snapshot (API change, file reload, Kubernetes set), off the serving threads",
+            own.compile_seconds.clone(),
+        );
+        registry.register(
+            "splitgate_upstream_retries",
+            "Retries sent to each subset",
+            own.retries.clone(),
+        );
+        registry.register(
+            "splitgate_upstream_retry_overflow",
+            "Retries not sent because the subset's retry budget or max_retries was spent",
+            own.retry_overflow.clone(),
+        );
+        registry.register(
+            "splitgate_upstream_overflow",
+            "Requests answered 503 UO at a bound of the subset's connection_pool",
+            own.overflow.clone(),
+        );
+        registry.register(
+            "splitgate_outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            own.ejections.clone(),
+        );
+        registry.register(
+            "splitgate_outlier_ejected_endpoints",
+            "Endpoints out of their subset by outlier detection now",
+            own.ejected.clone(),
+        );
+        registry.register(
             "splitgate_downstream_connections_closed",
             "Client connections the gateway closed at a listener limit, by reason",
             own.downstream_closed.clone(),
@@ -258,6 +339,7 @@ impl MetricsHub {
             destinations: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
             no_route: Mutex::new(HashMap::new()),
+            subsets: Mutex::new(HashSet::new()),
             mirrors_in_flight: AtomicU64::new(0),
         })
     }
@@ -361,6 +443,42 @@ impl MetricsHub {
         map.entry((route.to_string(), service.to_string(), subset.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// The counters of a subset's retries, overflows and ejections, created at 0.
+    pub fn subset_events(&self, service: &str, subset: &str) -> Events {
+        let label = SubsetLabel {
+            service: service.to_string(),
+            subset: subset.to_string(),
+        };
+        let own = &self.own;
+        let events = Events {
+            retries: own.retries.get_or_create_owned(&label),
+            retry_overflow: own.retry_overflow.get_or_create_owned(&label),
+            overflow: own.overflow.get_or_create_owned(&label),
+            ejections: own.ejections.get_or_create_owned(&label),
+        };
+        own.ejected.get_or_create(&label).set(0);
+        let mut subsets = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
+        subsets.insert(label);
+        events
+    }
+
+    /// Removes the series of subsets not in `keep`.
+    pub fn retain_subsets(&self, keep: &HashSet<SubsetLabel>) {
+        let mut subsets = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
+        let own = &self.own;
+        subsets.retain(|l| {
+            let kept = keep.contains(l);
+            if !kept {
+                own.retries.remove(l);
+                own.retry_overflow.remove(l);
+                own.overflow.remove(l);
+                own.ejections.remove(l);
+                own.ejected.remove(l);
+            }
+            kept
+        });
     }
 
     /// Drops the destinations and windows a new runtime no longer uses; their series disappear.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::hub::StateLabel;
+use super::hub::{StateLabel, SubsetLabel};
 
 /// The exposition, with the gauges that are read at scrape time brought up to date.
 pub fn scrape(control: &Control) -> String {
@@ -25,6 +25,23 @@ pub fn scrape(control: &Control) -> String {
         active += i64::try_from(ep.in_flight()).unwrap_or(0);
     }
     let own = &rt.hub.own;
+    for service in rt.services.iter() {
+        for subset in service.subsets.iter().filter(|s| s.outlier.is_some()) {
+            let out = subset
+                .balancer
+                .endpoints()
+                .iter()
+                .filter(|e| e.outlier().is_ejected())
+                .count();
+            let label = SubsetLabel {
+                service: service.name.to_string(),
+                subset: subset.name.to_string(),
+            };
+            own.ejected
+                .get_or_create(&label)
+                .set(i64::try_from(out).unwrap_or(0));
+        }
+    }
     own.upstream_connections
         .get_or_create(&StateLabel { state: "idle" })
         .set(idle);

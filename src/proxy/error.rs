@@ -153,7 +153,7 @@ impl ProxyError {
                 "upgrade refused: this route does not allow the protocol the Upgrade header asks for\n"
             }
             Self::UpstreamOverflow(_) => {
-                "UO: every upstream connection the endpoint may have stayed busy\n"
+                "UO: the upstream is at a bound of its connection_pool, or its connections stayed busy\n"
             }
             Self::InvalidHost => "DPE: the Host is not a valid host[:port]\n",
             Self::UnsupportedTransferCoding => {

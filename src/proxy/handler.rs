@@ -12,7 +12,7 @@ use crate::routing::router::strip_port;
 use crate::routing::{request_authority, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
 use crate::upstream::h1::Io;
-use crate::upstream::outlier::{Outcome, OutlierPolicy};
+use crate::upstream::outlier::{Outcome, OutlierPolicy, Standing};
 use crate::upstream::{Endpoint, PooledBody, SendError, UpstreamBody, UpstreamProtocol};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -100,6 +100,7 @@ pub async fn handle(
         rule: hit.rule,
         subset,
         changes,
+        grpc,
     };
     let result = proxy(&rt, conn, parts, body, choice).await;
     let recorder = pending.0.take();
@@ -139,6 +140,8 @@ struct Choice<'a> {
     rule: &'a Rule,
     subset: &'a Subset,
     changes: HeaderChanges<'a>,
+    /// A gRPC request.
+    grpc: bool,
 }
 
 /// The header changes of the destination picked and of its rule: the destination's first,
@@ -188,6 +191,7 @@ async fn proxy(
         rule,
         subset,
         changes,
+        grpc,
     } = choice;
     let upgrade = headers::is_upgrade(&parts) && allowed_upgrade(&mut parts, route)?;
     if upgrade && subset.protocol == UpstreamProtocol::Http2 {
@@ -216,7 +220,7 @@ async fn proxy(
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
-    let sent = forward(subset, Request::from_parts(parts, body), retry);
+    let sent = forward(subset, Request::from_parts(parts, body), retry, grpc);
     let (resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
@@ -297,16 +301,32 @@ fn answer_size(resp: &Response<ProxyBody>) -> u64 {
 /// Sends to an endpoint of the subset. A connection that can't be made moves the request to
 /// the next endpoint (nothing was sent). An answer that `retry` retries (a 503, by default)
 /// sends it again to the next endpoint, up to its attempts, when the request body can be sent
-/// again (none, or held in memory). Also true when the last answer was one to retry but the
-/// retries ran out (Envoy's `URX`).
+/// again (none, or held in memory) and the subset's retry budget allows. Also true when the
+/// last answer was one to retry but no retry was left (Envoy's `URX`). `grpc`: the request is
+/// gRPC, whose answers' `grpc-status` `retry_on` may name.
 pub(crate) async fn forward(
     subset: &Subset,
     req: Request<UpstreamBody>,
     retry: Option<&Retry>,
+    grpc: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let endpoints = subset.balancer.endpoints();
     let Some(first) = subset.balancer.pick_index(&mut rand::rng()) else {
         return Err(ProxyError::NoHealthyUpstream);
+    };
+    let circuit = &subset.circuit;
+    // Held until the answer's body ends.
+    let request = match circuit.request() {
+        None => None,
+        Some(Some(held)) => Some(held),
+        Some(None) => {
+            circuit.events.overflow.inc();
+            let max = circuit.limits.max_requests.unwrap_or(0);
+            return Err(ProxyError::UpstreamOverflow(format!(
+                "the subset {} has its {max} requests in flight (connection_pool.http2_max_requests)",
+                subset.name
+            )));
+        }
     };
     // The head stays here and is lent to each try. HTTP/2 hands it to h2, so only an HTTP/1.1
     // subset retries.
@@ -318,6 +338,8 @@ pub(crate) async fn forward(
         (Some(_), Some(r)) => r.attempts,
         _ => 0,
     };
+    // The retry in flight's place in the budget.
+    let mut _retrying = None;
     let per_try = retry.and_then(|r| r.per_try_timeout);
     // After a failed connect, move on to endpoints not tried yet (the pick may repeat itself).
     let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
@@ -326,11 +348,12 @@ pub(crate) async fn forward(
         next = usable(subset, next);
         let endpoint = &endpoints[next % endpoints.len()];
         next += 1;
+        let sent = endpoint.send(&mut head, body, circuit);
         let sent = match per_try {
-            Some(t) => tokio::time::timeout(t, endpoint.send(&mut head, body))
+            Some(t) => tokio::time::timeout(t, sent)
                 .await
                 .unwrap_or(Err(SendError::TimedOut)),
-            None => endpoint.send(&mut head, body).await,
+            None => sent.await,
         };
         if let Some(policy) = &subset.outlier {
             let outcome = match &sent {
@@ -347,43 +370,61 @@ pub(crate) async fn forward(
                 note(subset, endpoint, policy, outcome);
             }
         }
-        // Broken or timed out: once more, when the policy says so.
-        let broken = match &sent {
-            Err(SendError::Reset(_)) => retry.is_some_and(|r| r.on.reset),
-            Err(SendError::TimedOut) => retry.is_some_and(Retry::retries_timeout),
-            _ => false,
+        // Whether this try's failure or answer is one to retry.
+        let wanted = match (&sent, retry) {
+            (_, None) => false,
+            (Err(SendError::Reset(_)), Some(r)) => r.on.reset,
+            (Err(SendError::TimedOut), Some(r)) => r.retries_timeout(),
+            (Ok(resp), Some(r)) => {
+                let status = resp.status().as_u16();
+                let grpc = grpc
+                    .then(|| resp.headers().get("grpc-status"))
+                    .flatten()
+                    .map(|v| v.as_bytes());
+                r.retries_answer(status, grpc)
+            }
+            (Err(_), Some(_)) => false,
         };
-        if broken && retries > 0 {
-            if let Some(again) = replay.as_ref().and_then(UpstreamBody::replay) {
-                retries -= 1;
-                tracing::debug!(endpoint = %endpoint.addr(), "try broke or timed out; retrying on the next endpoint");
-                body = again;
-                continue;
+        if wanted && retries > 0 {
+            let again = replay.as_ref().and_then(UpstreamBody::replay);
+            if let Some(again) = again {
+                let active = endpoints.iter().map(|e| e.in_flight()).sum();
+                // The try before is over: its place in the budget is free.
+                _retrying = None;
+                if let Some(held) = circuit.retry(active) {
+                    retries -= 1;
+                    _retrying = Some(held);
+                    match sent {
+                        Ok(resp) => {
+                            tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
+                            discard(resp).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, endpoint = %endpoint.addr(), "try failed; retrying on the next endpoint");
+                        }
+                    }
+                    body = again;
+                    continue;
+                }
+                // Over budget: no retry left.
+                retries = 0;
             }
         }
         match sent {
-            Ok(resp) => {
-                let again = retry.is_some_and(|r| {
-                    let grpc = resp.headers().get("grpc-status").map(|v| v.as_bytes());
-                    r.retries_answer(resp.status().as_u16(), grpc)
-                });
-                let (Some(next_body), true, true) = (
-                    replay.as_ref().and_then(UpstreamBody::replay),
-                    again,
-                    retries > 0,
-                ) else {
-                    // URX only when retries were possible and ran out.
-                    return Ok((resp, again && replay.is_some()));
-                };
-                retries -= 1;
-                tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
-                discard(resp).await;
-                body = next_body;
+            Ok(mut resp) => {
+                if let Some(held) = request {
+                    resp.body_mut().hold(held);
+                }
+                // URX only when retries were possible and ran out.
+                return Ok((resp, wanted && replay.is_some()));
             }
             Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
             Err(SendError::TimedOut) => return Err(ProxyError::UpstreamTimeout),
             Err(SendError::ClientBody(e)) => return Err(ProxyError::client_body(e)),
-            Err(SendError::Overflow(e)) => return Err(ProxyError::UpstreamOverflow(e)),
+            Err(SendError::Overflow(e)) => {
+                circuit.events.overflow.inc();
+                return Err(ProxyError::UpstreamOverflow(e));
+            }
             Err(SendError::Connect {
                 endpoint,
                 reason,
@@ -407,14 +448,29 @@ fn usable(subset: &Subset, from: usize) -> usize {
     }
     let endpoints = subset.balancer.endpoints();
     (from..from + endpoints.len())
-        .find(|&i| !endpoints[i % endpoints.len()].outlier().is_ejected())
+        .find(|&i| {
+            let endpoint = &endpoints[i % endpoints.len()];
+            match endpoint.outlier().check() {
+                Standing::In => true,
+                Standing::Out => false,
+                Standing::Returned => {
+                    tracing::info!(
+                        endpoint = %endpoint.addr(),
+                        subset = %subset.name,
+                        "outlier detection: endpoint back in"
+                    );
+                    true
+                }
+            }
+        })
         .unwrap_or(from)
 }
 
-/// Counts a try at `endpoint`, and ejects it when that makes too many failures in a row and no
-/// more than `max_ejection_percent` of the subset is out already.
+/// Counts a try at `endpoint`, and ejects it when that makes too many failures in a row, it is
+/// not out already, and no more than `max_ejection_percent` of the subset is out.
 fn note(subset: &Subset, endpoint: &Endpoint, policy: &OutlierPolicy, outcome: Outcome) {
-    if !endpoint.outlier().record(policy, outcome) {
+    // Answers to requests sent before an ejection do not eject the endpoint again.
+    if !endpoint.outlier().record(policy, outcome) || endpoint.outlier().is_ejected() {
         return;
     }
     let endpoints = subset.balancer.endpoints();
@@ -426,6 +482,7 @@ fn note(subset: &Subset, endpoint: &Endpoint, policy: &OutlierPolicy, outcome: O
         return;
     }
     let length = endpoint.outlier().eject(policy);
+    subset.circuit.events.ejections.inc();
     tracing::warn!(
         endpoint = %endpoint.addr(),
         subset = %subset.name,

@@ -71,7 +71,7 @@ pub fn spawn(rt: Arc<Runtime>, target: Target, parts: &Parts, body: UpstreamBody
     tokio::spawn(async move {
         let subset = rt.subset(target);
         let exchange = async {
-            let (resp, _) = forward(subset, req, None).await?;
+            let (resp, _) = forward(subset, req, None, false).await?;
             // Read the answer to the end so its connection goes back to the pool.
             let _ = resp.into_body().collect().await;
             Ok::<_, ProxyError>(())

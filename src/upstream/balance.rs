@@ -88,6 +88,8 @@ mod tests {
             max_connections: 8,
             protocol: Default::default(),
             tls: None,
+            max_requests_per_connection: None,
+            idle_timeout: None,
         };
         (0..n)
             .map(|i| {

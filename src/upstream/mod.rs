@@ -1,6 +1,7 @@
 //! Upstream endpoints: connection pools and load balancing.
 
 pub mod balance;
+pub mod circuit;
 pub mod h1;
 pub mod outlier;
 pub mod pool;

@@ -7,6 +7,7 @@
 //! closed before answering (typically an idle timeout racing the request) is sent once more, on
 //! another connection.
 
+use super::circuit::{Circuit, Held};
 use super::h1;
 use crate::proxy::idle::IdleBody;
 use crate::tls::UpstreamTls;
@@ -23,7 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -64,7 +65,8 @@ pub enum SendError {
     /// The client's request body broke off before the response.
     #[error("client body: {0}")]
     ClientBody(#[source] BoxError),
-    /// Every connection the endpoint may have stayed busy for the connect timeout.
+    /// Every connection the endpoint (or its subset) may have stayed busy for the connect
+    /// timeout, or too many requests already wait for one (`connection_pool`).
     #[error("{0}")]
     Overflow(String),
     /// No answer within the try's timeout (`retries.per_try_timeout`).
@@ -98,6 +100,11 @@ pub struct PoolSettings {
     pub protocol: UpstreamProtocol,
     /// TLS settings, when the endpoints speak TLS.
     pub tls: Option<UpstreamTls>,
+    /// Requests an HTTP/1.1 connection carries before it is closed; `None`: no bound.
+    pub max_requests_per_connection: Option<u32>,
+    /// How long a connection may stay idle in the pool before it is closed; `None`: until
+    /// the upstream closes it.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One upstream address and its idle connections (for HTTP/2: its one shared connection).
@@ -105,7 +112,7 @@ pub struct PoolSettings {
 pub struct Endpoint {
     addr: EndpointAddr,
     settings: PoolSettings,
-    idle: Mutex<Vec<(h1::Conn, Slot)>>,
+    idle: Mutex<Idle>,
     shared: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
     in_flight: AtomicUsize,
     /// One permit per HTTP/1.1 connection that may be open.
@@ -116,8 +123,36 @@ pub struct Endpoint {
     outlier: super::outlier::OutlierState,
 }
 
-/// The right of one HTTP/1.1 connection to be open; given back when the connection closes.
-type Slot = OwnedSemaphorePermit;
+/// The idle HTTP/1.1 connections, oldest first.
+#[derive(Debug, Default)]
+struct Idle {
+    conns: Vec<(h1::Conn, Slot)>,
+    /// Whether a task closes those idle past `idle_timeout`.
+    swept: bool,
+}
+
+/// The right of one HTTP/1.1 connection to be open, against its endpoint's and its subset's
+/// bounds; given back when the connection closes.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _connection: Held,
+    /// Requests sent on the connection.
+    served: u32,
+    /// When it went idle (with an `idle_timeout` only).
+    idle_since: Option<Instant>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, connection: Held) -> Self {
+        Slot {
+            _permit: permit,
+            _connection: connection,
+            served: 0,
+            idle_since: None,
+        }
+    }
+}
 
 /// A connection to send on: a pooled one, or the right to open one.
 enum Checkout {
@@ -130,7 +165,7 @@ impl Endpoint {
     pub fn new(addr: EndpointAddr, settings: PoolSettings) -> Arc<Self> {
         Arc::new(Endpoint {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
             shared: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(
@@ -164,7 +199,7 @@ impl Endpoint {
 
     /// Idle pooled connections right now (an open HTTP/2 connection counts as one).
     pub fn idle_count(&self) -> usize {
-        let h1 = self.idle.lock().map(|v| v.len()).unwrap_or(0);
+        let h1 = self.idle.lock().map(|v| v.conns.len()).unwrap_or(0);
         let h2 = self
             .shared
             .lock()
@@ -176,52 +211,148 @@ impl Endpoint {
     /// An idle HTTP/1.1 connection that is still open, taken out of the pool.
     fn take_idle(&self) -> Option<(h1::Conn, Slot)> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some((mut c, slot)) = idle.pop() {
-            if c.is_usable() {
+        while let Some((mut c, slot)) = idle.conns.pop() {
+            if c.is_usable() && !self.expired(&slot, None) {
                 return Some((c, slot));
             }
         }
         None
     }
 
-    fn put_idle(&self, conn: h1::Conn, slot: Slot) {
+    /// Whether an idle connection has been idle for `idle_timeout` (at `now`, or now).
+    fn expired(&self, slot: &Slot, now: Option<Instant>) -> bool {
+        match (self.settings.idle_timeout, slot.idle_since) {
+            (Some(limit), Some(since)) => now.unwrap_or_else(Instant::now) - since >= limit,
+            _ => false,
+        }
+    }
+
+    /// Pools a connection whose exchange ended cleanly, unless the pool is full or the
+    /// connection has carried `max_requests_per_connection`: then it closes.
+    fn put_idle(self: &Arc<Self>, conn: h1::Conn, mut slot: Slot) {
+        let spent = self
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| slot.served >= max);
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.settings.max_idle {
-                idle.push((conn, slot));
+            let now = self.settings.idle_timeout.map(|_| Instant::now());
+            if now.is_some() {
+                let old = idle
+                    .conns
+                    .iter()
+                    .take_while(|(_, s)| self.expired(s, now))
+                    .count();
+                idle.conns.drain(..old);
+            }
+            if idle.conns.len() < self.settings.max_idle && !spent {
+                slot.idle_since = now;
+                idle.conns.push((conn, slot));
+                if let (Some(limit), false) = (self.settings.idle_timeout, idle.swept) {
+                    idle.swept = self.sweep(limit);
+                }
             }
         }
         self.returned.notify_one();
     }
 
-    /// A pooled connection, or the right to open one. At the connection limit it waits, up
-    /// to the connect timeout, for a connection to come back or to close.
-    async fn checkout(&self) -> Result<Checkout, String> {
-        if let Some((c, slot)) = self.take_idle() {
-            return Ok(Checkout::Idle(c, slot));
-        }
-        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return Ok(Checkout::Fresh(slot));
-        }
-        let wait = async {
+    /// Starts the task that closes connections idle for `limit`; it ends when the pool is
+    /// empty or the endpoint is gone. False when there is no runtime to run it.
+    fn sweep(self: &Arc<Self>, limit: Duration) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let endpoint = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut wait = limit;
             loop {
-                tokio::select! {
-                    slot = self.slots.clone().acquire_owned() => {
-                        return slot.map(Checkout::Fresh).map_err(|e| e.to_string());
-                    }
-                    _ = self.returned.notified() => {
-                        if let Some((c, slot)) = self.take_idle() {
-                            return Ok(Checkout::Idle(c, slot));
-                        }
+                tokio::time::sleep(wait).await;
+                let Some(ep) = endpoint.upgrade() else {
+                    return;
+                };
+                let Ok(mut idle) = ep.idle.lock() else {
+                    return;
+                };
+                let now = Some(Instant::now());
+                idle.conns.retain(|(_, s)| !ep.expired(s, now));
+                match idle.conns.first().and_then(|(_, s)| s.idle_since) {
+                    Some(since) => wait = (since + limit).saturating_duration_since(Instant::now()),
+                    None => {
+                        idle.swept = false;
+                        return;
                     }
                 }
             }
+        });
+        true
+    }
+
+    /// An open slot for a new connection, when the endpoint and its subset are under their
+    /// connection bounds.
+    fn fresh_slot(&self, circuit: &Arc<Circuit>) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot::new(permit, circuit.connection()?))
+    }
+
+    /// A pooled connection, or the right to open one. At a connection bound it waits, as one
+    /// of the subset's pending requests, up to the connect timeout, for a connection to come
+    /// back or to close; with `http1_max_pending_requests` already waiting it fails at once.
+    async fn checkout(&self, circuit: &Arc<Circuit>) -> Result<Checkout, String> {
+        if let Some((c, slot)) = self.take_idle() {
+            return Ok(Checkout::Idle(c, slot));
+        }
+        if let Some(slot) = self.fresh_slot(circuit) {
+            return Ok(Checkout::Fresh(slot));
+        }
+        let Some(_pending) = circuit.pending() else {
+            return Err(format!(
+                "{} requests already wait for a connection to {}'s subset",
+                circuit.limits.max_pending.unwrap_or(0),
+                self.addr
+            ));
         };
-        let limit = self.settings.max_connections;
+        let wait = async {
+            loop {
+                // Armed before looking, so that a connection closing meanwhile is not missed.
+                let freed = circuit.freed();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some((c, slot)) = self.take_idle() {
+                    return Ok(Checkout::Idle(c, slot));
+                }
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(permit) => match circuit.connection() {
+                        Some(held) => return Ok(Checkout::Fresh(Slot::new(permit, held))),
+                        // The subset is at its bound: wait for one of its connections to
+                        // close, or for one of this endpoint's to come back.
+                        None => {
+                            drop(permit);
+                            tokio::select! {
+                                _ = freed => {}
+                                _ = self.returned.notified() => {}
+                            }
+                        }
+                    },
+                    Err(_) => tokio::select! {
+                        permit = self.slots.clone().acquire_owned() => {
+                            let permit = permit.map_err(|e| e.to_string())?;
+                            if let Some(held) = circuit.connection() {
+                                return Ok(Checkout::Fresh(Slot::new(permit, held)));
+                            }
+                        }
+                        _ = self.returned.notified() => {}
+                    },
+                }
+            }
+        };
+        let limit = match circuit.limits.max_connections {
+            Some(n) if circuit.connections() >= n => format!("the subset's {n}"),
+            _ => format!("all {}", self.settings.max_connections),
+        };
         tokio::time::timeout(self.settings.connect_timeout, wait)
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
-                    "all {limit} connections to {} stayed busy for {:?}",
+                    "{limit} connections to {} stayed busy for {:?}",
                     self.addr, self.settings.connect_timeout
                 ))
             })
@@ -311,14 +442,17 @@ impl Endpoint {
     /// gives the connection back when it ends. HTTP/1.1 only reads `head`, which stays the
     /// caller's for another try; HTTP/2 takes it (it is left empty) unless no connection could
     /// be made.
+    /// `circuit` is the subset's, whose bounds on connections and waiting requests hold for
+    /// HTTP/1.1.
     pub async fn send(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
         body: UpstreamBody,
+        circuit: &Arc<Circuit>,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(head, body, guard).await,
+            UpstreamProtocol::Http1 => self.send_h1(head, body, guard, circuit).await,
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
             // room for it.
             UpstreamProtocol::Http2 => Box::pin(self.send_h2(head, body, guard)).await,
@@ -330,24 +464,26 @@ impl Endpoint {
         head: &http::request::Parts,
         mut body: UpstreamBody,
         guard: InFlight,
+        circuit: &Arc<Circuit>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let checkout = match self.take_idle() {
                 Some((c, slot)) => Checkout::Idle(c, slot),
                 // Boxed: waiting and connecting are rare and their futures large, and every
                 // request's future would otherwise reserve room for them.
-                None => match Box::pin(self.checkout()).await {
+                None => match Box::pin(self.checkout(circuit)).await {
                     Ok(c) => c,
                     Err(reason) => return Err(SendError::Overflow(reason)),
                 },
             };
-            let (conn, slot, reused) = match checkout {
+            let (conn, mut slot, reused) = match checkout {
                 Checkout::Idle(c, slot) => (c, slot, true),
                 Checkout::Fresh(slot) => match Box::pin(self.connect()).await {
                     Ok(io) => (h1::Conn::new(io), slot, false),
                     Err(reason) => return Err(self.connect_error(reason, body)),
                 },
             };
+            slot.served += 1;
             let mut pending = Pending {
                 ep: self,
                 exchange: h1::Exchange::new(conn, head, body, reused),
@@ -542,6 +678,8 @@ pub struct PooledBody {
     inner: Inner,
     guard: InFlight,
     slot: Option<Slot>,
+    /// The request's place among its subset's active requests (`http2_max_requests`).
+    held: Option<Held>,
 }
 
 // Unboxed on purpose: HTTP/1.1 is the common case, and a box would cost an allocation per
@@ -555,7 +693,12 @@ enum Inner {
 
 impl PooledBody {
     fn new(inner: Inner, guard: InFlight, slot: Option<Slot>) -> Self {
-        let mut body = PooledBody { inner, guard, slot };
+        let mut body = PooledBody {
+            inner,
+            guard,
+            slot,
+            held: None,
+        };
         if body.is_end_stream() {
             body.release();
         }
@@ -568,6 +711,11 @@ impl PooledBody {
                 self.guard.0.put_idle(conn, slot);
             }
         }
+    }
+
+    /// Keeps `held` until the body is dropped.
+    pub fn hold(&mut self, held: Held) {
+        self.held = Some(held);
     }
 
     /// After a `101 Switching Protocols`: the upstream connection's stream and the bytes
