@@ -1255,3 +1255,56 @@ async fn edit_behind_a_symlink_into_another_directory_applies_quickly() {
         "the edit took {took:?} to apply: only the fallback poll saw it"
     );
 }
+
+/// The weight fast path: an API weight change on a route that also holds a regex rule rebuilds
+/// only the weighted rule. What a client sees must be what full validation would give: the
+/// new split served at once, the regex rule still matching, the weight series and the compile
+/// time counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_beside_a_regex_rule_serve_the_new_split_and_keep_the_regex() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let yaml = svc_config(
+        &(subset("stable", stable.addr) + &subset("canary", canary.addr)),
+        "      - name: by-path
+        match: [{ uri: { regex: \"/r/[a-z]+\" } }]
+        route: [{ destination: { service: svc, subset: canary } }]
+      - name: primary
+        route:
+          - { destination: { service: svc, subset: stable }, weight: 100 }
+          - { destination: { service: svc, subset: canary }, weight: 0 }
+",
+    );
+    let app = spawn_app(&with_free_admin(&yaml)).await;
+    let admin_client = http1_client();
+    let weight_line = |subset: &str| {
+        let text = app.app.control.runtime().load().hub.encode();
+        let start = format!(
+            "splitgate_route_weight{{route=\"main\",rule=\"primary\",service=\"svc\",subset=\"{subset}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(start.as_str()).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {start} in\n{text}"))
+    };
+    for (round, (s, c)) in [(0, 100), (100, 0), (25, 75)].into_iter().enumerate() {
+        let g = set_weights(&admin_client, &app, &[("stable", s), ("canary", c)]).await;
+        assert_eq!(g, 2 + round as u64);
+        let got = tally(&app.url("/"), 200, 4).await;
+        let to_canary = got.get("canary\n").copied().unwrap_or(0);
+        match c {
+            100 => assert_eq!(to_canary, 200, "{got:?}"),
+            0 => assert_eq!(to_canary, 0, "{got:?}"),
+            _ => assert!((110..=190).contains(&to_canary), "{got:?}"),
+        }
+        let by_regex = tally(&app.url("/r/abc"), 20, 2).await;
+        assert_eq!(by_regex.get("canary\n"), Some(&20), "{by_regex:?}");
+        assert_eq!(weight_line("canary"), c.to_string());
+        assert_eq!(weight_line("stable"), s.to_string());
+    }
+    let text = app.app.control.runtime().load().hub.encode();
+    assert!(
+        text.lines()
+            .any(|l| l == "splitgate_config_compile_seconds_count 3"),
+        "{text}"
+    );
+}

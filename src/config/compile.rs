@@ -1,6 +1,6 @@
 //! Turns a validated config into a runtime snapshot.
 
-use super::model::RawRoute;
+use super::model::{RawRoute, RawRule};
 use super::validate::{RouteSpec, ServiceSpec};
 use super::Config;
 use crate::metrics::analysis::Window;
@@ -235,25 +235,31 @@ fn route_weights(config: &Config, hub: &MetricsHub) {
 
 /// The `splitgate_route_weight` series of one route.
 fn weight_series(route: &RawRoute) -> Vec<(WeightLabel, i64)> {
-    let mut out = Vec::new();
-    for (i, rule) in route.http.iter().enumerate() {
-        let sole = rule.route.len() == 1;
-        let weight = |d: &crate::config::model::RawDestinationWeight| {
-            u64::from(d.weight.unwrap_or(if sole { 100 } else { 0 }))
-        };
-        let total: u64 = rule.route.iter().map(weight).sum();
-        for d in &rule.route {
+    (0..route.http.len())
+        .flat_map(|i| rule_weight_series(&route.name, i, &route.http[i]))
+        .collect()
+}
+
+/// The `splitgate_route_weight` series of `rule`, the `i`th of route `route`.
+fn rule_weight_series(route: &str, i: usize, rule: &RawRule) -> Vec<(WeightLabel, i64)> {
+    let sole = rule.route.len() == 1;
+    let weight = |d: &crate::config::model::RawDestinationWeight| {
+        u64::from(d.weight.unwrap_or(if sole { 100 } else { 0 }))
+    };
+    let total: u64 = rule.route.iter().map(weight).sum();
+    rule.route
+        .iter()
+        .map(|d| {
             let labels = WeightLabel {
-                route: route.name.clone(),
+                route: route.to_string(),
                 rule: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
                 service: d.destination.service.clone(),
                 subset: d.destination.subset.clone(),
             };
             let percent = (weight(d) * 100).checked_div(total).unwrap_or(0);
-            out.push((labels, i64::try_from(percent).unwrap_or(0)));
-        }
-    }
-    out
+            (labels, i64::try_from(percent).unwrap_or(0))
+        })
+        .collect()
 }
 
 /// The analysis windows of route `r`, one per destination (mirrors included), whose keys
@@ -286,10 +292,50 @@ fn route_windows(
         .collect()
 }
 
+/// A runtime like `previous` with route `i` rebuilt from `config` after a change of weights
+/// only: `old_rules` are the rules it had before at the indexes that changed. Analysis windows,
+/// services and every other route are shared; only the changed rules' weight series are set.
+pub fn reweigh_route(
+    config: &Config,
+    previous: &Runtime,
+    i: usize,
+    old_rules: &[(usize, RawRule)],
+    generation: u64,
+) -> Runtime {
+    let hub = previous.hub.clone();
+    hub.own
+        .generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    let router = previous
+        .router
+        .with_routes([config.routes[i].route.clone()]);
+    let route = &config.raw.routes[i];
+    let family = &hub.own.route_weight;
+    for (k, old) in old_rules {
+        for (labels, _) in rule_weight_series(&route.name, *k, old) {
+            family.remove(&labels);
+        }
+    }
+    for (k, _) in old_rules {
+        for (labels, percent) in rule_weight_series(&route.name, *k, &route.http[*k]) {
+            family.get_or_create(&labels).set(percent);
+        }
+    }
+    Runtime {
+        generation,
+        router: Arc::new(router),
+        services: previous.services.clone(),
+        windows: previous.windows.clone(),
+        hub,
+        metrics_enabled: previous.metrics_enabled,
+    }
+}
+
 /// A runtime like `previous`, with only the routes at the given indexes rebuilt from
 /// `config` (each given with the raw route it replaces): the fast path for one
-/// VirtualService's weight step. The host index, every other route and every service are
-/// shared with `previous`.
+/// VirtualService's weight step, or an API weight change. The host index, every other route
+/// and every service are shared with `previous`. With `same_destinations` (only weights
+/// changed), the routes' analysis windows are kept as they are.
 ///
 /// `config` must differ from the one `previous` was compiled from only in those routes, each
 /// keeping its name and hosts.
@@ -297,6 +343,7 @@ pub fn recompile_routes(
     config: &Config,
     previous: &Runtime,
     changed: &[(usize, &RawRoute)],
+    same_destinations: bool,
     generation: u64,
 ) -> Runtime {
     let hub = previous.hub.clone();
@@ -306,26 +353,50 @@ pub fn recompile_routes(
     let router = previous
         .router
         .with_routes(changed.iter().map(|(i, _)| config.routes[*i].route.clone()));
-    let mut windows = Vec::clone(&previous.windows);
+    let windows = if same_destinations {
+        previous.windows.clone()
+    } else {
+        let mut windows = Vec::clone(&previous.windows);
+        for &(i, _) in changed {
+            let r = &config.routes[i];
+            let mut keys = HashSet::new();
+            windows[i] = route_windows(config, r, &hub, &mut keys);
+            hub.retain_route_windows(&r.route.name, &keys);
+        }
+        Arc::new(windows)
+    };
     let family = &hub.own.route_weight;
     for &(i, old) in changed {
-        let r = &config.routes[i];
-        debug_assert_eq!(*r.route.name, old.name);
-        let mut keys = HashSet::new();
-        windows[i] = route_windows(config, r, &hub, &mut keys);
-        hub.retain_route_windows(&r.route.name, &keys);
-        for (labels, _) in weight_series(old) {
-            family.remove(&labels);
+        let new = &config.raw.routes[i];
+        debug_assert_eq!(new.name, old.name);
+        // Only the series of rules that changed, when the rules line up.
+        let rules: Vec<usize> = if old.http.len() == new.http.len() {
+            (0..new.http.len())
+                .filter(|&k| old.http[k] != new.http[k])
+                .collect()
+        } else {
+            (0..old.http.len().max(new.http.len())).collect()
+        };
+        for &k in &rules {
+            if k < old.http.len() {
+                for (labels, _) in rule_weight_series(&old.name, k, &old.http[k]) {
+                    family.remove(&labels);
+                }
+            }
         }
-        for (labels, percent) in weight_series(&config.raw.routes[i]) {
-            family.get_or_create(&labels).set(percent);
+        for &k in &rules {
+            if k < new.http.len() {
+                for (labels, percent) in rule_weight_series(&new.name, k, &new.http[k]) {
+                    family.get_or_create(&labels).set(percent);
+                }
+            }
         }
     }
     Runtime {
         generation,
         router: Arc::new(router),
         services: previous.services.clone(),
-        windows: Arc::new(windows),
+        windows,
         hub,
         metrics_enabled: previous.metrics_enabled,
     }

@@ -6,12 +6,13 @@ pub mod overlay;
 pub mod persist;
 pub mod state;
 
-use crate::config::{self, model::RawConfig, model::RawRoute, Config, FieldError};
+use crate::config::{self, model::RawConfig, model::RawRoute, model::RawRule, Config, FieldError};
 use crate::metrics::hub::ResultLabel;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::CertStore;
 use external::{External, RouteUpdate, SubsetUpdate};
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -353,7 +354,19 @@ impl Control {
                 .position(|r| r.name == u.route.name)?;
             let changed = *current != u.route;
             let spec = if changed {
-                Some(config::validate::validate_route(i, &u.route, &st.effective.services).ok()?)
+                let effective = &st.effective;
+                let reweighed = config::validate::reweigh(
+                    &effective.raw.routes[i],
+                    &u.route,
+                    &effective.routes[i],
+                );
+                match reweighed {
+                    Some(spec) => Some((spec, true)),
+                    None => Some((
+                        config::validate::validate_route(i, &u.route, &effective.services).ok()?,
+                        false,
+                    )),
+                }
             } else {
                 None
             };
@@ -372,18 +385,27 @@ impl Control {
             }) {
                 *entry = u.object.clone();
             }
-            let Some(spec) = spec else { continue };
+            let Some((spec, weights_only)) = spec else {
+                continue;
+            };
             ext.routes[at] = u.route.clone();
             let old = std::mem::replace(&mut st.effective.raw.routes[i], u.route.clone());
             st.effective.routes[i] = spec;
-            changed.push((i, old));
+            changed.push((i, old, weights_only));
         }
         if changed.is_empty() {
             return Some(self.generation());
         }
-        let replaced: Vec<(usize, &RawRoute)> = changed.iter().map(|(i, r)| (*i, r)).collect();
+        let same_destinations = changed.iter().all(|c| c.2);
+        let replaced: Vec<(usize, &RawRoute)> = changed.iter().map(|(i, r, _)| (*i, r)).collect();
         Some(self.swap_runtime(|previous, generation| {
-            config::compile::recompile_routes(&st.effective, previous, &replaced, generation)
+            config::compile::recompile_routes(
+                &st.effective,
+                previous,
+                &replaced,
+                same_destinations,
+                generation,
+            )
         }))
     }
 
@@ -414,7 +436,11 @@ impl Control {
         self.check_generation(if_match)?;
         let started = Instant::now();
         let mut overlay = st.overlay.clone();
-        let base = external::merged(&st.file, st.external.as_ref());
+        // The file alone needs no copy.
+        let base = match &st.external {
+            None => Cow::Borrowed(&st.file),
+            Some(ext) => Cow::Owned(external::merged(&st.file, Some(ext))),
+        };
         let route = edit(&mut overlay, &base)?;
         if let Some(owner) = st.external.as_ref().and_then(|e| e.owners.get(&route)) {
             return Err(ChangeError::Owned {
@@ -422,8 +448,27 @@ impl Control {
                 owner: owner.clone(),
             });
         }
-        overlay::check(&base, &overlay, &route)?;
         overlay.routes.retain(|_, ro| !ro.is_empty());
+        if let Some((i, rules, spec)) =
+            reweighed(&st.effective, &st.overlay, &base, &overlay, &route)
+        {
+            // Only weights changed: those rules are rebuilt, and nothing else is, nor copied.
+            let raw = &mut st.effective.raw.routes[i];
+            let old: Vec<(usize, RawRule)> = rules
+                .into_iter()
+                .map(|(k, rule)| (k, std::mem::replace(&mut raw.http[k], rule)))
+                .collect();
+            st.effective.routes[i] = spec;
+            st.overlay = overlay;
+            let generation = self.swap_runtime(|previous, generation| {
+                config::compile::reweigh_route(&st.effective, previous, i, &old, generation)
+            });
+            self.count_compile(started);
+            self.persist(&mut st).await;
+            return Ok(generation);
+        }
+        overlay::check(&base, &overlay, &route)?;
+        let base = base.into_owned();
         // The overlay check above catches what the API can get wrong; this is the backstop.
         let (effective, dropped) =
             validated(base, overlay.clone())
@@ -524,6 +569,12 @@ impl Control {
         state::view(self, &st)
     }
 
+    /// Counts a new snapshot's validation and compile time, from `started`.
+    fn count_compile(&self, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.runtime.load().hub.own.compile_seconds.observe(seconds);
+    }
+
     fn count_reload(&self, result: &'static str) {
         self.runtime
             .load()
@@ -570,12 +621,8 @@ impl Control {
             (effective, runtime)
         })
         .await;
-        runtime
-            .hub
-            .own
-            .compile_seconds
-            .observe(started.elapsed().as_secs_f64());
         self.runtime.store(Arc::new(runtime));
+        self.count_compile(started);
         st.effective = effective;
         st.overlay = overlay;
         // Drops are history: they stay listed (the latest ones) until later changes push them out.
@@ -593,6 +640,73 @@ impl Control {
             tracing::error!(file = %path.display(), error = %e, "cannot persist API overrides");
         }
     }
+}
+
+/// When the API change to `route` (the overlay going from `before` to `after`) changes only
+/// rule weights of `effective`: the route's index, the rules that change with their indexes,
+/// and the route compiled with them, the other rules shared. Costs what those rules cost, not
+/// what the route does. `None` sends the change through the full path (which also gives the
+/// errors): a route with no override before or after, header or mirror routes on it, an
+/// override that does not apply, or a change to more than weights (a subset added).
+fn reweighed(
+    effective: &Config,
+    before: &Overlay,
+    base: &RawConfig,
+    after: &Overlay,
+    route: &str,
+) -> Option<(usize, Vec<(usize, RawRule)>, config::validate::RouteSpec)> {
+    // A route's rules are all named once it has overrides (`rule-<index>` when the file names
+    // none), and only then.
+    let (old, new) = (before.routes.get(route)?, after.routes.get(route)?);
+    let plain = |ro: &RouteOverlay| ro.header_routes.is_empty() && ro.mirror_routes.is_empty();
+    if !plain(old) || !plain(new) {
+        return None;
+    }
+    let i = effective.raw.routes.iter().position(|r| r.name == route)?;
+    let current = &effective.raw.routes[i];
+    let base_route = base.routes.iter().find(|r| r.name == route)?;
+    if current.http.len() != base_route.http.len() {
+        return None;
+    }
+    let changed: std::collections::BTreeSet<&String> = old
+        .weights
+        .keys()
+        .chain(new.weights.keys())
+        .filter(|rule| old.weights.get(*rule) != new.weights.get(*rule))
+        .collect();
+    let mut rules = Vec::new();
+    for name in changed {
+        let k = current
+            .http
+            .iter()
+            .position(|r| r.name.as_ref() == Some(name))?;
+        let mut rule = base_route.http[k].clone();
+        rule.name.get_or_insert_with(|| format!("rule-{k}"));
+        if let Some(weights) = new.weights.get(name) {
+            let one = RawRoute {
+                name: route.to_string(),
+                hosts: Vec::new(),
+                http: vec![rule],
+                upgrades: None,
+            };
+            let ro = RouteOverlay {
+                weights: [(name.clone(), weights.clone())].into(),
+                ..RouteOverlay::default()
+            };
+            let (mut applied, failed) = overlay::apply_route(base, &one, &ro);
+            if !failed.is_empty() {
+                return None;
+            }
+            rule = applied.http.pop()?;
+        }
+        rules.push((k, rule));
+    }
+    let changes: Vec<_> = rules
+        .iter()
+        .map(|(k, rule)| (*k, &current.http[*k], rule))
+        .collect();
+    let spec = config::validate::reweigh_rules(&effective.routes[i], &changes)?;
+    Some((i, rules, spec))
 }
 
 /// Runs `work` on the blocking pool, off the threads that serve requests: validating and

@@ -423,7 +423,7 @@ fn mirror_rule(
 }
 
 /// One route with its overrides applied (API rules first), and the overrides that could not be.
-fn apply_route(
+pub fn apply_route(
     file: &RawConfig,
     route: &RawRoute,
     ro: &RouteOverlay,

@@ -14,8 +14,8 @@ pub struct Route {
     pub name: Box<str>,
     /// Position in the config (set by `Router::new`).
     pub index: usize,
-    /// First match wins.
-    pub rules: Vec<Rule>,
+    /// First match wins. Shared, so that a weight change rebuilds only the rules it touches.
+    pub rules: Vec<Arc<Rule>>,
     /// Protocol upgrades passed through, lowercased (`websocket`).
     pub upgrades: Box<[Box<str>]>,
 }
@@ -220,7 +220,7 @@ mod tests {
         Route {
             name: name.into(),
             index: 0,
-            rules: vec![Rule {
+            rules: vec![Arc::new(Rule {
                 name: "r".into(),
                 matches: vec![],
                 split,
@@ -229,7 +229,7 @@ mod tests {
                 retry: Default::default(),
                 headers: None,
                 destination_headers: Box::new([]),
-            }],
+            })],
             upgrades: Box::new(["websocket".into()]),
         }
     }

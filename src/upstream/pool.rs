@@ -211,18 +211,19 @@ impl Endpoint {
     /// An idle HTTP/1.1 connection that is still open, taken out of the pool.
     fn take_idle(&self) -> Option<(h1::Conn, Slot)> {
         let mut idle = self.idle.lock().ok()?;
+        // Those idle past `idle_timeout` are the sweeper's (see `sweep`): no clock read here.
         while let Some((mut c, slot)) = idle.conns.pop() {
-            if c.is_usable() && !self.expired(&slot, None) {
+            if c.is_usable() {
                 return Some((c, slot));
             }
         }
         None
     }
 
-    /// Whether an idle connection has been idle for `idle_timeout` (at `now`, or now).
-    fn expired(&self, slot: &Slot, now: Option<Instant>) -> bool {
+    /// Whether an idle connection has been idle for `idle_timeout` at `now`.
+    fn expired(&self, slot: &Slot, now: Instant) -> bool {
         match (self.settings.idle_timeout, slot.idle_since) {
-            (Some(limit), Some(since)) => now.unwrap_or_else(Instant::now) - since >= limit,
+            (Some(limit), Some(since)) => now.saturating_duration_since(since) >= limit,
             _ => false,
         }
     }
@@ -236,7 +237,7 @@ impl Endpoint {
             .is_some_and(|max| slot.served >= max);
         if let Ok(mut idle) = self.idle.lock() {
             let now = self.settings.idle_timeout.map(|_| Instant::now());
-            if now.is_some() {
+            if let Some(now) = now {
                 let old = idle
                     .conns
                     .iter()
@@ -272,7 +273,7 @@ impl Endpoint {
                 let Ok(mut idle) = ep.idle.lock() else {
                     return;
                 };
-                let now = Some(Instant::now());
+                let now = Instant::now();
                 idle.conns.retain(|(_, s)| !ep.expired(s, now));
                 match idle.conns.first().and_then(|(_, s)| s.idle_since) {
                     Some(since) => wait = (since + limit).saturating_duration_since(Instant::now()),
