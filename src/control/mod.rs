@@ -642,6 +642,10 @@ impl Control {
     }
 }
 
+/// A route's index, its rules that change (with their indexes), and the route compiled with
+/// them.
+type Reweighed = (usize, Vec<(usize, RawRule)>, config::validate::RouteSpec);
+
 /// When the API change to `route` (the overlay going from `before` to `after`) changes only
 /// rule weights of `effective`: the route's index, the rules that change with their indexes,
 /// and the route compiled with them, the other rules shared. Costs what those rules cost, not
@@ -654,7 +658,7 @@ fn reweighed(
     base: &RawConfig,
     after: &Overlay,
     route: &str,
-) -> Option<(usize, Vec<(usize, RawRule)>, config::validate::RouteSpec)> {
+) -> Option<Reweighed> {
     // A route's rules are all named once it has overrides (`rule-<index>` when the file names
     // none), and only then.
     let (old, new) = (before.routes.get(route)?, after.routes.get(route)?);
