@@ -652,22 +652,26 @@ type Reweighed = (usize, Vec<(usize, RawRule)>, config::validate::RouteSpec);
 /// what the route does. `None` sends the change through the full path (which also gives the
 /// errors): a route with no override before or after, header or mirror routes on it, an
 /// override that does not apply, or a change to more than weights (a subset added).
-fn reweighed(
+fn reweighed<'a>(
     effective: &Config,
-    before: &Overlay,
+    before: &'a Overlay,
     base: &RawConfig,
-    after: &Overlay,
+    after: &'a Overlay,
     route: &str,
 ) -> Option<Reweighed> {
-    // A route's rules are all named once it has overrides (`rule-<index>` when the file names
-    // none), and only then.
-    let (old, new) = (before.routes.get(route)?, after.routes.get(route)?);
+    let i = effective.raw.routes.iter().position(|r| r.name == route)?;
+    let current = &effective.raw.routes[i];
+    // A route with overrides has all its rules named (`rule-<index>` when the file names
+    // none); one without has the file's names. So a route going from none to some, or back,
+    // fits here only when the file names every rule.
+    let none = RouteOverlay::default();
+    let named = current.http.iter().all(|r| r.name.is_some());
+    let overrides = |o: &'a Overlay| o.routes.get(route).or(named.then_some(&none));
+    let (old, new) = (overrides(before)?, overrides(after)?);
     let plain = |ro: &RouteOverlay| ro.header_routes.is_empty() && ro.mirror_routes.is_empty();
     if !plain(old) || !plain(new) {
         return None;
     }
-    let i = effective.raw.routes.iter().position(|r| r.name == route)?;
-    let current = &effective.raw.routes[i];
     let base_route = base.routes.iter().find(|r| r.name == route)?;
     if current.http.len() != base_route.http.len() {
         return None;
