@@ -8,7 +8,7 @@ use crate::metrics::hub::{DestinationInfo, MetricsHub, SubsetLabel, WeightLabel}
 use crate::routing::Router;
 use crate::runtime::{Runtime, Service, Subset};
 use crate::split::Target;
-use crate::upstream::circuit::{Circuit, Limits};
+use crate::upstream::circuit::{Circuit, Events, Limits};
 use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -171,47 +171,55 @@ fn service(
         max_requests_per_connection: s.max_requests_per_connection,
         idle_timeout: s.idle_timeout,
     };
-    let subsets =
-        s.subsets
-            .iter()
-            .map(|sub| {
-                let endpoint = |a: &EndpointAddr| {
-                    let key = (a.clone(), settings.clone());
-                    reusable
-                        .endpoints
-                        .get(&key)
-                        .cloned()
-                        .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
+    let subsets = s
+        .subsets
+        .iter()
+        .map(|sub| {
+            let endpoint = |a: &EndpointAddr| {
+                let key = (a.clone(), settings.clone());
+                reusable
+                    .endpoints
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
+            };
+            let endpoints = sub.endpoints.iter().map(endpoint).collect();
+            let standby = sub.standby.iter().map(endpoint).collect();
+            let info = DestinationInfo {
+                service: s.service_name.clone(),
+                namespace: s.namespace.clone(),
+                host: s.host.clone(),
+                subset: sub.name.clone(),
+                workload: sub.workload.clone(),
+                labels: sub.labels.clone(),
+            };
+            let metrics = hub.destination(&info);
+            destinations.insert(info);
+            let key = (s.name.as_str().into(), sub.name.as_str().into(), s.circuit);
+            let circuit = reusable.circuits.get(&key).cloned().unwrap_or_else(|| {
+                let label = hub.subset_series(&s.name, &sub.name);
+                let own = &hub.own;
+                let events = Events {
+                    retries: own.retries.get_or_create_owned(&label),
+                    retry_overflow: own.retry_overflow.get_or_create_owned(&label),
+                    overflow: own.overflow.get_or_create_owned(&label),
+                    ejections: own.ejections.get_or_create_owned(&label),
                 };
-                let endpoints = sub.endpoints.iter().map(endpoint).collect();
-                let standby = sub.standby.iter().map(endpoint).collect();
-                let info = DestinationInfo {
-                    service: s.service_name.clone(),
-                    namespace: s.namespace.clone(),
-                    host: s.host.clone(),
-                    subset: sub.name.clone(),
-                    workload: sub.workload.clone(),
-                    labels: sub.labels.clone(),
-                };
-                let metrics = hub.destination(&info);
-                destinations.insert(info);
-                let key = (s.name.as_str().into(), sub.name.as_str().into(), s.circuit);
-                let circuit = reusable.circuits.get(&key).cloned().unwrap_or_else(|| {
-                    Circuit::new(s.circuit, hub.subset_events(&s.name, &sub.name))
-                });
-                Subset {
-                    name: sub.name.as_str().into(),
-                    labels: sub.labels.clone(),
-                    workload: sub.workload.as_str().into(),
-                    balancer: Balancer::new(endpoints, s.load_balancer),
-                    standby,
-                    protocol: s.protocol,
-                    outlier: s.outlier,
-                    circuit,
-                    metrics,
-                }
-            })
-            .collect();
+                Circuit::new(s.circuit, events)
+            });
+            Subset {
+                name: sub.name.as_str().into(),
+                labels: sub.labels.clone(),
+                workload: sub.workload.as_str().into(),
+                balancer: Balancer::new(endpoints, s.load_balancer),
+                standby,
+                protocol: s.protocol,
+                outlier: s.outlier,
+                circuit,
+                metrics,
+            }
+        })
+        .collect();
     Service {
         name: s.name.as_str().into(),
         service_name: s.service_name.as_str().into(),

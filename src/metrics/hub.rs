@@ -5,7 +5,6 @@
 use super::analysis::Window;
 use super::istio::{DestinationMetrics, IstioFamilies, IstioLabels, Sample};
 use crate::config::model::RawMetrics;
-use crate::upstream::circuit::Events;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -445,23 +444,17 @@ impl MetricsHub {
             .clone()
     }
 
-    /// The counters of a subset's retries, overflows and ejections, created at 0.
-    pub fn subset_events(&self, service: &str, subset: &str) -> Events {
+    /// The label of a subset's own series, noted so that they are removed with it (see
+    /// [`Self::retain_subsets`]); the caller creates the counters it keeps.
+    pub fn subset_series(&self, service: &str, subset: &str) -> SubsetLabel {
         let label = SubsetLabel {
             service: service.to_string(),
             subset: subset.to_string(),
         };
-        let own = &self.own;
-        let events = Events {
-            retries: own.retries.get_or_create_owned(&label),
-            retry_overflow: own.retry_overflow.get_or_create_owned(&label),
-            overflow: own.overflow.get_or_create_owned(&label),
-            ejections: own.ejections.get_or_create_owned(&label),
-        };
-        own.ejected.get_or_create(&label).set(0);
+        self.own.ejected.get_or_create(&label).set(0);
         let mut subsets = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
-        subsets.insert(label);
-        events
+        subsets.insert(label.clone());
+        label
     }
 
     /// Removes the series of subsets not in `keep`.
