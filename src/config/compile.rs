@@ -6,7 +6,7 @@ use super::Config;
 use crate::metrics::analysis::Window;
 use crate::metrics::hub::{DestinationInfo, MetricsHub, SubsetLabel, WeightLabel};
 use crate::routing::Router;
-use crate::runtime::{Runtime, Service, Subset};
+use crate::runtime::{RouteWindows, Runtime, Service, Subset};
 use crate::split::Target;
 use crate::upstream::circuit::{Circuit, Events, Limits};
 use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
@@ -310,40 +310,24 @@ pub fn reweigh_route(
     old_rules: &[(usize, RawRule)],
     generation: u64,
 ) -> Runtime {
-    let hub = previous.hub.clone();
-    hub.own
-        .generation
-        .set(i64::try_from(generation).unwrap_or(i64::MAX));
     let router = previous
         .router
         .with_routes([config.routes[i].route.clone()]);
     let route = &config.raw.routes[i];
-    let family = &hub.own.route_weight;
-    for (k, old) in old_rules {
-        for (labels, _) in rule_weight_series(&route.name, *k, old) {
-            family.remove(&labels);
-        }
-    }
-    for (k, _) in old_rules {
-        for (labels, percent) in rule_weight_series(&route.name, *k, &route.http[*k]) {
-            family.get_or_create(&labels).set(percent);
-        }
-    }
-    Runtime {
-        generation,
-        router: Arc::new(router),
-        services: previous.services.clone(),
-        windows: previous.windows.clone(),
-        hub,
-        metrics_enabled: previous.metrics_enabled,
-    }
+    let old: Vec<_> = old_rules.iter().map(|(k, r)| (*k, r)).collect();
+    let new: Vec<_> = old_rules
+        .iter()
+        .map(|(k, _)| (*k, &route.http[*k]))
+        .collect();
+    replace_weight_series(&previous.hub, &route.name, &old, &new);
+    routes_changed(previous, router, previous.windows.clone(), generation)
 }
 
 /// A runtime like `previous`, with only the routes at the given indexes rebuilt from
 /// `config` (each given with the raw route it replaces): the fast path for one
-/// VirtualService's weight step, or an API weight change. The host index, every other route
-/// and every service are shared with `previous`. With `same_destinations` (only weights
-/// changed), the routes' analysis windows are kept as they are.
+/// VirtualService's weight step. The host index, every other route and every service are
+/// shared with `previous`. With `same_destinations` (only weights changed), the routes'
+/// analysis windows are kept as they are.
 ///
 /// `config` must differ from the one `previous` was compiled from only in those routes, each
 /// keeping its name and hosts.
@@ -354,10 +338,7 @@ pub fn recompile_routes(
     same_destinations: bool,
     generation: u64,
 ) -> Runtime {
-    let hub = previous.hub.clone();
-    hub.own
-        .generation
-        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    let hub = &previous.hub;
     let router = previous
         .router
         .with_routes(changed.iter().map(|(i, _)| config.routes[*i].route.clone()));
@@ -368,38 +349,67 @@ pub fn recompile_routes(
         for &(i, _) in changed {
             let r = &config.routes[i];
             let mut keys = HashSet::new();
-            windows[i] = route_windows(config, r, &hub, &mut keys);
+            windows[i] = route_windows(config, r, hub, &mut keys);
             hub.retain_route_windows(&r.route.name, &keys);
         }
         Arc::new(windows)
     };
-    let family = &hub.own.route_weight;
     for &(i, old) in changed {
         let new = &config.raw.routes[i];
         debug_assert_eq!(new.name, old.name);
         // Only the series of rules that changed, when the rules line up.
-        let rules: Vec<usize> = if old.http.len() == new.http.len() {
-            (0..new.http.len())
-                .filter(|&k| old.http[k] != new.http[k])
-                .collect()
+        let (old, new): (Vec<_>, Vec<_>) = if old.http.len() == new.http.len() {
+            old.http
+                .iter()
+                .zip(&new.http)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(k, (a, b))| ((k, a), (k, b)))
+                .unzip()
         } else {
-            (0..old.http.len().max(new.http.len())).collect()
+            (
+                old.http.iter().enumerate().collect(),
+                new.http.iter().enumerate().collect(),
+            )
         };
-        for &k in &rules {
-            if k < old.http.len() {
-                for (labels, _) in rule_weight_series(&old.name, k, &old.http[k]) {
-                    family.remove(&labels);
-                }
-            }
-        }
-        for &k in &rules {
-            if k < new.http.len() {
-                for (labels, percent) in rule_weight_series(&new.name, k, &new.http[k]) {
-                    family.get_or_create(&labels).set(percent);
-                }
-            }
+        replace_weight_series(hub, &config.raw.routes[i].name, &old, &new);
+    }
+    routes_changed(previous, router, windows, generation)
+}
+
+/// Removes the `splitgate_route_weight` series of the `old` rules of route `route` (each with
+/// its index), then sets those of the `new` ones.
+fn replace_weight_series(
+    hub: &MetricsHub,
+    route: &str,
+    old: &[(usize, &RawRule)],
+    new: &[(usize, &RawRule)],
+) {
+    let family = &hub.own.route_weight;
+    for &(k, rule) in old {
+        for (labels, _) in rule_weight_series(route, k, rule) {
+            family.remove(&labels);
         }
     }
+    for &(k, rule) in new {
+        for (labels, percent) in rule_weight_series(route, k, rule) {
+            family.get_or_create(&labels).set(percent);
+        }
+    }
+}
+
+/// The next runtime after `previous` with routes changed (`router`, `windows`) and its
+/// services shared, at `generation`.
+fn routes_changed(
+    previous: &Runtime,
+    router: Router,
+    windows: Arc<Vec<RouteWindows>>,
+    generation: u64,
+) -> Runtime {
+    let hub = previous.hub.clone();
+    hub.own
+        .generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
     Runtime {
         generation,
         router: Arc::new(router),

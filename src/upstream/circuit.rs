@@ -79,11 +79,6 @@ impl Circuit {
         })
     }
 
-    /// Whether any bound on connections or waiting requests is set (else the pool skips it).
-    pub fn bounds_connections(&self) -> bool {
-        self.limits.max_connections.is_some() || self.limits.max_pending.is_some()
-    }
-
     /// The right to open one more connection, when the subset is under `max_connections`.
     pub fn connection(self: &Arc<Self>) -> Option<Held> {
         match self.limits.max_connections {

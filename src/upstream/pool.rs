@@ -236,17 +236,9 @@ impl Endpoint {
             .max_requests_per_connection
             .is_some_and(|max| slot.served >= max);
         if let Ok(mut idle) = self.idle.lock() {
-            let now = self.settings.idle_timeout.map(|_| Instant::now());
-            if let Some(now) = now {
-                let old = idle
-                    .conns
-                    .iter()
-                    .take_while(|(_, s)| self.expired(s, now))
-                    .count();
-                idle.conns.drain(..old);
-            }
             if idle.conns.len() < self.settings.max_idle && !spent {
-                slot.idle_since = now;
+                // Closed past `idle_timeout` by the sweeper, which alone reads the times.
+                slot.idle_since = self.settings.idle_timeout.map(|_| Instant::now());
                 idle.conns.push((conn, slot));
                 if let (Some(limit), false) = (self.settings.idle_timeout, idle.swept) {
                     idle.swept = self.sweep(limit);
