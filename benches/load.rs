@@ -73,8 +73,9 @@
 //!   throughput), and when the ejections came. See `benches/load/outage.rs`.
 //! * `reload`: on a fresh gateway with `--reload-rules` (1000) regex rules ahead of the weighted
 //!   one, `open` at `--rate` (default 5000/s) without weight changes, then with
-//!   `--reload-flip-rate` (100) a second. Reports how much the latency grew (goal: at most 1 ms)
-//!   and the admin calls' latency. See `benches/load/reload.rs`.
+//!   `--reload-flip-rate` (100) a second, `--reload-rounds` (5) times interleaved. Reports how
+//!   much the median latency grew and how long a change held the serving thread (goal: at most
+//!   1 ms each), and the admin calls' latency. See `benches/load/reload.rs`.
 //!
 //! The attackers of `hostile` and `h2flood` stand for other machines. Here they share a core
 //! with the legitimate clients and the upstreams, so they run on a thread and runtime of their
@@ -250,6 +251,10 @@ struct Args {
     /// reload: weight changes per second through the admin API in the second run.
     #[arg(long, default_value_t = 100.0)]
     reload_flip_rate: f64,
+    /// reload: pairs of runs (without changes, then with), interleaved, so a stretch of machine
+    /// noise lands in one run of a kind, not in a whole kind.
+    #[arg(long, default_value_t = 5)]
+    reload_rounds: usize,
     /// flip: read the gateway's RSS this often (like `10s`) and report its growth after the
     /// first 20% of the run (a soak: run it with a long --duration and --flip-rate 1).
     #[arg(long, value_parser = parse_duration)]
@@ -449,6 +454,9 @@ impl Args {
         }
         if !(self.reload_flip_rate > 0.0 && self.reload_flip_rate.is_finite()) {
             bail!("--reload-flip-rate must be a number above 0");
+        }
+        if self.reload_rounds == 0 {
+            bail!("--reload-rounds must be at least 1");
         }
         if self.rss_every.is_some_and(|every| every.is_zero()) {
             bail!("--rss-every must be above 0");
@@ -2375,6 +2383,7 @@ fn params_json(args: &Args, scenarios: &[Scenario]) -> Value {
         "outage_at_s": args.outage_at().as_secs_f64(),
         "reload_rules": args.reload_rules,
         "reload_flip_rate": args.reload_flip_rate,
+        "reload_rounds": args.reload_rounds,
         "rss_every_s": args.rss_every.map(|d| d.as_secs_f64()),
         "churn_rate": args.churn_rate,
         "churn_endpoints": args.churn_endpoints,

@@ -53,6 +53,7 @@ async fn an_endpoint_failing_in_a_row_is_ejected_then_returns() {
     let ejections = "splitgate_outlier_ejections_total{service=\"svc\",subset=\"pool\"} 1";
     let text = app.runtime.load().hub.encode();
     assert!(text.lines().any(|l| l == ejections), "{text}");
+    assert_eq!(ejected_now(&app), 1);
 
     // After its ejection, it is picked again, fails 3 more times and goes out for twice as long.
     let ejected_at = Instant::now();
@@ -64,8 +65,20 @@ async fn an_endpoint_failing_in_a_row_is_ejected_then_returns() {
         statuses(&app, 1).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(ejected_now(&app), 0, "back in after one try");
     statuses(&app, 20).await;
     assert_eq!(bad.count(), 6, "back, and out again after 3 more failures");
+    assert_eq!(ejected_now(&app), 1);
+}
+
+/// `splitgate_outlier_ejected_endpoints` of subset `pool`, as the metrics endpoint serves it.
+fn ejected_now(app: &TestGateway) -> u32 {
+    let text = splitgate::metrics::server::scrape(&app.runtime.load());
+    let series = "splitgate_outlier_ejected_endpoints{service=\"svc\",subset=\"pool\"} ";
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

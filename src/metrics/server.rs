@@ -1,6 +1,7 @@
 //! The metrics endpoint: `GET /stats/prometheus` (Istio's path) and `GET /metrics`.
 
 use crate::control::Control;
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -11,9 +12,8 @@ use tokio::sync::watch;
 
 use super::hub::{StateLabel, SubsetLabel};
 
-/// The exposition, with the gauges that are read at scrape time brought up to date.
-pub fn scrape(control: &Control) -> String {
-    let rt = control.runtime().load();
+/// The exposition of `rt`, with the gauges that are read at scrape time brought up to date.
+pub fn scrape(rt: &Runtime) -> String {
     let (mut idle, mut active) = (0i64, 0i64);
     for ep in rt
         .services
@@ -54,7 +54,7 @@ pub fn scrape(control: &Control) -> String {
 fn answer(control: &Control, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats/prometheus" | "/metrics") => {
-            let mut resp = Response::new(Full::new(Bytes::from(scrape(control))));
+            let mut resp = Response::new(Full::new(Bytes::from(scrape(&control.runtime().load()))));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(

@@ -316,18 +316,13 @@ pub(crate) async fn forward(
     };
     let circuit = &subset.circuit;
     // Held until the answer's body ends.
-    let request = match circuit.request() {
-        None => None,
-        Some(Some(held)) => Some(held),
-        Some(None) => {
-            circuit.events.overflow.inc();
-            let max = circuit.limits.max_requests.unwrap_or(0);
-            return Err(ProxyError::UpstreamOverflow(format!(
-                "the subset {} has its {max} requests in flight (connection_pool.http2_max_requests)",
-                subset.name
-            )));
-        }
-    };
+    let request = circuit.request().map_err(|full| {
+        circuit.events.overflow.inc();
+        ProxyError::UpstreamOverflow(format!(
+            "the subset {} has its {} requests in flight (connection_pool.http2_max_requests)",
+            subset.name, full.max
+        ))
+    })?;
     // The head stays here and is lent to each try. HTTP/2 hands it to h2, so only an HTTP/1.1
     // subset retries.
     let (mut head, mut body) = req.into_parts();

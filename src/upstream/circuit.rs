@@ -69,6 +69,13 @@ fn take(count: &AtomicUsize, max: usize) -> bool {
         .is_ok()
 }
 
+/// A subset at its bound on requests in flight.
+#[derive(Debug)]
+pub struct Full {
+    /// The bound.
+    pub max: usize,
+}
+
 impl Circuit {
     /// A circuit with no connection, request or retry counted yet.
     pub fn new(limits: Limits, events: Events) -> Arc<Self> {
@@ -97,11 +104,17 @@ impl Circuit {
         }
     }
 
-    /// A place among the subset's active requests; `None` when at `max_requests`. Unbounded,
-    /// it counts nothing.
-    pub fn request(self: &Arc<Self>) -> Option<Option<Held>> {
-        let max = self.limits.max_requests?;
-        Some(take(&self.requests, max).then(|| Held::new(self, Kind::Request, true)))
+    /// A place among the subset's active requests, held until dropped; `Ok(None)` when there
+    /// is no bound (nothing is counted), [`Full`] when `max_requests` are in flight.
+    pub fn request(self: &Arc<Self>) -> Result<Option<Held>, Full> {
+        let Some(max) = self.limits.max_requests else {
+            return Ok(None);
+        };
+        if take(&self.requests, max) {
+            Ok(Some(Held::new(self, Kind::Request, true)))
+        } else {
+            Err(Full { max })
+        }
     }
 
     /// A place for one retry, within the budget: retries in flight under
@@ -205,7 +218,7 @@ mod tests {
         assert_eq!(held.len(), 100);
         assert_eq!(c.connections(), 0);
         assert!(
-            c.request().is_none(),
+            matches!(c.request(), Ok(None)),
             "no bound on requests: nothing to hold"
         );
     }
