@@ -819,6 +819,174 @@ fn validate_reports_a_yaml_syntax_error_with_its_line() {
 }
 
 #[test]
+fn validate_reports_a_repeated_key_with_its_line_and_column() {
+    // A bad merge: `svc` twice under `services:` (the second would silently replace the
+    // first), and `stable` twice under its subsets.
+    let text = edit(
+        &base(),
+        &[(
+            "routes:\n",
+            "  svc:\n    namespace: other\n    host: svc.other.svc.cluster.local\n    subsets:\n      \
+             stable: { endpoints: [\"127.0.0.1:9003\"] }\n      stable: { endpoints: [\"127.0.0.1:9004\"] }\nroutes:\n",
+        )],
+    );
+    let line_of = |needle: &str, nth: usize| {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with(needle))
+            .nth(nth)
+            .map(|(i, _)| i + 1)
+            .unwrap()
+    };
+    let (first, again) = (line_of("  svc:", 0), line_of("  svc:", 1));
+    let dir = TempDir::new();
+    let f = validate(&dir.write("merged.yaml", &text));
+    let list = assert_problem(
+        &f,
+        "services.svc",
+        &[&format!(
+            "appears again at line {again}, column 3 (first at line {first}, column 3)"
+        )],
+    );
+    let stable = line_of("      stable:", 2);
+    assert_problem(
+        &f,
+        "services.svc.subsets.stable",
+        &[&format!("at line {stable}, column 7")],
+    );
+    assert_eq!(list.len(), 2, "{}", f.stderr);
+}
+
+#[test]
+fn validate_and_run_refuse_sockets_that_share_an_address() {
+    let dir = TempDir::new();
+    let listen = free_addr();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let text = config(listen, up, up);
+    let admin = text
+        .lines()
+        .skip_while(|l| *l != "admin:")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // The admin API on the listener's address; readiness on the wildcard of metrics' port.
+    let metrics_port = text
+        .lines()
+        .skip_while(|l| *l != "metrics:")
+        .nth(1)
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_string();
+    let readiness = text
+        .lines()
+        .skip_while(|l| *l != "readiness:")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let text = edit(
+        &text,
+        &[
+            (&format!("{admin}\n"), &format!("  address: {listen}\n")),
+            (
+                &format!("{readiness}\n"),
+                &format!("  address: 0.0.0.0:{metrics_port}\n"),
+            ),
+        ],
+    );
+    let file = dir.write("shared.yaml", &text);
+    let f = validate(&file);
+    let list = assert_problem(
+        &f,
+        "admin.address",
+        &[&format!(
+            "would share its port with listeners[0].address ({listen})"
+        )],
+    );
+    assert_problem(
+        &f,
+        "metrics.address",
+        &["would share its port with readiness.address (0.0.0.0:"],
+    );
+    assert_eq!(list.len(), 2, "{}", f.stderr);
+    // `run` refuses the same config before binding anything: a bad config exits 1.
+    let f = run_to_end(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("admin.address: "), "{}", f.stderr);
+    assert!(!accepts(listen), "nothing was bound");
+}
+
+#[test]
+fn validate_and_run_refuse_a_state_file_in_a_missing_directory() {
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let missing = dir.0.join("no-such-dir").join("state.json");
+    let text = config(free_addr(), up, up).replacen(
+        "admin:\n",
+        &format!(
+            "admin:\n  state_file: {:?}\n",
+            missing.display().to_string()
+        ),
+        1,
+    );
+    let file = dir.write("state.yaml", &text);
+    let f = validate(&file);
+    let list = assert_problem(
+        &f,
+        "admin.state_file",
+        &[&format!(
+            "its directory {} does not exist",
+            missing.parent().unwrap().display()
+        )],
+    );
+    assert_eq!(list.len(), 1, "{}", f.stderr);
+    let f = run_to_end(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("admin.state_file: "), "{}", f.stderr);
+}
+
+#[test]
+fn validate_reports_every_missing_file_at_once() {
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let gone = |name: &str| dir.0.join(name).display().to_string();
+    let text = config(free_addr(), up, up)
+        .replacen(
+            "    address: 127.0.0.1:",
+            &format!(
+                "    tls: {{ certificates: [ {{ cert_file: {:?}, key_file: {:?} }} ] }}\n    address: 127.0.0.1:",
+                gone("cert.pem"),
+                gone("key.pem")
+            ),
+            1,
+        )
+        .replacen(
+            "      load_balancer: round_robin\n",
+            &format!(
+                "      load_balancer: round_robin\n      tls: {{ ca_file: {:?} }}\n",
+                gone("ca.pem")
+            ),
+            1,
+        )
+        .replacen(
+            "admin:\n",
+            &format!("admin:\n  token_file: {:?}\n", gone("token")),
+            1,
+        );
+    let f = validate(&dir.write("files.yaml", &text));
+    let list = problems(&f);
+    let paths: Vec<&str> = list.iter().map(|(p, _)| p.as_str()).collect();
+    for want in [
+        "services.svc.policy.tls.ca_file",
+        "admin.token_file",
+        "listeners[0].tls.certificates[0].cert_file",
+        "listeners[0].tls.certificates[0].key_file",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from\n{}", f.stderr);
+    }
+    assert_eq!(list.len(), 4, "{}", f.stderr);
+}
+
+#[test]
 fn validate_reports_an_empty_file() {
     let dir = TempDir::new();
     let f = validate(&dir.write("empty.yaml", ""));

@@ -5,6 +5,7 @@ pub mod compile;
 pub mod duration;
 pub mod files;
 pub mod headers;
+pub mod keys;
 pub mod kubernetes;
 pub mod limits;
 pub mod model;
@@ -56,7 +57,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Parses YAML text into the raw model; syntax, type and unknown-field errors carry their path.
+/// Parses YAML text into the raw model; syntax, type and unknown-field errors carry their path,
+/// and so does a key repeated within a mapping (see [`keys::repeated`]).
 /// A document whose aliases would expand past [`aliases::MAX_ALIAS_NODES`] nodes or
 /// [`aliases::MAX_ALIAS_BYTES`] bytes is refused before serde expands anything.
 pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
@@ -74,6 +76,13 @@ pub fn parse(text: &str, source_name: &str) -> Result<RawConfig, ConfigError> {
         // What the scanner cannot read, serde might, expanding aliases never measured.
         Err(aliases::AliasError::Syntax(e)) => return Err(whole(format!("invalid YAML: {e}"))),
         Err(e) => return Err(whole(e.to_string())),
+    }
+    let repeats = keys::repeated(text);
+    if !repeats.is_empty() {
+        return Err(ConfigError {
+            source_name: source_name.to_string(),
+            errors: repeats,
+        });
     }
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -106,18 +115,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_hashed(path).1
 }
 
-/// [`load`], then the checks on disk that only starting needs (listener certificates, see
-/// [`validate::check_files`]). Returns the config and its warnings.
+/// [`load`], and the checks on disk that only starting needs (listener certificates, the
+/// token and state files, see [`validate::check_files`]), all problems listed together.
+/// Returns the config and its warnings.
 pub fn load_for_start(path: &Path) -> Result<(Config, Vec<FieldError>), ConfigError> {
-    let config = load(path)?;
-    let (errors, warnings) = validate::check_files(&config);
-    if errors.is_empty() {
-        Ok((config, warnings))
-    } else {
-        Err(ConfigError {
-            source_name: path.display().to_string(),
-            errors,
-        })
+    let name = path.display().to_string();
+    let text = read_text(path).map_err(|(_, e)| e)?.1;
+    let raw = parse(&text, &name)?;
+    let (files, warnings) = validate::check_files(&raw);
+    match validate(&raw) {
+        Ok(config) if files.is_empty() => Ok((config, warnings)),
+        Ok(_) => Err(ConfigError {
+            source_name: name,
+            errors: files,
+        }),
+        Err(mut errors) => {
+            errors.extend(files);
+            Err(ConfigError {
+                source_name: name,
+                errors,
+            })
+        }
     }
 }
 
@@ -125,9 +143,17 @@ pub fn load_for_start(path: &Path) -> Result<(Config, Vec<FieldError>), ConfigEr
 /// when it could not be read), so a watcher can tell later whether the file changed. The file
 /// must be a regular file (symlinks followed) of at most [`files::MAX_FILE_BYTES`].
 pub fn load_hashed(path: &Path) -> (Option<u64>, Result<Config, ConfigError>) {
-    let name = path.display().to_string();
+    match read_text(path) {
+        Ok((hash, text)) => (Some(hash), from_str(&text, &path.display().to_string())),
+        Err((hash, e)) => (hash, Err(e)),
+    }
+}
+
+/// A config file's text and the hash of its bytes; the error carries the hash when the bytes
+/// were read but are not text.
+fn read_text(path: &Path) -> Result<(u64, String), (Option<u64>, ConfigError)> {
     let failed = |message: String| ConfigError {
-        source_name: name.clone(),
+        source_name: path.display().to_string(),
         errors: vec![FieldError {
             path: String::new(),
             message,
@@ -136,20 +162,20 @@ pub fn load_hashed(path: &Path) -> (Option<u64>, Result<Config, ConfigError>) {
     let bytes = match files::read_regular(path, files::MAX_FILE_BYTES) {
         Ok(bytes) => bytes,
         Err(e @ files::FileError::Io(_)) => {
-            return (None, Err(failed(format!("cannot read the file: {e}"))))
+            return Err((None, failed(format!("cannot read the file: {e}"))))
         }
-        Err(e) => return (None, Err(failed(format!("the file {e}")))),
+        Err(e) => return Err((None, failed(format!("the file {e}")))),
     };
     let hash = content_hash(&bytes);
     match String::from_utf8(bytes) {
-        Ok(text) => (Some(hash), from_str(&text, &name)),
-        Err(e) => (
+        Ok(text) => Ok((hash, text)),
+        Err(e) => Err((
             Some(hash),
-            Err(failed(format!(
+            failed(format!(
                 "cannot read the file: it is not UTF-8 text ({})",
                 e.utf8_error()
-            ))),
-        ),
+            )),
+        )),
     }
 }
 

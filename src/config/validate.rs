@@ -162,6 +162,34 @@ impl Errors {
     }
 }
 
+/// Flags each socket (`(path, address)`) that would bind what an earlier one binds: the same
+/// port on the same IP, or on any IP when one of them is the wildcard (`[::]` takes IPv4 too,
+/// as Linux binds it dual-stack). Port 0 asks for a fresh port and never clashes. Without
+/// this, `run` would fail at its second bind, with a message blaming another process.
+fn shared_addresses(errs: &mut Errors, sockets: &[(String, &str)]) {
+    let parsed: Vec<(&str, SocketAddr)> = sockets
+        .iter()
+        .filter_map(|(path, a)| Some((path.as_str(), a.parse().ok()?)))
+        .filter(|(_, a): &(&str, SocketAddr)| a.port() != 0)
+        .collect();
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        let wide =
+            |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+        a.port() == b.port() && (a.ip() == b.ip() || wide(a, b) || wide(b, a))
+    };
+    for (j, &(path, addr)) in parsed.iter().enumerate() {
+        if let Some(&(first, other)) = parsed[..j].iter().find(|(_, b)| clash(addr, *b)) {
+            errs.add(
+                path,
+                format!(
+                    "{addr} would share its port with {first} ({other}): each listener, the \
+                     admin API, readiness and metrics need an address of their own"
+                ),
+            );
+        }
+    }
+}
+
 /// A route's allowed protocol upgrades, lowercased; `websocket` when the route names none.
 /// `h2c` is refused: its upgrade would tunnel the connection's next requests past routing.
 fn upgrades(errs: &mut Errors, p: &str, raw: Option<&[String]>) -> Box<[Box<str>]> {
@@ -243,6 +271,21 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
     let admin_addr = errs.addr("admin.address", &raw.admin.address);
     let readiness_addr = errs.addr("readiness.address", &raw.readiness.address);
     let metrics_addr = errs.addr("metrics.address", &raw.metrics.address);
+    let mut sockets: Vec<(String, &str)> = raw
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}].address"), l.address.as_str()))
+        .collect();
+    sockets.extend([
+        ("admin.address".to_string(), raw.admin.address.as_str()),
+        (
+            "readiness.address".to_string(),
+            raw.readiness.address.as_str(),
+        ),
+        ("metrics.address".to_string(), raw.metrics.address.as_str()),
+    ]);
+    shared_addresses(&mut errs, &sockets);
     if !matches!(
         raw.metrics.reporter.as_str(),
         "source" | "destination" | "both"
@@ -893,31 +936,80 @@ fn upstream_tls(
 }
 
 /// What `splitgate validate` and `splitgate run` check on disk beyond [`validate`]: that each
-/// listener certificate and key can serve, and that the admin token file holds a token. An
-/// expired certificate is a warning.
-pub fn check_files(config: &Config) -> (Vec<FieldError>, Vec<FieldError>) {
+/// listener certificate and key can serve, that the admin token file holds a token, and that
+/// the state file's directory exists and can be written. An expired certificate is a warning.
+/// Works on the raw config, so a config that fails [`validate`] gets its file problems listed
+/// in the same run.
+pub fn check_files(raw: &RawConfig) -> (Vec<FieldError>, Vec<FieldError>) {
     let mut errors = Errors::default();
     let mut warnings = Errors::default();
-    if let Some(path) = &config.raw.admin.token_file {
+    if let Some(path) = &raw.admin.token_file {
         if let Err(m) = super::files::read_token(Path::new(path)) {
             errors.add("admin.token_file", m);
         }
     }
-    for (i, l) in config.listeners.iter().enumerate() {
-        let Some(pairs) = &l.tls else { continue };
-        let found = crate::tls::server::check_pairs(pairs);
+    if let Some(path) = &raw.admin.state_file {
+        if let Err(m) = state_dir(Path::new(path)) {
+            errors.add("admin.state_file", m);
+        }
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        // An empty name is `validate`'s to report.
+        let pairs: Vec<(usize, CertPaths)> = tls
+            .certificates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.cert_file.is_empty() && !c.key_file.is_empty())
+            .map(|(j, c)| {
+                let paths = CertPaths {
+                    cert_file: c.cert_file.clone().into(),
+                    key_file: c.key_file.clone().into(),
+                };
+                (j, paths)
+            })
+            .collect();
+        let only: Vec<CertPaths> = pairs.iter().map(|(_, p)| p.clone()).collect();
+        let found = crate::tls::server::check_pairs(&only);
         let p = format!("listeners[{i}].tls.certificates");
-        for (j, e) in found.errors {
+        for (k, e) in found.errors {
             errors.add(
-                format!("{p}[{j}].{}", e.field),
+                format!("{p}[{}].{}", pairs[k].0, e.field),
                 format!("{}: {}", e.path, e.message),
             );
         }
-        for (j, m) in found.expired {
-            warnings.add(format!("{p}[{j}].cert_file"), m);
+        for (k, m) in found.expired {
+            warnings.add(format!("{p}[{}].cert_file", pairs[k].0), m);
         }
     }
     (errors.0, warnings.0)
+}
+
+/// Whether the state file at `path` can be written: its directory exists and is not read-only
+/// (the file is replaced through a temporary file beside it), and the path itself, if it
+/// exists, is a file.
+fn state_dir(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "its directory {} does not exist (or is not a directory); create it, or name a \
+             state file in one that does",
+            dir.display()
+        ));
+    }
+    if path.exists() && !path.is_file() {
+        return Err(format!("{} exists and is not a file", path.display()));
+    }
+    if std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly()) {
+        return Err(format!(
+            "its directory {} is read-only; the file is replaced through a temporary file there",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Finds a destination's service and subset, or records why it can't.

@@ -97,14 +97,18 @@ pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, CertError> {
     parse_pair(paths, &cert, &key)
 }
 
-fn read_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let read = |path| match read_regular(path, MAX_FILE_BYTES) {
+/// A certificate or key file's bytes, or why it cannot be read.
+fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    match read_regular(path, MAX_FILE_BYTES) {
         Ok(bytes) => Ok(bytes),
         Err(e @ FileError::Io(_)) => Err(format!("cannot be read: {e}")),
         Err(e) => Err(e.to_string()),
-    };
-    let cert = read(&paths.cert_file).map_err(|m| CertError::cert(paths, m))?;
-    let key = read(&paths.key_file).map_err(|m| CertError::key(paths, m))?;
+    }
+}
+
+fn read_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+    let cert = read_pem(&paths.cert_file).map_err(|m| CertError::cert(paths, m))?;
+    let key = read_pem(&paths.key_file).map_err(|m| CertError::key(paths, m))?;
     Ok((cert, key))
 }
 
@@ -429,7 +433,16 @@ pub fn check_pairs(pairs: &[CertPaths]) -> PairProblems {
                 ),
             )),
             Ok(_) => {}
-            Err(e) => found.errors.push((j, e)),
+            Err(e) => {
+                // A certificate that cannot be read hides its key's problem: name both at once.
+                let key_too = (e.field == "cert_file")
+                    .then(|| read_pem(&paths.key_file).err())
+                    .flatten();
+                found.errors.push((j, e));
+                if let Some(m) = key_too {
+                    found.errors.push((j, CertError::key(paths, m)));
+                }
+            }
         }
     }
     found
