@@ -200,6 +200,9 @@ fn every_core_object_uses_only_fields_the_kubernetes_api_defines() {
                 ("v1", "Service") => round_trip::<core::v1::Service>(&doc),
                 ("v1", "ServiceAccount") => round_trip::<core::v1::ServiceAccount>(&doc),
                 ("apps/v1", "Deployment") => round_trip::<apps::v1::Deployment>(&doc),
+                ("networking.k8s.io/v1", "NetworkPolicy") => {
+                    round_trip::<k8s_openapi::api::networking::v1::NetworkPolicy>(&doc)
+                }
                 ("policy/v1", "PodDisruptionBudget") => {
                     round_trip::<policy::v1::PodDisruptionBudget>(&doc)
                 }
@@ -232,6 +235,7 @@ fn every_core_object_uses_only_fields_the_kubernetes_api_defines() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
@@ -445,6 +449,94 @@ fn deployment_probes_and_mounts_match_the_config() {
     );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert!(dep["spec"]["replicas"].as_u64().unwrap() >= 2);
+    // `run` refuses a state file whose directory is missing or read-only, and the root is
+    // read-only: the directory must be a writable volume.
+    let state_dir = Path::new(config.raw.admin.state_file.as_deref().unwrap())
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let state_mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == state_dir.as_str())
+        .unwrap_or_else(|| panic!("the state file's directory {state_dir} is mounted"));
+    assert_ne!(state_mount["readOnly"], true, "{state_mount}");
+}
+
+/// The label that lets a pod reach the admin API.
+const ADMIN_CLIENT: (&str, &str) = ("splitgate.io/admin-client", "true");
+
+#[test]
+fn the_install_ships_no_secret_and_only_labelled_pods_reach_the_admin_port() {
+    let docs = install();
+    let secrets: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Secret").collect();
+    assert!(
+        secrets.is_empty(),
+        "applying the install again would overwrite the operator's token: {secrets:?}"
+    );
+
+    let config = kube_config();
+    let dep = deployment();
+    let policy = only(&docs, "NetworkPolicy");
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        dep["metadata"]["namespace"]
+    );
+    assert!(selects(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        &dep["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert!(strings(&policy["spec"]["policyTypes"]).contains(&"Ingress"));
+    let admin = u64::from(config.admin_addr.port());
+    // Each rule: its ports, and whether it admits any source.
+    let rules: Vec<(Vec<u64>, &Value)> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let ports = r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_u64().unwrap())
+                .collect();
+            (ports, &r["from"])
+        })
+        .collect();
+    let open: BTreeSet<u64> = rules
+        .iter()
+        .filter(|(_, from)| from.is_null())
+        .flat_map(|(ports, _)| ports.iter().copied())
+        .collect();
+    // Every port the pod serves but the admin API is open to all; the admin API is not.
+    for p in c_ports(&dep) {
+        assert_eq!(open.contains(&p), p != admin, "port {p}: open {open:?}");
+    }
+    let admin_from: Vec<&Value> = rules
+        .iter()
+        .filter(|(ports, _)| ports.contains(&admin))
+        .map(|(_, from)| *from)
+        .collect();
+    assert!(!admin_from.is_empty(), "some pods may reach the admin API");
+    for from in admin_from {
+        for peer in from.as_array().unwrap() {
+            let labels = &peer["podSelector"]["matchLabels"];
+            assert_eq!(labels.as_object().map(|m| m.len()), Some(1), "{peer}");
+            assert_eq!(labels[ADMIN_CLIENT.0], ADMIN_CLIENT.1, "{peer}");
+            assert!(peer.get("ipBlock").is_none(), "{peer}");
+        }
+    }
+}
+
+/// The container ports of the Deployment's gateway container.
+fn c_ports(dep: &Value) -> Vec<u64> {
+    container(dep)["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect()
 }
 
 /// How long `splitgate run` may take after SIGTERM with the shipped config: its drain delay
