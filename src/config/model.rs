@@ -419,6 +419,42 @@ pub struct RawRule {
     /// Retries (Istio's `retries`); none: Istio's default, 2 on 503 and connect failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RawRetries>,
+    /// Keeps each client on the destination it got while the weights move (our extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<RawSticky>,
+}
+
+/// A sticky weighted rule: each client gets a position, carried in a cookie the gateway sets
+/// (`cookie`, `ttl`) or derived from a key the client sends (`hash_on`); exactly one of the
+/// two.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    /// The cookie that carries the position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// How long the cookie lasts (duration string); none: until the browser session ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// The request part whose value places the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<RawHashOn>,
+}
+
+/// What a sticky position is derived from: exactly one of a header, a cookie or a query
+/// parameter, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHashOn {
+    /// A request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// A query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// Istio's `HTTPRetry`.

@@ -4,6 +4,7 @@ use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
 use crate::routing::retry::{self, Retry};
+use crate::routing::sticky::{Key, Source as StickySource, Sticky};
 use crate::routing::{MatchBlock, Mirror, NamedMatch, Route, Rule, StringMatch};
 use crate::server::limits::Limits;
 use crate::split::{Split, Target};
@@ -11,6 +12,7 @@ use crate::tls::{CertPaths, UpstreamTls};
 use crate::upstream::circuit::Limits as CircuitLimits;
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
+use http::HeaderName;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -440,6 +442,94 @@ fn retries(errs: &mut Errors, rp: &str, raw: Option<&RawRetries>) -> Retry {
     }
 }
 
+/// A rule's `sticky` (at `p`), for a rule of `destinations` destinations.
+fn sticky(errs: &mut Errors, p: &str, raw: &RawSticky, destinations: usize) -> Option<Box<Sticky>> {
+    if destinations < 2 {
+        errs.add(
+            p,
+            "needs a rule with two or more destinations: it keeps each client on the one it got",
+        );
+        return None;
+    }
+    let token = |at: String, errs: &mut Errors, name: &str, what: &str| {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !ok {
+            errs.add(
+                at,
+                format!("{name:?} is not a valid {what} name: use letters, digits and - _ . ! ~ * ' + # $ & % ^ ` |"),
+            );
+        }
+        ok
+    };
+    match (&raw.cookie, &raw.hash_on) {
+        (Some(name), None) => {
+            let ttl = match raw.ttl.as_deref().map(parse_duration) {
+                None => None,
+                Some(Ok(d)) if d.is_zero() => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(m)) => {
+                    errs.add(format!("{p}.ttl"), m);
+                    return None;
+                }
+            };
+            token(format!("{p}.cookie"), errs, name, "cookie")
+                .then(|| Box::new(Sticky::cookie(name, ttl)))
+        }
+        (None, Some(h)) => {
+            if raw.ttl.is_some() {
+                errs.add(
+                    format!("{p}.ttl"),
+                    "applies only to a cookie the gateway sets (sticky.cookie), not to hash_on",
+                );
+            }
+            let hp = format!("{p}.hash_on");
+            let key = match (&h.header, &h.cookie, &h.query) {
+                (Some(name), None, None) => match HeaderName::try_from(name.as_str()) {
+                    Ok(name) => Key::Header(name),
+                    Err(_) => {
+                        errs.add(
+                            format!("{hp}.header"),
+                            format!("{name:?} is not a valid header name"),
+                        );
+                        return None;
+                    }
+                },
+                (None, Some(name), None) => {
+                    if !token(format!("{hp}.cookie"), errs, name, "cookie") {
+                        return None;
+                    }
+                    Key::Cookie(name.as_str().into())
+                }
+                (None, None, Some(name)) if !name.is_empty() && !name.contains(['&', '=']) => {
+                    Key::Query(name.as_str().into())
+                }
+                (None, None, Some(name)) => {
+                    errs.add(
+                        format!("{hp}.query"),
+                        format!("{name:?} is not a valid query parameter name"),
+                    );
+                    return None;
+                }
+                _ => {
+                    errs.add(hp, "needs exactly one of header, cookie or query");
+                    return None;
+                }
+            };
+            Some(Box::new(Sticky::new(StickySource::Hash(key))))
+        }
+        _ => {
+            errs.add(
+                p,
+                "needs exactly one of cookie (the gateway sets it) or hash_on (a key the client sends)",
+            );
+            None
+        }
+    }
+}
+
 /// The rules of route `r` (the `i`th), whose checked hosts are `hosts`.
 fn route(
     errs: &mut Errors,
@@ -511,6 +601,10 @@ fn route(
             if destination_headers.iter().all(Option::is_none) {
                 destination_headers.clear();
             }
+            let sticky = rule
+                .sticky
+                .as_ref()
+                .and_then(|raw| sticky(errs, &format!("{rp}.sticky"), raw, rule.route.len()));
             Arc::new(Rule {
                 name: name.into(),
                 matches,
@@ -520,6 +614,7 @@ fn route(
                 retry,
                 headers,
                 destination_headers: destination_headers.into(),
+                sticky,
             })
         })
         .collect();

@@ -368,6 +368,7 @@ fn header_rule(
         timeout: None,
         mirror: None,
         retries: None,
+        sticky: None,
         mirror_percentage: None,
         headers: None,
     })
@@ -419,6 +420,7 @@ fn mirror_rule(
         mirror_percentage: Some(mr.percentage),
         headers: primary.headers.clone(),
         retries: primary.retries.clone(),
+        sticky: primary.sticky.clone(),
     })
 }
 

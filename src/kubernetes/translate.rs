@@ -440,6 +440,7 @@ fn route_for(
             mirror_percentage,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
             retries: h.retries.as_ref().map(|r| r.to_raw()),
+            sticky: None,
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;

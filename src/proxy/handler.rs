@@ -73,7 +73,13 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
     };
-    let (picked, target) = hit.rule.split.pick_indexed(&mut rand::rng());
+    let (picked, target, new_position) = match &hit.rule.sticky {
+        None => {
+            let (picked, target) = hit.rule.split.pick_indexed(&mut rand::rng());
+            (picked, target, None)
+        }
+        Some(sticky) => sticky.pick(&hit.rule.split, &parts, &mut rand::rng()),
+    };
     let subset = rt.subset(target);
     let changes = HeaderChanges {
         rule: hit.rule.headers.as_deref(),
@@ -107,6 +113,13 @@ pub async fn handle(
     match result {
         Ok(((mut parts, body), exhausted)) => {
             changes.response(&mut parts.headers);
+            // A client placed just now keeps its place on its next requests.
+            if let Some(cookie) = new_position
+                .zip(hit.rule.sticky.as_deref())
+                .and_then(|(p, sticky)| sticky.set_cookie(p))
+            {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
             let recorder = recorder.map(|r| Recorder {
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),

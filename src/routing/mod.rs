@@ -4,6 +4,7 @@ pub mod header_ops;
 pub mod matcher;
 pub mod retry;
 pub mod router;
+pub mod sticky;
 
 pub use matcher::{MatchBlock, NamedMatch, StringMatch};
 pub use router::{request_authority, Mirror, Route, RouteMatch, Router, Rule};

@@ -63,6 +63,8 @@ pub struct Rule {
     pub headers: Option<Box<super::header_ops::Headers>>,
     /// Each destination's header changes, in the split's order; empty when none has any.
     pub destination_headers: Box<[Option<Box<super::header_ops::Headers>>]>,
+    /// Keeps each client on its destination while the weights move, if set.
+    pub sticky: Option<Box<super::sticky::Sticky>>,
 }
 
 /// A traffic mirror: a share of requests is copied to another subset, fire and forget.
@@ -229,6 +231,7 @@ mod tests {
                 retry: Default::default(),
                 headers: None,
                 destination_headers: Box::new([]),
+                sticky: None,
             })],
             upgrades: Box::new(["websocket".into()]),
         }

@@ -66,6 +66,22 @@ impl Split {
         let idx = self.cumulative.partition_point(|&c| c <= r);
         (idx, self.targets[idx])
     }
+
+    /// The target at `position`, one of `positions` that the split covers in proportion to the
+    /// weights, from the last entry to the first: with `[stable 90, canary 10]`, positions
+    /// below a tenth are canary's. So when weights move toward the last entry, only positions
+    /// that its predecessors held move to it, and none moves back. `position` must be below
+    /// `positions`.
+    pub fn pick_at(&self, position: u32, positions: u32) -> (usize, Target) {
+        if self.targets.len() == 1 {
+            return (0, self.targets[0]);
+        }
+        let total = self.total();
+        let r = u64::from(position) * total / u64::from(positions.max(1));
+        let from_end = total - 1 - r.min(total - 1);
+        let idx = self.cumulative.partition_point(|&c| c <= from_end);
+        (idx, self.targets[idx])
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +115,29 @@ mod tests {
         for (i, want) in [(0, 0.5), (2, 0.3), (3, 0.2)] {
             let got = f64::from(counts[i]) / 100_000.0;
             assert!((got - want).abs() < 0.01, "subset {i}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn positions_cover_the_entries_from_the_last_in_proportion() {
+        let split = Split::new(vec![(t(0), 90), (t(1), 0), (t(2), 10)]);
+        let at = |p| split.pick_at(p, 10_000).1.subset;
+        assert_eq!((at(0), at(999), at(1000), at(9999)), (2, 2, 0, 0));
+        let count = |s| (0..10_000).filter(|&p| at(p) == s).count();
+        assert_eq!((count(0), count(1), count(2)), (9000, 0, 1000));
+        // Moving weight to the last entry moves positions only toward it.
+        let ramp = [(100, 0), (90, 10), (75, 25), (50, 50), (0, 100)];
+        let mut before = vec![0; 10_000];
+        for (w0, w2) in ramp {
+            let split = Split::new(vec![(t(0), w0), (t(1), 0), (t(2), w2)]);
+            for p in 0..10_000u32 {
+                let now = split.pick_at(p, 10_000).1.subset;
+                assert!(
+                    now >= before[p as usize],
+                    "position {p} moved back at {w0}/{w2}"
+                );
+                before[p as usize] = now;
+            }
         }
     }
 
