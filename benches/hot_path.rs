@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use rand::{rngs::SmallRng, SeedableRng};
 use splitgate::metrics::istio::Sample;
 use splitgate::proxy::body::Recorder;
-use splitgate::proxy::{headers, ConnInfo};
+use splitgate::proxy::{headers, ConnInfo, Flags};
 use splitgate::split::{Split, Target};
 use std::hint::black_box;
 use std::time::Instant;
@@ -127,6 +127,7 @@ fn request_path(c: &mut Criterion) {
         client_ip: http::HeaderValue::from_static("10.0.0.1"),
         proto: http::HeaderValue::from_static("http"),
         stream_idle: None,
+        local: None,
     };
     let request = || {
         http::Request::get("/api/items?page=2")
@@ -155,10 +156,10 @@ fn request_path(c: &mut Criterion) {
                     response_bytes: 240,
                     protocol: "http",
                     grpc_status: "",
-                    done_flags: "-",
+                    done_flags: Flags::NONE,
                 };
                 headers::prepare_request(&mut parts, &conn, false);
-                recorder.finish("-");
+                recorder.finish(Flags::NONE);
                 parts
             },
             BatchSize::SmallInput,

@@ -46,6 +46,7 @@ pub fn request_head(bytes: &[u8]) {
         client_ip: HeaderValue::from_static("192.0.2.1"),
         proto: HeaderValue::from_static("http"),
         stream_idle: None,
+        local: None,
     };
     let upgrade = is_upgrade(&parts);
     prepare_request(&mut parts, &conn, upgrade);

@@ -86,7 +86,8 @@ fn huge_value() -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 
 /// An upstream that keeps every byte each connection sent, and answers each complete request
-/// `200` with the body `target=<request target>`.
+/// `200` with the body `target=<request target>`; as real servers do, it answers an HTTP/1.1
+/// request without Host `400` and closes (RFC 9112 §3.2).
 struct Recorder {
     addr: SocketAddr,
     /// Bytes received, one entry per connection, in accept order (the index is the number).
@@ -149,6 +150,8 @@ impl Recorder {
 /// One request as the upstream received it.
 #[derive(Debug)]
 struct Recorded {
+    /// The minor version: 1 for HTTP/1.1.
+    version: u8,
     method: String,
     target: String,
     /// The head exactly as received, request line included.
@@ -182,6 +185,12 @@ async fn record(mut stream: TcpStream, log: Arc<Mutex<Vec<Vec<u8>>>>, number: us
         pending.extend_from_slice(&buf[..n]);
         while let Some((req, used)) = parse_request(&pending) {
             pending.drain(..used);
+            if req.version == 1 && req.all("host").is_empty() {
+                let refusal = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\
+                    content-length: 22\r\n\r\nHTTP/1.1 requires Host";
+                let _ = stream.write_all(refusal.as_bytes()).await;
+                return;
+            }
             let body = format!("target={}", req.target);
             let answer = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -223,6 +232,7 @@ fn parse_request(bytes: &[u8]) -> Option<(Recorded, usize)> {
         (rest[..len].to_vec(), len)
     };
     let recorded = Recorded {
+        version: req.version.unwrap(),
         method: req.method.unwrap().to_string(),
         target: req.path.unwrap().to_string(),
         head: bytes[..head_len].to_vec(),
@@ -721,7 +731,9 @@ async fn http10_is_answered_in_http10_and_closed() {
     .await
 }
 
-/// HTTP/1.0 may leave Host out.
+/// HTTP/1.0 may leave Host out. The upstream hears HTTP/1.1, which needs one (the recording
+/// upstream refuses it without, as real servers do): it gets the authority the client reached,
+/// the listener's address, by which the request was routed.
 #[tokio::test]
 async fn http10_without_host_is_served() {
     bounded(async {
@@ -730,7 +742,10 @@ async fn http10_without_host_is_served() {
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.body, "target=/no-host");
         client.assert_closed().await;
-        assert_eq!(upstream.targets(), ["/no-host"]);
+        let requests = upstream.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].target, "/no-host");
+        assert_eq!(requests[0].all("host"), [gw.addr.to_string()]);
     })
     .await
 }

@@ -176,3 +176,35 @@ fn a_bad_retry_policy_is_refused_with_its_path() {
         );
     }
 }
+
+/// `istio_requests_total`'s `response_flags` values of the gateway's series, with their counts.
+async fn flags_counted(app: &TestApp) -> Vec<(String, f64)> {
+    let url = format!("http://{}/stats/prometheus", app.app.metrics_addr);
+    let text = get(&http1_client(), &url, &[]).await.body;
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter_map(|l| {
+            let flags = l.split("response_flags=\"").nth(1)?.split('"').next()?;
+            Some((flags.to_string(), l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Envoy renders several flags as a comma-separated list: a request whose tries all failed to
+/// connect, with retries allowed, ran out of them: `UF,URX`. Without retries it is `UF` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_that_use_up_the_retries_are_flagged_uf_urx() {
+    let dead = [dead_addr().await, dead_addr().await];
+    let app = spawn_app(&pool_config(&dead, None)).await;
+    for _ in 0..3 {
+        let a = get(&http1_client(), &app.url("/"), &[]).await;
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.body.starts_with("UF:"), "{:?}", a.body);
+    }
+    assert_eq!(flags_counted(&app).await, [("UF,URX".to_string(), 3.0)]);
+
+    let app = spawn_app(&pool_config(&dead, Some("{ attempts: 0 }"))).await;
+    let a = get(&http1_client(), &app.url("/"), &[]).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(flags_counted(&app).await, [("UF".to_string(), 1.0)]);
+}

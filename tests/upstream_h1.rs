@@ -399,24 +399,30 @@ fn streamed(pieces: &[&'static str]) -> TestBody {
 // 1. Chunked responses
 // ---------------------------------------------------------------------------------------------
 
-/// The chunked answer, written in pieces that cut through sizes, data and CRLFs.
-const CHUNKED_PIECES: [&str; 5] = [
-    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n5;x=y\r\nhel",
-    "lo\r\n6\r\n world\r",
-    "\n3 ; name=\"q\"\r\n!!!\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r",
-    "\nx-trailer: v\r\ngrpc-status: 0\r\n",
-    "\r\n",
-];
+/// The chunked answer: chunk extensions, chunk sizes in both cases, and trailers.
+const CHUNKED_ANSWER: &str =
+    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n\
+    5;x=y\r\nhello\r\n6\r\n world\r\n3 ; name=\"q\"\r\n!!!\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n\
+    0\r\nx-trailer: v\r\ngrpc-status: 0\r\n\r\n";
 const CHUNKED_BODY: &str = "hello world!!!abcdefghijklmnopqrstuvwxyz";
+
+/// Writes `bytes` one byte per write (the socket has no Nagle delay): the gateway's reads end
+/// wherever the writes happen to be, so each read may stop inside a size line, a CRLF, data or
+/// a trailer. (Every split point is checked without sockets in `upstream::h1`'s unit tests.)
+async fn write_byte_by_byte(peer: &mut Peer, bytes: &[u8]) -> bool {
+    for b in bytes {
+        if !peer.write(std::slice::from_ref(b)).await {
+            return false;
+        }
+    }
+    true
+}
 
 async fn spawn_chunked_upstream() -> Scripted {
     spawn_script(|mut peer| async move {
         while peer.read_request().await.is_some() {
-            for piece in CHUNKED_PIECES {
-                if !peer.write(piece.as_bytes()).await {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(15)).await;
+            if !write_byte_by_byte(&mut peer, CHUNKED_ANSWER.as_bytes()).await {
+                return;
             }
         }
     })
@@ -539,10 +545,7 @@ async fn interim_1xx_responses_are_skipped_before_the_final_answer() {
                 if req.target == "/together" {
                     peer.write(&pieces.concat()).await;
                 } else {
-                    for p in pieces {
-                        peer.write(p).await;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                    write_byte_by_byte(&mut peer, &pieces.concat()).await;
                 }
             }
         })
@@ -570,7 +573,7 @@ async fn interim_1xx_responses_are_skipped_before_the_final_answer() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
+async fn malformed_upstream_heads_are_502_upe_and_the_gateway_keeps_serving() {
     bounded(async {
         let big_field = "v".repeat(1000);
         let huge: String = (0..80)
@@ -601,17 +604,20 @@ async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
             _ => Act::Reply(ok("good")),
         })
         .await;
-        let gw = gateway_to(up.addr).await;
+        // The whole app, for its metrics endpoint.
+        let rule = "      - route:\n          - destination: { service: svc, subset: up }\n";
+        let gw = spawn_app(&svc_config(&subset("up", up.addr), rule)).await;
         let client = http1_client();
-        for case in [
+        let cases = [
             "/not-http",
             "/conflict",
             "/huge",
             "/folded",
             "/gzip-chunked",
-        ] {
+        ];
+        for case in cases {
             let a = get(&client, &gw.url(case), &[]).await;
-            assert_uc(&a, case);
+            assert_upe(&a, case);
             assert_eq!(up.count_target(case), 1, "{case} is sent once");
             let a = get(&client, &gw.url("/good"), &[]).await;
             assert_eq!(
@@ -624,6 +630,129 @@ async fn malformed_upstream_heads_are_503_uc_and_the_gateway_keeps_serving() {
         let a = get(&client, &gw.url("/large-ok"), &[]).await;
         assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "large"));
         assert_eq!(a.headers["x-big-59"], big_field.as_str());
+        // Envoy's flag for an upstream that broke HTTP: UPE (not UC, a connection that broke).
+        let metrics = gw.app.metrics_addr;
+        let upe = ["response_code=\"502\"", "response_flags=\"UPE\""];
+        assert_eq!(requests_total(metrics, &upe).await, cases.len() as f64);
+        assert_eq!(
+            requests_total(metrics, &["response_flags=\"UC\""]).await,
+            0.0
+        );
+    })
+    .await;
+}
+
+/// Asserts a gateway-made `502 UPE` answer: the upstream broke the protocol.
+fn assert_upe(a: &Answer, case: &str) {
+    assert_eq!(a.status, 502, "{case}: body {:?}", a.body);
+    assert!(
+        a.body.starts_with("UPE:"),
+        "{case}: body {:?} should start with \"UPE:\"",
+        a.body
+    );
+}
+
+/// An upstream that acts on each request as `answer` says and reports the number of each
+/// connection on `closed` once it is closed, by the gateway or by the upstream itself.
+async fn spawn_reporting_upstream<F>(
+    answer: F,
+) -> (Scripted, tokio::sync::mpsc::UnboundedReceiver<usize>)
+where
+    F: Fn(&RawRequest) -> Act + Send + Sync + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let answer = Arc::new(answer);
+    let up = spawn_script(move |mut peer| {
+        let (answer, tx) = (answer.clone(), tx.clone());
+        async move {
+            while let Some(req) = peer.read_request().await {
+                match answer(&req) {
+                    Act::Reply(bytes) if peer.write(&bytes).await => {}
+                    Act::ReplyClose(bytes) => {
+                        peer.write(&bytes).await;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            let conn = peer.conn;
+            // Closed before it is reported.
+            drop(peer);
+            let _ = tx.send(conn);
+        }
+    })
+    .await;
+    (up, rx)
+}
+
+/// The number of the next connection the gateway closes, within 10 s.
+async fn next_close(closed: &mut tokio::sync::mpsc::UnboundedReceiver<usize>, why: &str) -> usize {
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{why}: no upstream connection closed within 10 s"))
+        .expect("the upstream runs")
+}
+
+/// RFC 9112 §6.1: after an HTTP/1.0 answer framed chunked the connection is closed. The
+/// answer itself is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_chunked_answer_is_served_and_its_connection_closed() {
+    bounded(async {
+        let (up, mut closed) = spawn_reporting_upstream(|req| {
+            Act::Reply(match req.target.as_str() {
+                "/old-chunked" => b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\
+                    transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                    .to_vec(),
+                _ => ok(&format!("conn{}", req.conn)),
+            })
+        })
+        .await;
+        let gw = gateway_to(up.addr).await;
+        let client = http1_client();
+        let a = get(&client, &gw.url("/old-chunked"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "hello"));
+        assert_eq!(
+            next_close(&mut closed, "the HTTP/1.0 chunked answer's connection").await,
+            1
+        );
+        let a = get(&client, &gw.url("/next"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn2"));
+        assert_eq!(up.requests().iter().filter(|r| r.conn == 1).count(), 1);
+    })
+    .await;
+}
+
+/// A `101 Switching Protocols` to a request that asked no upgrade is a protocol error: 502
+/// `UPE` for HTTP/1.1 and HTTP/2 clients alike, and its connection is closed, never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_101_is_502_upe_and_its_connection_is_not_reused() {
+    bounded(async {
+        let (up, mut closed) = spawn_reporting_upstream(|req| {
+            Act::Reply(match req.target.as_str() {
+                "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                    upgrade: websocket\r\n\r\n"
+                    .to_vec(),
+                _ => ok(&format!("conn{}", req.conn)),
+            })
+        })
+        .await;
+        let rule = "      - route:\n          - destination: { service: svc, subset: up }\n";
+        let gw = spawn_app(&svc_config(&subset("up", up.addr), rule)).await;
+        for (n, client) in [(1, http1_client()), (2, h2c_client())] {
+            let a = get(&client, &gw.url("/switch"), &[]).await;
+            assert_upe(&a, "an unasked 101");
+            assert_eq!(next_close(&mut closed, "the 101's connection").await, n);
+        }
+        let a = get(&http1_client(), &gw.url("/after"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn3"));
+        for r in up.requests() {
+            assert_eq!(
+                r.seq, 1,
+                "a connection that answered 101 carried another: {r:?}"
+            );
+        }
+        let upe = ["response_code=\"502\"", "response_flags=\"UPE\""];
+        assert_eq!(requests_total(gw.app.metrics_addr, &upe).await, 2.0);
     })
     .await;
 }
@@ -757,6 +886,99 @@ async fn stale_pooled_connection_get_is_sent_once_more_on_a_new_connection() {
                 [(i, 2), (i + 1, 1)],
                 "GET {i}: first on the stale connection, then once more on a new one"
             );
+        }
+    })
+    .await;
+}
+
+/// An upstream that says it closes idle connections after 2 s (`keep-alive: timeout=2`): the
+/// gateway closes its pooled connection before that, so that no request is ever sent as the
+/// upstream closes; the next request goes on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_closes_the_pooled_connection_before_the_upstream_would() {
+    bounded(async {
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let log = answered.clone();
+        let (up, mut closed) = spawn_reporting_upstream(move |req| {
+            log.lock().unwrap().push(std::time::Instant::now());
+            let body = format!("conn{}", req.conn);
+            Act::Reply(
+                format!(
+                    "HTTP/1.1 200 OK\r\nkeep-alive: timeout=2, max=100\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
+        })
+        .await;
+        let gw = gateway_to(up.addr).await;
+        let client = http1_client();
+        let a = get(&client, &gw.url("/first"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn1"));
+        assert_eq!(
+            next_close(&mut closed, "the pooled connection (keep-alive: timeout=2)").await,
+            1
+        );
+        let idle = answered.lock().unwrap()[0].elapsed();
+        assert!(
+            idle < Duration::from_secs(2),
+            "closed {idle:?} after the answer: not before the upstream's own 2 s"
+        );
+        let a = get(&client, &gw.url("/second"), &[]).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "conn2"));
+        assert_eq!(up.count_target("/second"), 1);
+    })
+    .await;
+}
+
+/// The upstream answers with `connection: keep-alive` and closes the connection right after
+/// (its keep-alive ended), and the test waits for that close before each next request: that
+/// request must not get `503 UC`. The gateway sees the closed connection and opens another;
+/// had the close come as the request went out, an idempotent request without a body (or
+/// with one held in memory) is sent once more on a new connection (see
+/// `stale_pooled_connection_get_is_sent_once_more_on_a_new_connection`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_the_upstreams_keep_alive_close_are_not_503() {
+    bounded(async {
+        let (up, mut closed) = spawn_reporting_upstream(|req| {
+            let body = if req.method == "HEAD" {
+                ""
+            } else {
+                &req.target
+            };
+            Act::ReplyClose(
+                format!(
+                    "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{body}",
+                    req.target.len(),
+                )
+                .into_bytes(),
+            )
+        })
+        .await;
+        let gw = gateway_to(up.addr).await;
+        let client = http1_client();
+        for (i, method) in ["GET", "GET", "PUT", "DELETE", "HEAD", "OPTIONS"]
+            .iter()
+            .enumerate()
+        {
+            let path = format!("/r{i}");
+            let req = Request::builder()
+                .method(*method)
+                .uri(gw.url(&path))
+                .body(Full::default())
+                .unwrap();
+            let a = send(&client, req).await;
+            assert_eq!(a.status, 200, "{method} {path}: {:?}", a.body);
+            if *method != "HEAD" {
+                assert_eq!(a.body, path, "{method} {path}");
+            }
+            assert_eq!(
+                up.count_target(&path),
+                1,
+                "{method} {path} reached the upstream once"
+            );
+            // The upstream's close of this request's connection, before the next request.
+            next_close(&mut closed, "the upstream's close after answering").await;
         }
     })
     .await;

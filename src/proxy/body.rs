@@ -1,10 +1,11 @@
 //! The response body the gateway sends: an upstream's stream or a short fixed text, and the
 //! recording of the request in metrics once its last byte has gone out.
 
+use super::flags::Flags;
 use super::idle::{is_stream_idle, IdleBody};
 use crate::metrics::analysis::{now_secs, Window};
 use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
-use crate::upstream::{BoxError, PooledBody};
+use crate::upstream::{h1, BoxError, PooledBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -50,8 +51,8 @@ pub struct Recorder {
     pub protocol: &'static str,
     /// gRPC status, once the response's headers or trailers have given it.
     pub grpc_status: &'static str,
-    /// The flags of an answer that ends well: `-`, or `URX` when retries ran out on it.
-    pub done_flags: &'static str,
+    /// The flags of an answer that ends well: none, or `URX` when retries ran out on it.
+    pub done_flags: Flags,
 }
 
 impl Recorder {
@@ -62,12 +63,12 @@ impl Recorder {
         self.code >= 500 || matches!(self.grpc_status, "2" | "4" | "12" | "13" | "14" | "15")
     }
 
-    /// Records the request with `flags` (`-` when it went well).
-    pub fn finish(self, flags: &'static str) {
+    /// Records the request with `flags` (none when it went well).
+    pub fn finish(self, flags: Flags) {
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         self.metrics.record(&Sample {
             code: self.code,
-            flags,
+            flags: flags.as_str(),
             protocol: self.protocol,
             grpc_status: self.grpc_status,
             duration_ms,
@@ -78,6 +79,22 @@ impl Recorder {
             w.record(now_secs(), self.failed(), duration_ms);
         }
     }
+}
+
+/// The flag of an upstream body that failed mid-way: it stalled (`SI`), broke its own framing
+/// (`UPE`), or its connection broke (`UC`).
+fn body_failure(e: &(dyn std::error::Error + 'static)) -> Flags {
+    if is_stream_idle(e) {
+        return Flags::SI;
+    }
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h1::Error::BadBody(_)) = c.downcast_ref::<h1::Error>() {
+            return Flags::UPE;
+        }
+        cause = c.source();
+    }
+    Flags::UC
 }
 
 /// The `grpc-status` of a header block (trailers, or the headers of a trailers-only answer).
@@ -105,11 +122,11 @@ impl ProxyBody {
         }
     }
 
-    fn done_flags(&self) -> &'static str {
-        self.recorder.as_ref().map_or("-", |r| r.done_flags)
+    fn done_flags(&self) -> Flags {
+        self.recorder.as_ref().map_or(Flags::NONE, |r| r.done_flags)
     }
 
-    fn finish(&mut self, flags: &'static str) {
+    fn finish(&mut self, flags: Flags) {
         if let Some(r) = self.recorder.take() {
             r.finish(flags);
         }
@@ -122,7 +139,8 @@ impl Drop for ProxyBody {
         // dropped before its end means the client went away (Envoy's DC).
         let flags = match &self.recorder {
             Some(r) if self.is_end_stream() => r.done_flags,
-            _ => "DC",
+            Some(r) => r.done_flags | Flags::DC,
+            None => Flags::DC,
         };
         self.finish(flags);
     }
@@ -158,9 +176,7 @@ impl Body for ProxyBody {
             }
             Poll::Ready(None) => this.finish(this.done_flags()),
             // The upstream broke off, or stalled past the stream idle timeout, mid-body.
-            Poll::Ready(Some(Err(e))) => {
-                this.finish(if is_stream_idle(&**e) { "SI" } else { "UC" })
-            }
+            Poll::Ready(Some(Err(e))) => this.finish(this.done_flags() | body_failure(&**e)),
             Poll::Pending => {}
         }
         polled

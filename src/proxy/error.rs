@@ -1,5 +1,6 @@
 //! Proxy failures, each mapped to Envoy's status code and response flag.
 
+use super::flags::Flags;
 use http::StatusCode;
 
 /// Why the gateway answered instead of the upstream.
@@ -20,6 +21,14 @@ pub enum ProxyError {
     /// The upstream connection broke before the response headers.
     #[error("upstream reset: {0}")]
     UpstreamReset(#[source] crate::upstream::BoxError),
+    /// The upstream's answer broke HTTP/1.1: a head that does not parse, framing that
+    /// contradicts itself, or a `101 Switching Protocols` to a request that asked no upgrade.
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(#[source] crate::upstream::BoxError),
+    /// The last try failed as `0` says, and the retries the rule allows had all been spent on
+    /// tries before it (Envoy adds `URX` to the last failure's flag).
+    #[error("{0} (retries exhausted)")]
+    RetriesExhausted(Box<ProxyError>),
     /// The client's request body broke off while the gateway was reading it.
     #[error("client body: {0}")]
     ClientBody(#[source] crate::upstream::BoxError),
@@ -74,6 +83,8 @@ impl ProxyError {
     /// Envoy's status for this failure.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::RetriesExhausted(last) => last.status(),
+            Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ClientBody(_) | Self::MissingHost | Self::DuplicateHost => {
                 StatusCode::BAD_REQUEST
@@ -93,32 +104,35 @@ impl ProxyError {
         }
     }
 
-    /// Envoy's response flag for this failure.
-    pub fn flag(&self) -> &'static str {
+    /// Envoy's response flags for this failure.
+    pub fn flags(&self) -> Flags {
         match self {
-            Self::NoRoute => "NR",
-            Self::NoHealthyUpstream => "UH",
-            Self::ConnectFailure(_) => "UF",
-            Self::UpstreamTimeout => "UT",
-            Self::UpstreamReset(_) => "UC",
-            Self::ClientBody(_) => "DC",
-            Self::StreamIdle => "SI",
-            Self::UpgradeToHttp2 => "UPE",
-            Self::MissingHost | Self::DuplicateHost => "DPE",
+            Self::NoRoute => Flags::NR,
+            Self::NoHealthyUpstream => Flags::UH,
+            Self::ConnectFailure(_) => Flags::UF,
+            Self::UpstreamTimeout => Flags::UT,
+            Self::UpstreamReset(_) => Flags::UC,
+            Self::UpstreamProtocol(_) => Flags::UPE,
+            Self::RetriesExhausted(last) => last.flags() | Flags::URX,
+            Self::ClientBody(_) => Flags::DC,
+            Self::StreamIdle => Flags::SI,
+            Self::UpgradeToHttp2 => Flags::UPE,
+            Self::MissingHost | Self::DuplicateHost => Flags::DPE,
             // Envoy refuses an upgrade it is not configured for with a 403 and no flag.
-            Self::UpgradeRefused => "-",
-            Self::UpstreamOverflow(_) => "UO",
-            Self::InvalidHost => "DPE",
-            Self::UnsupportedTransferCoding => "DPE",
+            Self::UpgradeRefused => Flags::NONE,
+            Self::UpstreamOverflow(_) => Flags::UO,
+            Self::InvalidHost => Flags::DPE,
+            Self::UnsupportedTransferCoding => Flags::DPE,
             // Envoy refuses an upgrade it is not configured for (CONNECT is one) without a flag.
-            Self::Connect => "-",
-            Self::MalformedBody(_) => "DPE",
+            Self::Connect => Flags::NONE,
+            Self::MalformedBody(_) => Flags::DPE,
         }
     }
 
     /// The gRPC status a gRPC client gets (Envoy's mapping of the HTTP status).
     pub fn grpc_status(&self) -> &'static str {
         match self {
+            Self::RetriesExhausted(last) => last.grpc_status(),
             Self::NoRoute => "12",                           // UNIMPLEMENTED
             Self::UpstreamTimeout => "4",                    // DEADLINE_EXCEEDED
             Self::StreamIdle => "2",                         // UNKNOWN, as for any 408
@@ -137,6 +151,8 @@ impl ProxyError {
     /// The body sent to the client: the flag and a fixed sentence (no request data reflected).
     pub fn body(&self) -> &'static str {
         match self {
+            Self::RetriesExhausted(last) => last.body(),
+            Self::UpstreamProtocol(_) => "UPE: the upstream's answer was not valid HTTP/1.1\n",
             Self::NoRoute => "NR: no route matched this request\n",
             Self::NoHealthyUpstream => "UH: no healthy upstream endpoint\n",
             Self::ConnectFailure(_) => "UF: could not connect to the upstream\n",
@@ -202,17 +218,21 @@ mod tests {
         let io = |kind| -> crate::upstream::BoxError { Box::new(io::Error::new(kind, "body")) };
         let malformed = ProxyError::client_body(io(io::ErrorKind::InvalidData));
         assert_eq!(
-            (malformed.status(), malformed.flag()),
-            (StatusCode::BAD_REQUEST, "DPE")
+            (malformed.status(), malformed.flags()),
+            (StatusCode::BAD_REQUEST, Flags::DPE)
         );
         let malformed = ProxyError::client_body(io(io::ErrorKind::InvalidInput));
-        assert_eq!(malformed.flag(), "DPE");
+        assert_eq!(malformed.flags(), Flags::DPE);
         for gone in [io::ErrorKind::UnexpectedEof, io::ErrorKind::ConnectionReset] {
-            assert_eq!(ProxyError::client_body(io(gone)).flag(), "DC", "{gone:?}");
+            assert_eq!(
+                ProxyError::client_body(io(gone)).flags(),
+                Flags::DC,
+                "{gone:?}"
+            );
         }
         let idle = Box::new(super::super::idle::StreamIdle(
             std::time::Duration::from_secs(1),
         ));
-        assert_eq!(ProxyError::client_body(idle).flag(), "SI");
+        assert_eq!(ProxyError::client_body(idle).flags(), Flags::SI);
     }
 }

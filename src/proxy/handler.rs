@@ -2,6 +2,7 @@
 
 use super::body::{self, ProxyBody, Recorder};
 use super::error::ProxyError;
+use super::flags::Flags;
 use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
@@ -55,7 +56,7 @@ pub async fn handle(
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
-                flags: e.flag(),
+                flags: e.flags().as_str(),
                 protocol,
                 grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -99,7 +100,7 @@ pub async fn handle(
         response_bytes: 0,
         protocol,
         grpc_status: "",
-        done_flags: "-",
+        done_flags: Flags::NONE,
     }));
     let choice = Choice {
         route: hit.route,
@@ -124,13 +125,13 @@ pub async fn handle(
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
-                done_flags: if exhausted { "URX" } else { "-" },
+                done_flags: if exhausted { Flags::URX } else { Flags::NONE },
                 ..r
             });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder, conn.stream_idle))
         }
         Err(e) => {
-            tracing::debug!(flag = e.flag(), error = %e, "request failed");
+            tracing::debug!(flags = %e.flags(), error = %e, "request failed");
             let resp = error_response(&e, grpc);
             if let Some(r) = recorder {
                 let (code, response_bytes) = (resp.status().as_u16(), answer_size(&resp));
@@ -140,7 +141,7 @@ pub async fn handle(
                     grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                     ..r
                 }
-                .finish(e.flag());
+                .finish(e.flags());
             }
             resp
         }
@@ -187,7 +188,7 @@ struct Pending(Option<Recorder>);
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(r) = self.0.take() {
-            r.finish("DC");
+            r.finish(Flags::DC);
         }
     }
 }
@@ -351,6 +352,8 @@ pub(crate) async fn forward(
     let per_try = retry.and_then(|r| r.per_try_timeout);
     // After a failed connect, move on to endpoints not tried yet (the pick may repeat itself).
     let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
+    // Tries that could not connect.
+    let mut tries_connecting = 0;
     let mut next = first;
     loop {
         next = usable(subset, next);
@@ -369,9 +372,12 @@ pub(crate) async fn forward(
                     Some(Outcome::Status(resp.status().as_u16()))
                 }
                 Ok(_) => Some(Outcome::Success),
-                Err(SendError::Connect { .. } | SendError::Reset(_) | SendError::TimedOut) => {
-                    Some(Outcome::Local)
-                }
+                Err(
+                    SendError::Connect { .. }
+                    | SendError::Reset(_)
+                    | SendError::Protocol(_)
+                    | SendError::TimedOut,
+                ) => Some(Outcome::Local),
                 Err(_) => None,
             };
             if let Some(outcome) = outcome {
@@ -418,16 +424,18 @@ pub(crate) async fn forward(
                 retries = 0;
             }
         }
-        match sent {
+        // URX only when retries were possible and ran out.
+        let exhausted = wanted && replay.is_some();
+        let last = match sent {
             Ok(mut resp) => {
                 if let Some(held) = request {
                     resp.body_mut().hold(held);
                 }
-                // URX only when retries were possible and ran out.
-                return Ok((resp, wanted && replay.is_some()));
+                return Ok((resp, exhausted));
             }
-            Err(SendError::Reset(e)) => return Err(ProxyError::UpstreamReset(e)),
-            Err(SendError::TimedOut) => return Err(ProxyError::UpstreamTimeout),
+            Err(SendError::Reset(e)) => ProxyError::UpstreamReset(e),
+            Err(SendError::Protocol(e)) => ProxyError::UpstreamProtocol(e),
+            Err(SendError::TimedOut) => ProxyError::UpstreamTimeout,
             Err(SendError::ClientBody(e)) => return Err(ProxyError::client_body(e)),
             Err(SendError::Overflow(e)) => {
                 circuit.events.overflow.inc();
@@ -439,12 +447,25 @@ pub(crate) async fn forward(
                 body: back,
             }) => {
                 connects -= 1;
-                if connects == 0 {
-                    return Err(ProxyError::ConnectFailure(format!("{endpoint}: {reason}")));
+                tries_connecting += 1;
+                if connects > 0 {
+                    body = *back;
+                    continue;
                 }
-                body = *back;
+                let failed = ProxyError::ConnectFailure(format!("{endpoint}: {reason}"));
+                // Connect failures are always retried on the next endpoint; when the rule
+                // allows retries and more than one try failed so, they ran out (`UF,URX`).
+                if retry.is_some() && tries_connecting > 1 {
+                    return Err(ProxyError::RetriesExhausted(Box::new(failed)));
+                }
+                return Err(failed);
             }
-        }
+        };
+        return Err(if exhausted {
+            ProxyError::RetriesExhausted(Box::new(last))
+        } else {
+            last
+        });
     }
 }
 

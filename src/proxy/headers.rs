@@ -47,6 +47,8 @@ pub struct ConnInfo {
     pub proto: HeaderValue,
     /// The listener's stream idle timeout; `None`: no limit.
     pub stream_idle: Option<std::time::Duration>,
+    /// The address the client connected to: the Host of an HTTP/1.0 request that sent none.
+    pub local: Option<std::net::SocketAddr>,
 }
 
 /// Whether the request asks for a protocol upgrade (websocket) that we pass through.
@@ -260,12 +262,26 @@ pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    if let Some(host) = parts.headers.get(header::HOST).cloned() {
-        parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    match parts.headers.get(header::HOST).cloned() {
+        Some(host) => {
+            parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        // HTTP/1.0 without Host, routed by no name: the upstream hears HTTP/1.1, which needs
+        // one (RFC 9112 §3.2), so it gets the authority the client reached, the listener's.
+        None => {
+            if let Some(host) = conn.local.and_then(listener_authority) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
     }
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID.clone(), new_request_id());
     }
+}
+
+/// `ip:port` (`[v6]:port`) as a Host value; only for the rare request that sent none.
+fn listener_authority(addr: std::net::SocketAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&addr.to_string()).ok()
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
@@ -323,6 +339,7 @@ mod tests {
             client_ip: HeaderValue::from_static("10.1.2.3"),
             proto: HeaderValue::from_static("http"),
             stream_idle: None,
+            local: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+pub mod flags;
 pub mod handler;
 pub mod headers;
 pub mod idle;
@@ -9,5 +10,6 @@ pub mod mirror;
 
 pub use body::ProxyBody;
 pub use error::ProxyError;
+pub use flags::Flags;
 pub use handler::handle;
 pub use headers::ConnInfo;

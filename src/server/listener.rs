@@ -227,6 +227,7 @@ async fn accept_loop(
                 .expect("an IP is a valid header value"),
             proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
             stream_idle,
+            local: stream.local_addr().ok(),
         });
         let runtime = runtime.clone();
         let http = http.clone();

@@ -18,6 +18,7 @@ use std::io::{self, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
@@ -134,6 +135,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The request head (and small body chunks) being written.
     wbuf: Vec<u8>,
+    /// How long it may stay idle before the upstream closes it, less a margin: from the last
+    /// answer's `keep-alive: timeout=N`.
+    idle_limit: Option<Duration>,
 }
 
 impl Conn {
@@ -143,7 +147,14 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
+            idle_limit: None,
         }
+    }
+
+    /// How long the connection may stay idle in the pool by what the upstream said of its own
+    /// idle timeout (`keep-alive: timeout=N`); `None` when it said nothing.
+    pub fn idle_limit(&self) -> Option<Duration> {
+        self.idle_limit
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it nor
@@ -341,6 +352,8 @@ pub(crate) struct Head {
     chunked: Option<bool>,
     /// `content-length`, checked: equal if repeated.
     length: Option<u64>,
+    /// `keep-alive: timeout=N`, in seconds.
+    idle_timeout: Option<u64>,
 }
 
 /// How a response body is framed (RFC 9112 §6.3), and how much of it is left.
@@ -387,6 +400,8 @@ pub struct Exchange {
     got_bytes: bool,
     write_error: Option<Error>,
     retry: Option<UpstreamBody>,
+    /// The request asks for a protocol upgrade: only then may the answer be a 101.
+    upgrade: bool,
 }
 
 impl Exchange {
@@ -416,6 +431,7 @@ impl Exchange {
             got_bytes: false,
             write_error: None,
             retry,
+            upgrade: head.headers.contains_key(header::UPGRADE),
         }
     }
 
@@ -444,8 +460,16 @@ impl Exchange {
             }
             Ok(()) => ready!(poll_head(conn, self.head_request, &mut self.got_bytes, cx)),
         };
-        let conn = self.conn.take().expect("checked above");
+        let mut conn = self.conn.take().expect("checked above");
         let (head_in, framing) = match polled {
+            // A switch nobody asked for leaves the connection in a protocol we don't know:
+            // it closes, and the client is told the upstream broke HTTP.
+            Ok((h, _)) if h.status == StatusCode::SWITCHING_PROTOCOLS && !self.upgrade => {
+                return Poll::Ready(Err(Failed {
+                    error: Error::Malformed("101 Switching Protocols to a request without Upgrade"),
+                    retry: None,
+                }));
+            }
             Ok(h) => h,
             Err(error) => {
                 let closed = matches!(error, Error::Closed | Error::Io(_));
@@ -461,6 +485,7 @@ impl Exchange {
             }
         };
         let keep_alive = keep_alive(&head_in) && framing != Framing::Close;
+        conn.idle_limit = head_in.idle_timeout.and_then(idle_limit);
         let mut resp = http::Response::new(());
         *resp.status_mut() = head_in.status;
         *resp.version_mut() = head_in.version;
@@ -489,6 +514,7 @@ impl Exchange {
             got_bytes: self.got_bytes,
             write_error: None,
             retry: None,
+            upgrade: self.upgrade,
         })
     }
 
@@ -634,6 +660,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let mut headers = HeaderMap::with_capacity(count);
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let (mut close, mut keep_alive, mut chunked, mut length) = (false, false, None, None);
+    let mut idle_timeout = None;
     // `connection` naming other fields: it stays, for the hop-by-hop rules to remove those.
     let mut names_fields = false;
     for &(ns, ne, vs, ve) in &spans[..count] {
@@ -672,8 +699,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
             }
             length = Some(n);
             false
+        } else if name.as_str() == "keep-alive" {
+            idle_timeout = keep_alive_timeout(raw).or(idle_timeout);
+            true
         } else {
-            name.as_str() == "keep-alive"
+            false
         };
         if hop && !switching {
             continue;
@@ -704,7 +734,34 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         keep_alive,
         chunked,
         length,
+        idle_timeout,
     }))
+}
+
+/// The `timeout=N` parameter of a `keep-alive` field (RFC 2068 §19.7.1.1): the seconds the
+/// upstream keeps an idle connection open.
+fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
+    value.split(|&b| b == b',').find_map(|param| {
+        let (name, n) = param.trim_ascii().split_at_checked(8)?;
+        if !name.eq_ignore_ascii_case(b"timeout=") {
+            return None;
+        }
+        let n = n.trim_ascii();
+        let n = n
+            .strip_prefix(b"\"")
+            .and_then(|n| n.strip_suffix(b"\""))
+            .unwrap_or(n);
+        parse_length(n)
+    })
+}
+
+/// How long a connection is kept idle when its upstream closes idle connections after
+/// `seconds`: somewhat less (a second, or half of a shorter timeout), so that a request is
+/// never sent as the upstream closes. `None` for 0: it is not reused at all.
+fn idle_limit(seconds: u64) -> Option<Duration> {
+    let timeout = Duration::from_secs(seconds);
+    let margin = (timeout / 2).min(Duration::from_secs(1));
+    (seconds > 0).then(|| timeout - margin)
 }
 
 /// The body's framing, from the request method, status and headers (RFC 9112 §6.3).
@@ -734,7 +791,12 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// smuggling shape: answered, then closed.
 pub(crate) fn keep_alive(head: &Head) -> bool {
     let keep = head.version == Version::HTTP_11 || head.keep_alive;
-    keep && !head.close && !(head.chunked.is_some() && head.length.is_some())
+    // An HTTP/1.0 peer that sends chunked may not frame its next answer as we read it: RFC
+    // 9112 §6.1 has the connection closed after such a response.
+    let chunked_in_10 = head.version == Version::HTTP_10 && head.chunked.is_some();
+    // Both framings on one answer is a smuggling shape; `timeout=0`: the upstream closes now.
+    let suspect = head.chunked.is_some() && head.length.is_some();
+    keep && !head.close && !suspect && !chunked_in_10 && head.idle_timeout != Some(0)
 }
 
 /// A response body read from the upstream connection, which it owns until the end.
@@ -1056,6 +1118,98 @@ mod tests {
         assert!(matches!(frames(start, b"5\r\nhel"), Err(Error::Incomplete)));
     }
 
+    /// What a connection makes of an answer arriving as `pieces`, one read each: the final
+    /// head (interim ones skipped), the body, and the trailers. A piece is read only when the
+    /// parser says it needs more, as on a socket.
+    fn read_pieces(pieces: &[&[u8]]) -> Result<(Head, Vec<u8>, Option<HeaderMap>), Error> {
+        let mut pieces = pieces.iter();
+        let mut buf = BytesMut::new();
+        let (head, mut framing) = loop {
+            if let Some(found) = buffered_head(&mut buf, false)? {
+                break found;
+            }
+            buf.extend_from_slice(pieces.next().ok_or(Error::Closed)?);
+        };
+        let (mut data, mut trailers) = (Vec::new(), None);
+        loop {
+            match framing {
+                Framing::Done => break,
+                Framing::Length(n) => {
+                    let take = (buf.len() as u64).min(n) as usize;
+                    data.extend_from_slice(&buf.split_to(take));
+                    framing = match n - take as u64 {
+                        0 => Framing::Done,
+                        left => {
+                            buf.extend_from_slice(pieces.next().ok_or(Error::Incomplete)?);
+                            Framing::Length(left)
+                        }
+                    };
+                }
+                Framing::Chunked(c) => match chunk_step(&mut buf, c)? {
+                    Step::Next(next, frame) => {
+                        framing = next;
+                        match frame.map(|f| f.into_data()) {
+                            Some(Ok(d)) => data.extend_from_slice(&d),
+                            Some(Err(f)) => trailers = f.into_trailers().ok(),
+                            None => {}
+                        }
+                    }
+                    Step::NeedMore => {
+                        buf.extend_from_slice(pieces.next().ok_or(Error::Incomplete)?)
+                    }
+                },
+                Framing::Close => unreachable!("the answers here are framed"),
+            }
+        }
+        assert!(buf.is_empty() && pieces.next().is_none(), "bytes left over");
+        Ok((head, data, trailers))
+    }
+
+    /// `answer` whole, byte by byte, and cut in two at every position.
+    fn every_split(answer: &[u8]) -> Vec<Vec<&[u8]>> {
+        let mut ways = vec![vec![answer], answer.chunks(1).collect()];
+        ways.extend((1..answer.len()).map(|k| vec![&answer[..k], &answer[k..]]));
+        ways
+    }
+
+    #[test]
+    fn a_chunked_answer_reads_the_same_however_its_bytes_are_split() {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\r\n\
+            5;x=y\r\nhello\r\n6\r\n world\r\n3 ; name=\"q\"\r\n!!!\r\n1a\r\n\
+            abcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: v\r\ngrpc-status: 0\r\n\r\n";
+        for pieces in every_split(answer) {
+            let cut: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+            let (head, data, trailers) =
+                read_pieces(&pieces).unwrap_or_else(|e| panic!("{cut:?}: {e}"));
+            assert_eq!(head.headers["x-kind"], "chunked", "{cut:?}");
+            assert_eq!(data, b"hello world!!!abcdefghijklmnopqrstuvwxyz", "{cut:?}");
+            let trailers = trailers.unwrap_or_else(|| panic!("{cut:?}: no trailers"));
+            assert_eq!(
+                (&trailers["x-trailer"], &trailers["grpc-status"]),
+                (
+                    &"v".parse::<HeaderValue>().unwrap(),
+                    &"0".parse::<HeaderValue>().unwrap()
+                ),
+                "{cut:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_however_their_bytes_are_split() {
+        let answer = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-final: yes\r\n\r\nfinal";
+        for pieces in every_split(answer) {
+            let cut: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+            let (head, data, _) = read_pieces(&pieces).unwrap_or_else(|e| panic!("{cut:?}: {e}"));
+            assert_eq!(head.status, 200, "{cut:?}");
+            assert_eq!(head.headers["x-final"], "yes", "{cut:?}");
+            assert!(head.headers.get("link").is_none(), "{cut:?}");
+            assert_eq!(data, b"final", "{cut:?}");
+        }
+    }
+
     fn head(raw: &str) -> Result<Head, Error> {
         parse_head(&mut BytesMut::from(raw.as_bytes()))?.ok_or(Error::Closed)
     }
@@ -1093,6 +1247,31 @@ mod tests {
         assert!(head(raw).is_err());
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n").unwrap();
         assert_eq!(response_framing(&h, false), Framing::Length(2));
+    }
+
+    #[test]
+    fn http10_chunked_closes_and_keep_alive_timeout_is_read() {
+        let h =
+            head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n")
+                .unwrap();
+        assert_eq!(response_framing(&h, false), Framing::Chunked(Chunk::Size));
+        assert!(
+            !keep_alive(&h),
+            "RFC 9112 §6.1: closed after an HTTP/1.0 chunked answer"
+        );
+        let h =
+            head("HTTP/1.1 200 OK\r\nKeep-Alive: max=100, Timeout=5\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        assert_eq!(h.idle_timeout, Some(5));
+        assert!(keep_alive(&h));
+        assert_eq!(idle_limit(5), Some(Duration::from_secs(4)));
+        assert_eq!(idle_limit(1), Some(Duration::from_millis(500)));
+        assert_eq!(idle_limit(0), None);
+        let h =
+            head("HTTP/1.1 200 OK\r\nkeep-alive: timeout=0\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert!(!keep_alive(&h), "timeout=0: the upstream closes at once");
+        let h = head("HTTP/1.1 200 OK\r\nkeep-alive: max=5\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert_eq!(h.idle_timeout, None);
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub enum SendError {
     /// The connection failed after the request was (partly) written.
     #[error("upstream reset: {0}")]
     Reset(#[source] BoxError),
+    /// The upstream's answer broke HTTP/1.1 (a malformed head, or an unasked-for 101); the
+    /// connection is closed.
+    #[error("upstream protocol error: {0}")]
+    Protocol(#[source] BoxError),
     /// The client's request body broke off before the response.
     #[error("client body: {0}")]
     ClientBody(#[source] BoxError),
@@ -119,6 +123,8 @@ pub struct Endpoint {
     slots: Arc<Semaphore>,
     /// Signalled when a connection goes back to the pool.
     returned: Notify,
+    /// Wakes the sweeper early: a connection came back that expires before it would wake.
+    resweep: Arc<Notify>,
     /// Its failures in a row and whether it is ejected (outlier detection).
     outlier: super::outlier::OutlierState,
 }
@@ -127,8 +133,10 @@ pub struct Endpoint {
 #[derive(Debug, Default)]
 struct Idle {
     conns: Vec<(h1::Conn, Slot)>,
-    /// Whether a task closes those idle past `idle_timeout`.
+    /// Whether a task closes those whose time is up.
     swept: bool,
+    /// When that task wakes next.
+    wakes: Option<Instant>,
 }
 
 /// The right of one HTTP/1.1 connection to be open, against its endpoint's and its subset's
@@ -139,8 +147,9 @@ struct Slot {
     _connection: Held,
     /// Requests sent on the connection.
     served: u32,
-    /// When it went idle (with an `idle_timeout` only).
-    idle_since: Option<Instant>,
+    /// When the sweeper closes it, idle: past `idle_timeout`, or a little before the
+    /// upstream's own idle timeout (`keep-alive: timeout=N`), whichever comes first.
+    expires: Option<Instant>,
 }
 
 impl Slot {
@@ -149,7 +158,7 @@ impl Slot {
             _permit: permit,
             _connection: connection,
             served: 0,
-            idle_since: None,
+            expires: None,
         }
     }
 }
@@ -172,6 +181,7 @@ impl Endpoint {
                 settings.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             returned: Notify::new(),
+            resweep: Arc::new(Notify::new()),
             outlier: Default::default(),
             settings,
         })
@@ -211,21 +221,13 @@ impl Endpoint {
     /// An idle HTTP/1.1 connection that is still open, taken out of the pool.
     fn take_idle(&self) -> Option<(h1::Conn, Slot)> {
         let mut idle = self.idle.lock().ok()?;
-        // Those idle past `idle_timeout` are the sweeper's (see `sweep`): no clock read here.
+        // Those whose time is up are the sweeper's (see `sweep`): no clock read here.
         while let Some((mut c, slot)) = idle.conns.pop() {
             if c.is_usable() {
                 return Some((c, slot));
             }
         }
         None
-    }
-
-    /// Whether an idle connection has been idle for `idle_timeout` at `now`.
-    fn expired(&self, slot: &Slot, now: Instant) -> bool {
-        match (self.settings.idle_timeout, slot.idle_since) {
-            (Some(limit), Some(since)) => now.saturating_duration_since(since) >= limit,
-            _ => false,
-        }
     }
 
     /// Pools a connection whose exchange ended cleanly, unless the pool is full or the
@@ -237,42 +239,58 @@ impl Endpoint {
             .is_some_and(|max| slot.served >= max);
         if let Ok(mut idle) = self.idle.lock() {
             if idle.conns.len() < self.settings.max_idle && !spent {
-                // Closed past `idle_timeout` by the sweeper, which alone reads the times.
-                slot.idle_since = self.settings.idle_timeout.map(|_| Instant::now());
+                // Closed when its time is up by the sweeper, which alone reads the times.
+                let limit = match (self.settings.idle_timeout, conn.idle_limit()) {
+                    (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+                    (ours, theirs) => ours.or(theirs),
+                };
+                slot.expires = limit.map(|l| Instant::now() + l);
+                let expires = slot.expires;
                 idle.conns.push((conn, slot));
-                if let (Some(limit), false) = (self.settings.idle_timeout, idle.swept) {
-                    idle.swept = self.sweep(limit);
+                match (expires, idle.swept) {
+                    (Some(_), false) => idle.swept = self.sweep(),
+                    (Some(at), true) if idle.wakes.is_some_and(|w| at < w) => {
+                        self.resweep.notify_one();
+                    }
+                    _ => {}
                 }
             }
         }
         self.returned.notify_one();
     }
 
-    /// Starts the task that closes connections idle for `limit`; it ends when the pool is
-    /// empty or the endpoint is gone. False when there is no runtime to run it.
-    fn sweep(self: &Arc<Self>, limit: Duration) -> bool {
+    /// Starts the task that closes idle connections whose time is up; it ends when no idle
+    /// connection has a time or the endpoint is gone. False when there is no runtime to run it.
+    fn sweep(self: &Arc<Self>) -> bool {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
         let endpoint = Arc::downgrade(self);
+        let resweep = self.resweep.clone();
         runtime.spawn(async move {
-            let mut wait = limit;
             loop {
-                tokio::time::sleep(wait).await;
-                let Some(ep) = endpoint.upgrade() else {
-                    return;
-                };
-                let Ok(mut idle) = ep.idle.lock() else {
-                    return;
-                };
-                let now = Instant::now();
-                idle.conns.retain(|(_, s)| !ep.expired(s, now));
-                match idle.conns.first().and_then(|(_, s)| s.idle_since) {
-                    Some(since) => wait = (since + limit).saturating_duration_since(Instant::now()),
-                    None => {
-                        idle.swept = false;
+                let wake = {
+                    let Some(ep) = endpoint.upgrade() else {
                         return;
+                    };
+                    let Ok(mut idle) = ep.idle.lock() else {
+                        return;
+                    };
+                    let now = Instant::now();
+                    idle.conns
+                        .retain(|(_, s)| s.expires.is_none_or(|at| at > now));
+                    idle.wakes = idle.conns.iter().filter_map(|(_, s)| s.expires).min();
+                    match idle.wakes {
+                        Some(at) => at,
+                        None => {
+                            idle.swept = false;
+                            return;
+                        }
                     }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = resweep.notified() => {}
                 }
             }
         });
@@ -459,9 +477,17 @@ impl Endpoint {
         guard: InFlight,
         circuit: &Arc<Circuit>,
     ) -> Result<Response<PooledBody>, SendError> {
+        // Set once a pooled connection turned out closed: the request goes once more, on a
+        // new connection when one may be opened (the other idle ones are as old).
+        let mut again = false;
         loop {
-            let checkout = match self.take_idle() {
-                Some((c, slot)) => Checkout::Idle(c, slot),
+            let first = if again {
+                self.fresh_slot(circuit).map(Checkout::Fresh)
+            } else {
+                self.take_idle().map(|(c, slot)| Checkout::Idle(c, slot))
+            };
+            let checkout = match first {
+                Some(checkout) => checkout,
                 // Boxed: waiting and connecting are rare and their futures large, and every
                 // request's future would otherwise reserve room for them.
                 None => match Box::pin(self.checkout(circuit)).await {
@@ -479,7 +505,7 @@ impl Endpoint {
             slot.served += 1;
             let mut pending = Pending {
                 ep: self,
-                exchange: h1::Exchange::new(conn, head, body, reused),
+                exchange: h1::Exchange::new(conn, head, body, reused && !again),
                 slot: Some(slot),
             };
             match pending.exchange.response().await {
@@ -490,16 +516,21 @@ impl Endpoint {
                 // The upstream closed an idle connection as the request went out: once more,
                 // on another connection.
                 Err(h1::Failed {
-                    retry: Some(again),
+                    retry: Some(replay),
                     error,
                 }) => {
                     tracing::debug!(error = %error, "pooled connection closed; sending again");
-                    body = again;
+                    body = replay;
+                    again = true;
                 }
                 Err(h1::Failed {
                     error: h1::Error::ClientBody(e),
                     ..
                 }) => return Err(SendError::ClientBody(e)),
+                Err(h1::Failed {
+                    error: error @ h1::Error::Malformed(_),
+                    ..
+                }) => return Err(SendError::Protocol(error.into())),
                 Err(h1::Failed { error, .. }) => return Err(SendError::Reset(error.into())),
             }
         }
