@@ -38,8 +38,8 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "config/splitgate.yaml")]
         config: PathBuf,
-        /// Worker threads (default: the CPUs this process may use).
-        #[arg(long)]
+        /// Worker threads, 1 or more (default: the CPUs this process may use).
+        #[arg(long, value_parser = parse_concurrency)]
         concurrency: Option<usize>,
     },
     /// Check a config file; print every problem as `path.to.field: message`.
@@ -96,10 +96,43 @@ fn parse_ns_name(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (the number of worker threads)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "{s:?} is not a whole number of worker threads, at least 1"
+        )),
+    }
+}
+
+/// The admin API's base URL: `http://HOST:PORT`, or `HOST:PORT`, which means the same.
+fn parse_admin_url(s: &str) -> Result<String, String> {
+    let full = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let usage = |why: &str| {
+        format!("{why}; expected http://HOST:PORT (or HOST:PORT), like http://127.0.0.1:15000")
+    };
+    let uri: http::Uri = full.parse().map_err(|_| usage("not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(usage("the admin API speaks plain http"));
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return Err(usage("no host"));
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(usage("no path is taken"));
+    }
+    Ok(format!("http://{authority}"))
+}
+
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Admin API base URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:15000")]
+    /// Admin API base URL: http://HOST:PORT, or HOST:PORT.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:15000", value_parser = parse_admin_url)]
     admin: String,
     /// File holding the admin bearer token.
     #[arg(long, global = true)]
@@ -153,6 +186,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format, &cli.log_level);
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     match cli.command {
         Command::Validate { config } => match config::load_for_start(&config) {
             Ok((c, warnings)) => {
@@ -182,7 +216,7 @@ fn main() -> ExitCode {
                 exit(runtime(concurrency).and_then(|rt| rt.block_on(serve(c, config))))
             }
             Err(e) => {
-                eprintln!("{e}");
+                print_config_error(&e, json_logs);
                 ExitCode::from(1)
             }
         },
@@ -249,6 +283,21 @@ fn verify(v: splitgate::kubernetes::verify::Verify, kubeconfig: Option<PathBuf>)
     ExitCode::from(verdict.code)
 }
 
+/// A config that cannot be used at start: as text, or as one JSON log record (its `errors` a
+/// JSON array) with `--log-format json`.
+fn print_config_error(e: &config::ConfigError, json_logs: bool) {
+    if json_logs {
+        let errors: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            file = %e.source_name,
+            errors = %serde_json::json!(errors),
+            "the config cannot be used; not starting"
+        );
+    } else {
+        eprintln!("{e}");
+    }
+}
+
 fn print_warnings(warnings: &[config::FieldError]) {
     for w in warnings {
         eprintln!("warning: {w}");
@@ -287,7 +336,59 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(JsonLists(tracing_subscriber::fmt::format().json()))
+            .init(),
+    }
+}
+
+/// Fields logged as a JSON-encoded list (`errors = %serde_json::json!(list)`): in JSON logs they
+/// become real JSON arrays, not strings holding JSON.
+const JSON_LIST_FIELDS: [&str; 2] = ["errors", "restart_required"];
+
+/// The JSON event format, with [`JSON_LIST_FIELDS`] embedded as arrays.
+struct JsonLists<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLists<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&line) else {
+            return writer.write_str(&line);
+        };
+        let mut embedded = false;
+        if let Some(fields) = record.get_mut("fields").and_then(|f| f.as_object_mut()) {
+            for name in JSON_LIST_FIELDS {
+                let list = fields
+                    .get(name)
+                    .and_then(|v| v.as_str())
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                    .filter(serde_json::Value::is_array);
+                if let Some(list) = list {
+                    fields.insert(name.to_string(), list);
+                    embedded = true;
+                }
+            }
+        }
+        if !embedded {
+            return writer.write_str(&line);
+        }
+        writeln!(writer, "{record}")
     }
 }
 
@@ -309,7 +410,13 @@ fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
 }
 
 async fn serve(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
+    // Installed before anything starts, so that a SIGHUP never finds the default action (exit).
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
     let app = splitgate::app::App::start(config, Some(path)).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(hangup, app.control.clone()));
     shutdown_signal().await;
     let drain = app.control.drain_spec().await;
     tracing::info!(
@@ -333,6 +440,47 @@ async fn serve(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     }
 }
 
+/// SIGHUP re-reads the config file, as `POST /v1/reload` does (nginx and HAProxy reload on it),
+/// and logs what came of it; the gateway serves on either way.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    control: std::sync::Arc<splitgate::control::Control>,
+) {
+    use splitgate::control::ChangeError;
+    while hangup.recv().await.is_some() {
+        match control.reload(None).await {
+            Ok(outcome) => tracing::info!(
+                generation = outcome.generation,
+                dropped_overrides = outcome.dropped.len(),
+                restart_required = %serde_json::json!(outcome.restart_required),
+                "config file reloaded on SIGHUP"
+            ),
+            Err(ChangeError::Config(errors)) => {
+                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    errors = %serde_json::json!(errors),
+                    "SIGHUP: the config file was rejected; the running config stays"
+                );
+            }
+            Err(e) => tracing::error!(error = ?e, "SIGHUP: the config file was not reloaded"),
+        }
+    }
+}
+
+/// How to run this very binary again, as a shell word: its full path, quoted when needed.
+fn this_binary() -> String {
+    let path = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "splitgate".into());
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c);
+    if path.chars().all(plain) {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', "'\\''"))
+    }
+}
+
 async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let stable = splitgate::demo::spawn_named_upstream(loopback, "stable").await?;
@@ -352,7 +500,7 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
   HTTP/2 (h2c):           curl -s --http2-prior-knowledge http://{addr}/
 
   admin API:              curl -s http://{admin}/v1/state
-  shift to 50/50:         splitgate weights set demo stable=50 canary=50 --admin http://{admin}
+  shift to 50/50:         {exe} weights set demo stable=50 canary=50 --admin http://{admin}
   readiness:              curl -s http://{ready}/healthz/ready
   Istio metrics:          curl -s http://{metrics}/stats/prometheus | grep istio_requests_total
   canary analysis:        curl -s 'http://{admin}/v1/analysis?route=demo&window=60s'
@@ -360,6 +508,7 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
 Press Ctrl-C to stop.",
         ready = app.readiness_addr,
         metrics = app.metrics_addr,
+        exe = this_binary(),
     );
     shutdown_signal().await;
     app.shutdown(Duration::from_secs(2)).await;
@@ -379,6 +528,13 @@ fn weights(action: WeightsAction) -> ExitCode {
         },
         None => None,
     };
+    if let WeightsAction::Set { weights, .. } = &action {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some((subset, _)) = weights.iter().find(|(s, _)| !seen.insert(s)) {
+            eprintln!("splitgate: subset {subset:?} is given twice: give each subset one weight");
+            return ExitCode::from(1);
+        }
+    }
     let client = AdminClient::new(&admin.admin, token);
     let rt = match runtime(Some(1)) {
         Ok(rt) => rt,
@@ -402,7 +558,8 @@ fn weights(action: WeightsAction) -> ExitCode {
                 weights,
                 ..
             } => {
-                let weights = weights.iter().cloned().collect();
+                let weights: std::collections::BTreeMap<String, u32> =
+                    weights.iter().cloned().collect();
                 let generation = client.set_weights(route, rule.as_deref(), &weights).await?;
                 Ok::<_, ClientError>(format!("generation {generation}\n"))
             }

@@ -228,12 +228,13 @@ async fn start_app(path: &Path) -> (splitgate::app::App, SocketAddr) {
 async fn put_weights_is_live_when_it_returns_and_state_shows_it() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
-    assert_eq!(state(admin).await["generation"], 1);
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
+    assert_eq!(state(admin).await["generation"], g0);
     all_go_to(app.addr, 10, &[], "stable").await;
 
     let r = put(admin, "/v1/routes/main/weights", TO_CANARY).await;
-    assert_eq!(r.json, json!({ "generation": 2 }), "{}", r.raw);
-    assert_eq!(r.generation(), 2);
+    assert_eq!(r.json, json!({ "generation": g0 + 1 }), "{}", r.raw);
+    assert_eq!(r.generation(), g0 + 1);
     // The very next request already uses the new weights.
     let first = bounded("first request", get(&http1_client(), &app.url("/"), &[])).await;
     assert_eq!(
@@ -243,7 +244,7 @@ async fn put_weights_is_live_when_it_returns_and_state_shows_it() {
     all_go_to(app.addr, 50, &[], "canary").await;
 
     let s = state(admin).await;
-    assert_eq!(s["generation"], 2);
+    assert_eq!(s["generation"], g0 + 1);
     let primary = rule(&s, "main", "primary");
     assert_eq!(primary["kind"], "weighted");
     assert_eq!(primary["source"], "api");
@@ -264,7 +265,7 @@ async fn put_weights_is_live_when_it_returns_and_state_shows_it() {
         r#"{"rule": "primary", "weights": {"stable": 100}}"#,
     )
     .await;
-    assert_eq!(r.generation(), 3);
+    assert_eq!(r.generation(), g0 + 2);
     all_go_to(app.addr, 50, &[], "stable").await;
     let r = put(
         admin,
@@ -272,10 +273,10 @@ async fn put_weights_is_live_when_it_returns_and_state_shows_it() {
         r#"{"rule": "primary", "weights": {"stable": 0, "canary": 100}}"#,
     )
     .await;
-    assert_eq!(r.generation(), 4);
+    assert_eq!(r.generation(), g0 + 3);
     all_go_to(app.addr, 50, &[], "canary").await;
     let s = state(admin).await;
-    assert_eq!(s["generation"], 4);
+    assert_eq!(s["generation"], g0 + 3);
     assert_eq!(rule(&s, "main", "primary")["source"], "api");
 }
 
@@ -286,6 +287,7 @@ async fn put_weights_is_live_when_it_returns_and_state_shows_it() {
 async fn bad_calls_name_the_field_and_change_nothing() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     let weights_path = "/v1/routes/main/weights";
     let cases: &[(&str, &str, &str, u16, &str)] = &[
         ("not JSON", weights_path, "canary=100", 400, "body"),
@@ -400,7 +402,7 @@ async fn bad_calls_name_the_field_and_change_nothing() {
         );
         assert_eq!(
             state(admin).await["generation"],
-            1,
+            g0,
             "{what} changed the generation"
         );
     }
@@ -434,7 +436,7 @@ async fn bad_calls_name_the_field_and_change_nothing() {
     }
 
     let s = state(admin).await;
-    assert_eq!(s["generation"], 1);
+    assert_eq!(s["generation"], g0);
     assert_eq!(rule(&s, "main", "primary")["source"], "file");
     assert_eq!(s["routes"]["main"]["header_routes"], json!([]));
     all_go_to(app.addr, 50, &[], "stable").await;
@@ -456,10 +458,11 @@ async fn two_weighted_rules_need_a_rule_name() {
 ";
     let (app, _stable, _canary) = two_subset_app(rules).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     put(admin, "/v1/routes/main/weights", TO_CANARY)
         .await
         .expect_error(400, "rule");
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
     all_go_to(app.addr, 20, &[], "stable").await;
 
     let r = put(
@@ -468,7 +471,7 @@ async fn two_weighted_rules_need_a_rule_name() {
         r#"{"rule": "beta-users", "weights": {"stable": 0, "canary": 100}}"#,
     )
     .await;
-    assert_eq!(r.generation(), 2);
+    assert_eq!(r.generation(), g0 + 1);
     all_go_to(app.addr, 20, &[("x-user", "beta")], "canary").await;
     all_go_to(app.addr, 20, &[], "stable").await;
     let s = state(admin).await;
@@ -483,6 +486,11 @@ async fn two_weighted_rules_need_a_rule_name() {
 async fn if_match_guards_against_stale_generations() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
+    // The generations this test names in `If-Match`.
+    let (first, second, third) = (g0.to_string(), (g0 + 1).to_string(), (g0 + 2).to_string());
+    let stale = (g0 + 6).to_string();
+    let quoted = format!("\"{second}\"");
     let path = "/v1/routes/main/weights";
 
     let r = call(
@@ -490,37 +498,44 @@ async fn if_match_guards_against_stale_generations() {
         Method::PUT,
         path,
         Some(TO_CANARY),
-        &[("if-match", "1")],
+        &[("if-match", first.as_str())],
     )
     .await;
-    assert_eq!(r.generation(), 2);
+    assert_eq!(r.generation(), g0 + 1);
     all_go_to(app.addr, 20, &[], "canary").await;
 
     // Stale: 409, the live generation in the answer, nothing changed.
     let back = r#"{"weights": {"stable": 100, "canary": 0}}"#;
-    let r = call(admin, Method::PUT, path, Some(back), &[("if-match", "1")]).await;
+    let r = call(
+        admin,
+        Method::PUT,
+        path,
+        Some(back),
+        &[("if-match", first.as_str())],
+    )
+    .await;
     r.expect_error(409, "If-Match");
-    assert_eq!(r.json["generation"], 2, "{}", r.raw);
+    assert_eq!(r.json["generation"], g0 + 1, "{}", r.raw);
     let r = call(
         admin,
         Method::POST,
         "/v1/reload",
         None,
-        &[("if-match", "1")],
+        &[("if-match", first.as_str())],
     )
     .await;
     r.expect_error(409, "If-Match");
-    assert_eq!(r.json["generation"], 2, "{}", r.raw);
+    assert_eq!(r.json["generation"], g0 + 1, "{}", r.raw);
     let r = call(
         admin,
         Method::DELETE,
         "/v1/routes/main/overrides",
         None,
-        &[("if-match", "7")],
+        &[("if-match", stale.as_str())],
     )
     .await;
     r.expect_error(409, "If-Match");
-    assert_eq!(r.json["generation"], 2, "{}", r.raw);
+    assert_eq!(r.json["generation"], g0 + 1, "{}", r.raw);
 
     // Garbage: 400.
     for garbage in ["abc", "-1", "1.0", ""] {
@@ -535,7 +550,7 @@ async fn if_match_guards_against_stale_generations() {
         r.expect_error(400, "If-Match");
     }
     let s = state(admin).await;
-    assert_eq!(s["generation"], 2);
+    assert_eq!(s["generation"], g0 + 1);
     assert_eq!(
         rule(&s, "main", "primary")["weights"],
         weights(&[("stable", 0), ("canary", 100)])
@@ -548,18 +563,26 @@ async fn if_match_guards_against_stale_generations() {
         Method::PUT,
         path,
         Some(back),
-        &[("if-match", "\"2\"")],
+        &[("if-match", quoted.as_str())],
     )
     .await;
-    assert_eq!(r.generation(), 3);
+    assert_eq!(r.generation(), g0 + 2);
     all_go_to(app.addr, 20, &[], "stable").await;
 
     // Racing writers that all saw generation 3: exactly one wins, the others get 409.
     let racers: Vec<_> = (0..8u32)
         .map(|i| {
+            let third = third.clone();
             tokio::spawn(async move {
                 let body = format!(r#"{{"weights": {{"stable": {i}, "canary": 100}}}}"#);
-                let r = call(admin, Method::PUT, path, Some(&body), &[("if-match", "3")]).await;
+                let r = call(
+                    admin,
+                    Method::PUT,
+                    path,
+                    Some(&body),
+                    &[("if-match", third.as_str())],
+                )
+                .await;
                 (r.status.as_u16(), r.json["generation"].as_u64())
             })
         })
@@ -569,10 +592,10 @@ async fn if_match_guards_against_stale_generations() {
         answers.push(bounded("a racing PUT", t).await.unwrap());
     }
     answers.sort();
-    let mut want = vec![(200, Some(4))];
-    want.extend(std::iter::repeat_n((409, Some(4)), 7));
+    let mut want = vec![(200, Some(g0 + 3))];
+    want.extend(std::iter::repeat_n((409, Some(g0 + 3)), 7));
     assert_eq!(answers, want);
-    assert_eq!(state(admin).await["generation"], 4);
+    assert_eq!(state(admin).await["generation"], g0 + 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,6 +615,7 @@ async fn token_is_required_on_every_v1_call() {
     );
     let app = spawn_app_in(dir, &yaml).await;
     let admin = app.app.admin_addr;
+    let g0 = app.app.control.generation();
     let good = [("authorization", "Bearer s3cret-t0ken")];
 
     let calls: [(Method, &str, Option<&str>); 6] = [
@@ -625,7 +649,7 @@ async fn token_is_required_on_every_v1_call() {
     // Nothing changed.
     let s = call(admin, Method::GET, "/v1/state", None, &good).await;
     assert_eq!(s.status, 200, "{}", s.raw);
-    assert_eq!(s.json["generation"], 1, "{}", s.raw);
+    assert_eq!(s.json["generation"], g0, "{}", s.raw);
     assert_eq!(
         s.json["reloads"],
         json!({ "ok": 0, "error": 0 }),
@@ -644,10 +668,10 @@ async fn token_is_required_on_every_v1_call() {
         &good,
     )
     .await;
-    assert_eq!(r.generation(), 2);
+    assert_eq!(r.generation(), g0 + 1);
     all_go_to(app.addr, 20, &[], "canary").await;
     let r = call(admin, Method::POST, "/v1/reload", None, &good).await;
-    assert_eq!(r.generation(), 3);
+    assert_eq!(r.generation(), g0 + 2);
     let r = call(
         admin,
         Method::DELETE,
@@ -656,7 +680,7 @@ async fn token_is_required_on_every_v1_call() {
         &good,
     )
     .await;
-    assert_eq!(r.generation(), 4);
+    assert_eq!(r.generation(), g0 + 3);
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
@@ -716,17 +740,18 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
 async fn header_route_sends_matching_requests_to_its_subset_until_deleted() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     let path = "/v1/routes/main/header-routes/canary-hdr";
 
     let r = put(admin, path, HEADER_ROUTE).await;
-    assert_eq!(r.generation(), 2);
+    assert_eq!(r.generation(), g0 + 1);
     all_go_to(app.addr, 20, &[("x-user", "beta")], "canary").await;
     all_go_to(app.addr, 20, &[("x-user", "BETA")], "stable").await;
     all_go_to(app.addr, 20, &[("x-user", "alpha")], "stable").await;
     all_go_to(app.addr, 20, &[], "stable").await;
 
     let s = state(admin).await;
-    assert_eq!(s["generation"], 2);
+    assert_eq!(s["generation"], g0 + 1);
     let route = &s["routes"]["main"];
     let rules = route["rules"].as_array().unwrap();
     let names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
@@ -751,7 +776,7 @@ async fn header_route_sends_matching_requests_to_its_subset_until_deleted() {
         r#"{"match": [{"header": "X-User", "prefix": "gam"}], "subset": "canary"}"#,
     )
     .await;
-    assert_eq!(r.generation(), 3);
+    assert_eq!(r.generation(), g0 + 2);
     all_go_to(app.addr, 10, &[("x-user", "gamma")], "canary").await;
     all_go_to(app.addr, 10, &[("x-user", "beta")], "stable").await;
     let s = state(admin).await;
@@ -764,7 +789,7 @@ async fn header_route_sends_matching_requests_to_its_subset_until_deleted() {
     );
 
     let r = delete(admin, path).await;
-    assert_eq!(r.generation(), 4);
+    assert_eq!(r.generation(), g0 + 3);
     all_go_to(app.addr, 20, &[("x-user", "gamma")], "stable").await;
     let s = state(admin).await;
     assert_eq!(s["routes"]["main"]["header_routes"], json!([]));
@@ -780,7 +805,7 @@ async fn header_route_sends_matching_requests_to_its_subset_until_deleted() {
     delete(admin, "/v1/routes/nosuch/header-routes/canary-hdr")
         .await
         .expect_error(404, "route");
-    assert_eq!(state(admin).await["generation"], 4);
+    assert_eq!(state(admin).await["generation"], g0 + 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -790,27 +815,28 @@ async fn header_route_sends_matching_requests_to_its_subset_until_deleted() {
 async fn deleting_overrides_returns_the_route_to_the_file() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
     let hdr = r#"{"match": [{"header": "x-user", "exact": "beta"}], "subset": "stable"}"#;
     assert_eq!(
         put(admin, "/v1/routes/main/header-routes/h", hdr)
             .await
             .generation(),
-        3
+        g0 + 2
     );
     all_go_to(app.addr, 20, &[], "canary").await;
     all_go_to(app.addr, 20, &[("x-user", "beta")], "stable").await;
 
     let r = delete(admin, "/v1/routes/main/overrides").await;
-    assert_eq!(r.generation(), 4);
+    assert_eq!(r.generation(), g0 + 3);
     all_go_to(app.addr, 50, &[], "stable").await;
     let s = state(admin).await;
-    assert_eq!(s["generation"], 4);
+    assert_eq!(s["generation"], g0 + 3);
     let primary = rule(&s, "main", "primary");
     assert_eq!(primary["source"], "file");
     assert_eq!(
@@ -824,7 +850,7 @@ async fn deleting_overrides_returns_the_route_to_the_file() {
     delete(admin, "/v1/routes/nosuch/overrides")
         .await
         .expect_error(404, "route");
-    assert_eq!(state(admin).await["generation"], 4);
+    assert_eq!(state(admin).await["generation"], g0 + 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -834,11 +860,12 @@ async fn deleting_overrides_returns_the_route_to_the_file() {
 async fn api_weights_survive_a_reload_of_new_file_weights() {
     let (app, stable, canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
 
     rewrite(
@@ -895,11 +922,12 @@ fn stable_only_config(stable: SocketAddr) -> String {
 async fn reload_drops_weights_of_a_removed_subset_and_says_so() {
     let (app, stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
     all_go_to(app.addr, 10, &[], "canary").await;
 
@@ -938,11 +966,12 @@ async fn reload_drops_weights_of_a_removed_subset_and_says_so() {
 async fn dropped_overrides_stay_visible_after_a_reload_via_the_api() {
     let (app, stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
     rewrite(&app.config_path, &stable_only_config(stable.addr));
     assert!(reload(admin).await.generation() > 2);
@@ -964,11 +993,12 @@ async fn dropped_overrides_stay_visible_after_a_reload_via_the_api() {
 async fn broken_file_is_refused_with_its_errors_and_changes_nothing() {
     let (app, stable, canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
 
     // Valid YAML, two validation errors.
@@ -1006,7 +1036,7 @@ async fn broken_file_is_refused_with_its_errors_and_changes_nothing() {
         r.raw
     );
     let s = state(admin).await;
-    assert_eq!(s["generation"], 2, "{s:#}");
+    assert_eq!(s["generation"], g0 + 1, "{s:#}");
     assert_eq!(s["last_reload"]["result"], "error");
     assert!(
         !s["last_reload"]["errors"].as_array().unwrap().is_empty(),
@@ -1037,7 +1067,7 @@ async fn broken_file_is_refused_with_its_errors_and_changes_nothing() {
         r.raw
     );
     let s = state(admin).await;
-    assert_eq!(s["generation"], 2);
+    assert_eq!(s["generation"], g0 + 1);
     assert!(
         s["reloads"]["error"].as_u64().unwrap() > errors_before,
         "{s:#}"
@@ -1083,12 +1113,13 @@ async fn overrides_are_restored_from_the_state_file() {
 
     let (first, addr) = start_app(&config_path).await;
     let admin = first.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     assert!(!state_path.exists(), "nothing to persist yet");
     assert_eq!(
         put(admin, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
     let saved = state_file(&state_path);
     assert_eq!(
@@ -1101,7 +1132,7 @@ async fn overrides_are_restored_from_the_state_file() {
         put(admin, "/v1/routes/main/header-routes/beta", hdr)
             .await
             .generation(),
-        3
+        g0 + 2
     );
     let saved = state_file(&state_path);
     assert_eq!(
@@ -1116,10 +1147,12 @@ async fn overrides_are_restored_from_the_state_file() {
     // A new process from the same config: the overrides are back without any API call.
     let (second, addr) = start_app(&config_path).await;
     let admin = second.admin_addr;
+    let g1 = state(admin).await["generation"].as_u64().unwrap();
     all_go_to(addr, 50, &[], "canary").await;
     all_go_to(addr, 20, &[("x-user", "beta")], "stable").await;
     let s = state(admin).await;
-    assert_eq!(s["generation"], 1);
+    assert!(g1 > g0 + 2, "a generation is not given out twice: {s:#}");
+    assert_eq!(s["generation"], g1);
     assert_eq!(s["state_file_error"], Value::Null);
     let primary = rule(&s, "main", "primary");
     assert_eq!(primary["source"], "api");
@@ -1135,7 +1168,7 @@ async fn overrides_are_restored_from_the_state_file() {
         delete(admin, "/v1/routes/main/overrides")
             .await
             .generation(),
-        2
+        g1 + 1
     );
     let saved = state_file(&state_path);
     assert_eq!(
@@ -1165,6 +1198,7 @@ async fn unusable_state_files_fall_back_to_the_file_and_say_so() {
     // Not JSON: the gateway starts from the file and reports the problem.
     std::fs::write(&state_path, "{ half a file").unwrap();
     let (app, addr) = start_app(&config_path).await;
+    let g0 = state(app.admin_addr).await["generation"].as_u64().unwrap();
     let s = state(app.admin_addr).await;
     assert!(
         s["state_file_error"]
@@ -1179,7 +1213,7 @@ async fn unusable_state_files_fall_back_to_the_file_and_say_so() {
         put(app.admin_addr, "/v1/routes/main/weights", TO_CANARY)
             .await
             .generation(),
-        2
+        g0 + 1
     );
     assert_eq!(state(app.admin_addr).await["state_file_error"], Value::Null);
     let saved = state_file(&state_path);
@@ -1302,6 +1336,9 @@ fn text(out: &std::process::Output) -> (String, String) {
 async fn weights_cli_sets_and_shows_weights() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let base = format!("http://{}", app.app.admin_addr);
+    let g0 = state(app.app.admin_addr).await["generation"]
+        .as_u64()
+        .unwrap();
 
     let out = cli(&[
         "weights",
@@ -1319,9 +1356,9 @@ async fn weights_cli_sets_and_shows_weights() {
         Some(0),
         "stdout {stdout:?} stderr {stderr:?}"
     );
-    assert_eq!(stdout.trim(), "generation 2");
+    assert_eq!(stdout.trim(), format!("generation {}", g0 + 1));
     let s = state(app.app.admin_addr).await;
-    assert_eq!(s["generation"], 2);
+    assert_eq!(s["generation"], g0 + 1);
     assert_eq!(
         rule(&s, "main", "primary")["weights"],
         weights(&[("stable", 25), ("canary", 75)])
@@ -1340,7 +1377,10 @@ async fn weights_cli_sets_and_shows_weights() {
         Some(0),
         "stdout {stdout:?} stderr {stderr:?}"
     );
-    assert!(stdout.contains("generation 2"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("generation {}", g0 + 1)),
+        "{stdout}"
+    );
     let line = stdout
         .lines()
         .find(|l| l.contains("primary"))
@@ -1361,7 +1401,7 @@ async fn weights_cli_sets_and_shows_weights() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert_eq!(text(&out).0.trim(), "generation 3");
+    assert_eq!(text(&out).0.trim(), format!("generation {}", g0 + 2));
     all_go_to(app.addr, 20, &[], "stable").await;
 
     // Refused by the gateway: exit 1 with its error.
@@ -1380,7 +1420,7 @@ async fn weights_cli_sets_and_shows_weights() {
     assert!(stderr.contains("weights.blue"), "{stderr}");
     let out = cli(&["weights", "get", "nosuch", "--admin", &base]).await;
     assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
-    assert_eq!(state(app.app.admin_addr).await["generation"], 3);
+    assert_eq!(state(app.app.admin_addr).await["generation"], g0 + 2);
 
     // Nobody listening: exit 2.
     let closed = format!("http://{}", dead_addr().await);
@@ -1406,6 +1446,7 @@ async fn weights_cli_sends_the_token_file() {
     );
     let app = spawn_app_in(dir, &yaml).await;
     let base = format!("http://{}", app.app.admin_addr);
+    let g0 = app.app.control.generation();
     let token = token_file.to_str().unwrap();
 
     let out = cli(&["weights", "set", "main", "canary=100", "--admin", &base]).await;
@@ -1424,7 +1465,7 @@ async fn weights_cli_sends_the_token_file() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert_eq!(text(&out).0.trim(), "generation 2");
+    assert_eq!(text(&out).0.trim(), format!("generation {}", g0 + 1));
     all_go_to(app.addr, 20, &[], "canary").await;
 }
 
@@ -1436,6 +1477,7 @@ async fn weights_cli_sends_the_token_file() {
 async fn trailing_garbage_after_the_json_body_is_refused() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     let r = put(
         admin,
         "/v1/routes/main/weights",
@@ -1443,7 +1485,7 @@ async fn trailing_garbage_after_the_json_body_is_refused() {
     )
     .await;
     r.expect_error(400, "body");
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
@@ -1451,6 +1493,7 @@ async fn trailing_garbage_after_the_json_body_is_refused() {
 async fn missing_fields_are_named() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     put(admin, "/v1/routes/main/weights", r#"{"rule": "primary"}"#)
         .await
         .expect_error(400, "weights");
@@ -1468,13 +1511,14 @@ async fn missing_fields_are_named() {
     )
     .await
     .expect_error(400, "match");
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_header_route_conditions_name_the_api_field() {
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     for body in [
         r#"{"match": [{"header": "x-user", "regex": "("}], "subset": "canary"}"#,
         r#"{"match": [{"header": "x-user"}], "subset": "canary"}"#,
@@ -1496,7 +1540,7 @@ async fn bad_header_route_conditions_name_the_api_field() {
             r.raw
         );
     }
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
 }
 
 /// An answer read off a raw connection.
@@ -1577,6 +1621,7 @@ async fn a_body_over_64_kib_is_413_with_a_json_error() {
     use tokio::io::AsyncWriteExt;
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     let padded = format!(
         r#"{{"weights": {{"stable": 0, "canary": 100}}, "rule": "{}"}}"#,
         "x".repeat(100_000)
@@ -1632,7 +1677,7 @@ async fn a_body_over_64_kib_is_413_with_a_json_error() {
     let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest);
     let closed = tokio::time::timeout(Duration::from_secs(3), read).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
     all_go_to(app.addr, 20, &[], "stable").await;
 }
 
@@ -1644,6 +1689,7 @@ async fn deeply_nested_json_is_400_at_once_and_blocks_nothing() {
     use tokio::io::AsyncWriteExt;
     let (app, _stable, _canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
+    let g0 = state(admin).await["generation"].as_u64().unwrap();
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
     // 60,000 bytes announced, within the limit; only the first 1,000 are ever sent.
     let head = "PUT /v1/routes/main/weights HTTP/1.1\r\nhost: a\r\ncontent-length: 60000\r\n\r\n";
@@ -1657,13 +1703,13 @@ async fn deeply_nested_json_is_400_at_once_and_blocks_nothing() {
     assert!(error.contains("nested deeper than"), "{error}");
     assert_eq!(reply.header("connection"), Some("close"));
     let generation = bounded("the call made meanwhile", meanwhile).await.unwrap();
-    assert_eq!(generation, 1);
+    assert_eq!(generation, g0);
     // The whole body, sent at once, is refused the same way.
     let nested = "[".repeat(60_000);
     put(admin, "/v1/routes/main/weights", &nested)
         .await
         .expect_error(400, "body");
-    assert_eq!(state(admin).await["generation"], 1);
+    assert_eq!(state(admin).await["generation"], g0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1688,23 +1734,36 @@ async fn method_not_allowed_lists_the_allowed_methods() {
 }
 
 /// A file edit that `POST /v1/reload` already loaded is not loaded a second time by the watcher
-/// (one edit, one reload, one generation).
+/// (one edit, one reload, one generation). Nothing signals that nothing happens, so a second
+/// edit that the watcher must load is the signal: once it is served, the generation must be
+/// exactly one past the API's, with nothing in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_loaded_through_the_api_is_not_reloaded_again_by_the_watcher() {
-    let (app, stable, _canary) = two_subset_app(RULES).await;
+    let (app, stable, canary) = two_subset_app(RULES).await;
     let admin = app.app.admin_addr;
     rewrite(&app.config_path, &stable_only_config(stable.addr));
     // Straight away, inside the watcher's debounce, so the API usually reads the edit first. (On
     // a loaded machine the watcher may read it first; the explicit POST then reloads again, as
     // asked. Either way, nothing may reload after the API has answered.)
     let generation = reload(admin).await.generation();
-    // Nothing signals that nothing happens: wait out the debounce and one fallback poll.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let s = state(admin).await;
     assert_eq!(
+        rule(&s, "main", "primary")["weights"],
+        weights(&[("stable", 100)])
+    );
+    // The second edit, which only the watcher can load.
+    rewrite(
+        &app.config_path,
+        &two_subset_config(stable.addr, canary.addr, RULES_60_40),
+    );
+    let s = state_until(admin, "the watcher loads the second edit", |s| {
+        s["routes"]["main"]["rules"][0]["weights"] == weights(&[("stable", 60), ("canary", 40)])
+    })
+    .await;
+    assert_eq!(
         s["generation"].as_u64(),
-        Some(generation),
-        "reloaded again after the API: {s:#}"
+        Some(generation + 1),
+        "the first edit was reloaded again after the API had loaded it: {s:#}"
     );
 }
 
@@ -1734,4 +1793,438 @@ async fn an_unnamed_rule_keeps_its_name_when_api_rules_go_in_front() {
     let r = put(admin, "/v1/routes/main/weights?rule=rule-0", TO_CANARY).await;
     assert_eq!(r.status, 200, "{}", r.raw);
     all_go_to(app.addr, 10, &[], "canary").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15: durability, generations, ETags, error bodies, match rules, analysis, restarts
+
+/// A config whose `admin.state_file` is `state` (admin, readiness, metrics on free ports).
+fn with_state_file(stable: SocketAddr, canary: SocketAddr, rules: &str, state: &Path) -> String {
+    with_free_admin(&format!(
+        "{}\nadmin: {{ address: \"127.0.0.1:0\", state_file: \"{}\" }}\n",
+        two_subset_config(stable, canary, rules),
+        state.display()
+    ))
+}
+
+/// A change whose state file cannot be written is refused with a 5xx that says why, and nothing
+/// changes: the split served and `/v1/state` are as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_persisted_fails_and_changes_nothing() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let dir = temp_dir("admin-persist-fail");
+    let _cleanup = DirGuard(dir.clone());
+    // A directory that does not exist: reading finds no file, writing cannot create one.
+    let state_path = dir.join("missing").join("state.json");
+    let config_path = dir.join("config.yaml");
+    std::fs::write(
+        &config_path,
+        with_state_file(stable.addr, canary.addr, RULES, &state_path),
+    )
+    .unwrap();
+    let (app, addr) = start_app(&config_path).await;
+    let admin = app.admin_addr;
+    let before = state(admin).await;
+    for (path, body) in [
+        ("/v1/routes/main/weights", TO_CANARY),
+        ("/v1/routes/main/header-routes/beta", HEADER_ROUTE),
+    ] {
+        let r = put(admin, path, body).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.raw);
+        assert_eq!(r.json["field"], "admin.state_file", "{}", r.raw);
+        let error = r.json["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("state.json") && error.contains("nothing was changed"),
+            "{error}"
+        );
+        let after = state(admin).await;
+        assert_eq!(after["generation"], before["generation"], "{after:#}");
+        assert_eq!(after["routes"], before["routes"], "{after:#}");
+        all_go_to(addr, 20, &[], "stable").await;
+        all_go_to(addr, 5, &[("x-user", "beta")], "stable").await;
+    }
+    bounded("shutdown", app.shutdown(Duration::from_millis(200))).await;
+}
+
+/// A generation is never seen twice, across restarts too: with a state file and without one,
+/// a restarted gateway starts above every generation the last process gave out, so a
+/// controller's stale `If-Match` cannot match a new, unrelated state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_do_not_repeat_across_restarts() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let dir = temp_dir("admin-generation");
+    let _cleanup = DirGuard(dir.clone());
+    let with_state = dir.join("with-state.yaml");
+    std::fs::write(
+        &with_state,
+        with_state_file(stable.addr, canary.addr, RULES, &dir.join("state.json")),
+    )
+    .unwrap();
+    let without_state = dir.join("without-state.yaml");
+    std::fs::write(
+        &without_state,
+        with_free_admin(&two_subset_config(stable.addr, canary.addr, RULES)),
+    )
+    .unwrap();
+    for config_path in [&with_state, &without_state] {
+        let (first, _) = start_app(config_path).await;
+        let mut last = state(first.admin_addr).await["generation"]
+            .as_u64()
+            .unwrap();
+        for body in [TO_CANARY, r#"{"weights": {"stable": 50, "canary": 50}}"#] {
+            let g = put(first.admin_addr, "/v1/routes/main/weights", body)
+                .await
+                .generation();
+            assert_eq!(g, last + 1, "one change, one step");
+            last = g;
+        }
+        bounded("shutdown", first.shutdown(Duration::from_millis(200))).await;
+        let (second, _) = start_app(config_path).await;
+        let admin = second.admin_addr;
+        let start = state(admin).await["generation"].as_u64().unwrap();
+        assert!(
+            start > last,
+            "{}: the restarted gateway is at {start}, the last one reached {last}",
+            config_path.display()
+        );
+        // The last process's generation is stale for the new one.
+        let r = call(
+            admin,
+            Method::PUT,
+            "/v1/routes/main/weights",
+            Some(TO_CANARY),
+            &[("if-match", &last.to_string())],
+        )
+        .await;
+        r.expect_error(409, "If-Match");
+        bounded("shutdown", second.shutdown(Duration::from_millis(200))).await;
+    }
+}
+
+/// `GET /v1/state` sends the generation as a quoted `ETag`; `If-Match` takes it quoted or bare,
+/// and `*` (any current state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_sends_an_etag_and_if_match_takes_it_or_a_star() {
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let r = call(admin, Method::GET, "/v1/state", None, &[]).await;
+    let g = r.json["generation"].as_u64().unwrap();
+    let etag = r
+        .headers
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no ETag: {:?}", r.headers))
+        .to_string();
+    assert_eq!(etag, format!("\"{g}\""));
+    let put_if = |value: String| async move {
+        call(
+            admin,
+            Method::PUT,
+            "/v1/routes/main/weights",
+            Some(TO_CANARY),
+            &[("if-match", &value)],
+        )
+        .await
+    };
+    assert_eq!(put_if(etag.clone()).await.generation(), g + 1);
+    assert_eq!(put_if((g + 1).to_string()).await.generation(), g + 2);
+    assert_eq!(put_if("*".into()).await.generation(), g + 3);
+    put_if(etag).await.expect_error(409, "If-Match");
+    let r = call(admin, Method::GET, "/v1/state", None, &[]).await;
+    assert_eq!(
+        r.headers.get("etag").and_then(|v| v.to_str().ok()),
+        Some(format!("\"{}\"", g + 3).as_str())
+    );
+    all_go_to(app.addr, 10, &[], "canary").await;
+}
+
+/// Malformed bodies get a message a person can act on, never `"field": "?"` or a Rust type name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_plain_errors() {
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let g = state(admin).await["generation"].clone();
+    let r = put(
+        admin,
+        "/v1/routes/main/weights",
+        r#"{"weights": {"stable": 1"#,
+    )
+    .await;
+    r.expect_error(400, "body");
+    let error = r.json["error"].as_str().unwrap();
+    assert!(error.contains("ends before"), "{error}");
+    for body in ["[]", "[1, 2]", "42", "\"x\""] {
+        let r = put(admin, "/v1/routes/main/weights", body).await;
+        r.expect_error(400, "body");
+        let error = r.json["error"].as_str().unwrap();
+        assert!(error.contains("must be a JSON object"), "{body}: {error}");
+        assert!(
+            !error.contains("WeightsBody") && !error.contains("elements"),
+            "{body}: {error}"
+        );
+    }
+    let r = put(
+        admin,
+        "/v1/routes/main/header-routes/h",
+        r#"{"match": [1], "subset": "canary"}"#,
+    )
+    .await;
+    r.expect_error(400, "match[0]");
+    let error = r.json["error"].as_str().unwrap();
+    assert!(!error.contains("HeaderMatch"), "{error}");
+    let r = put(admin, "/v1/routes/main/weights", "").await;
+    r.expect_error(400, "body");
+    assert!(
+        r.json["error"].as_str().unwrap().contains("empty"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(state(admin).await["generation"], g);
+}
+
+/// A body declared over 64 KiB is 413 on every call, before anything else about the call is
+/// looked at (a malformed `If-Match`, a call that takes no body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_body_over_64_kib_is_413() {
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let g = state(admin).await["generation"].clone();
+    let big = format!(
+        r#"{{"weights": {{"stable": 0, "canary": 100}}{}}}"#,
+        " ".repeat(70_000)
+    );
+    for (method, path, headers) in [
+        (
+            Method::PUT,
+            "/v1/routes/main/weights",
+            &[("if-match", "abc")][..],
+        ),
+        (Method::POST, "/v1/reload", &[][..]),
+        (Method::DELETE, "/v1/routes/main/overrides", &[][..]),
+        (Method::PUT, "/v1/routes/nope/weights", &[][..]),
+    ] {
+        let r = call(admin, method.clone(), path, Some(&big), headers).await;
+        assert_eq!(r.status, 413, "{method} {path}: {}", r.raw);
+        assert_eq!(r.json["field"], "body", "{}", r.raw);
+    }
+    assert_eq!(state(admin).await["generation"], g);
+    all_go_to(app.addr, 10, &[], "stable").await;
+}
+
+/// A route name in the path is percent-decoded; an invalid encoding is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_names_in_the_path_are_percent_decoded() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let yaml = two_subset_config(stable.addr, canary.addr, RULES)
+        .replace("- name: main", "- name: \"main route\"");
+    let app = spawn_app(&yaml).await;
+    let admin = app.app.admin_addr;
+    let g = put(admin, "/v1/routes/main%20route/weights", TO_CANARY)
+        .await
+        .generation();
+    all_go_to(app.addr, 10, &[], "canary").await;
+    for bad in ["main%2", "main%zzroute", "main%FFroute"] {
+        let r = put(admin, &format!("/v1/routes/{bad}/weights"), TO_CANARY).await;
+        r.expect_error(400, "route");
+        assert!(
+            r.json["error"].as_str().unwrap().contains("percent"),
+            "{}",
+            r.raw
+        );
+    }
+    let r = delete(admin, "/v1/routes/main%20route/header-routes/no%20such").await;
+    r.expect_error(404, "name");
+    assert!(
+        r.json["error"].as_str().unwrap().contains("\"no such\""),
+        "{}",
+        r.raw
+    );
+    assert_eq!(state(admin).await["generation"], g);
+}
+
+/// `present: false` is refused with a pointer to what the header-route API takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn present_false_points_to_what_the_api_accepts() {
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let body = r#"{"match": [{"header": "x-user", "present": false}], "subset": "canary"}"#;
+    let r = put(admin, "/v1/routes/main/header-routes/h", body).await;
+    r.expect_error(400, "match[0].present");
+    let error = r.json["error"].as_str().unwrap();
+    assert!(!error.contains("without_headers"), "{error}");
+    assert!(error.contains("exact, prefix, suffix, regex"), "{error}");
+}
+
+/// Weights on a rule with a match apply to that rule's own destinations (as in Istio) and
+/// the match stays; calls without `rule` still address the route's weighted rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_on_a_match_rule_keep_its_match_and_rule_less_calls_work() {
+    let rules = format!(
+        "      - name: by-header
+        match:
+          - headers: {{ x-canary: {{ exact: always }} }}
+        route:
+          - destination: {{ service: svc, subset: canary }}
+{}",
+        primary_rule(100, 0)
+    );
+    let (app, _stable, _canary) = two_subset_app(&rules).await;
+    let admin = app.app.admin_addr;
+    let body = r#"{"rule": "by-header", "weights": {"stable": 100, "canary": 0}}"#;
+    put(admin, "/v1/routes/main/weights", body)
+        .await
+        .generation();
+    all_go_to(app.addr, 10, &[("x-canary", "always")], "stable").await;
+    all_go_to(app.addr, 10, &[], "stable").await;
+    let s = state(admin).await;
+    let by_header = rule(&s, "main", "by-header");
+    assert_eq!(
+        by_header["match"][0]["headers"]["x-canary"]["exact"],
+        "always"
+    );
+    assert_eq!(
+        by_header["weights"],
+        weights(&[("stable", 100), ("canary", 0)])
+    );
+    // Without `rule`: the weighted rule, `primary`, as before.
+    for _ in 0..2 {
+        put(admin, "/v1/routes/main/weights", TO_CANARY)
+            .await
+            .generation();
+    }
+    all_go_to(app.addr, 10, &[], "canary").await;
+    all_go_to(app.addr, 10, &[("x-canary", "always")], "stable").await;
+    let s = state(admin).await;
+    assert_eq!(
+        rule(&s, "main", "primary")["weights"],
+        weights(&[("stable", 0), ("canary", 100)])
+    );
+    let mirror = r#"{"subset": "canary", "percentage": 10}"#;
+    put(admin, "/v1/routes/main/mirror-routes/m", mirror)
+        .await
+        .generation();
+    let r = call(admin, Method::GET, "/v1/routes/main/weights", None, &[]).await;
+    assert_eq!(r.status, 405);
+    let out = put(
+        admin,
+        "/v1/routes/main/weights",
+        r#"{"weights": {"stable": 100}}"#,
+    )
+    .await;
+    out.generation();
+    all_go_to(app.addr, 10, &[], "stable").await;
+}
+
+/// `/v1/analysis` counts whole seconds only, refuses windows it cannot honour, and gives
+/// `null` rates without traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_counts_whole_seconds_and_refuses_windows_it_cannot_honour() {
+    let (app, _stable, _canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let analysis = |window: &'static str| async move {
+        call(
+            admin,
+            Method::GET,
+            &format!("/v1/analysis?route=main&window={window}"),
+            None,
+            &[],
+        )
+        .await
+    };
+    for (window, words) in [
+        ("1.5s", "whole number of seconds"),
+        ("1500ms", "whole number of seconds"),
+        ("601s", "600"),
+        ("0s", "600"),
+    ] {
+        let r = analysis(window).await;
+        r.expect_error(400, "window");
+        let error = r.json["error"].as_str().unwrap();
+        assert!(error.contains(words), "{window}: {error}");
+    }
+    let r = analysis("600s").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let canary = &r.json["subsets"]["canary"];
+    assert_eq!(canary["status"], "no_traffic", "{}", r.raw);
+    assert_eq!(canary["requests"], 0);
+    assert_eq!(canary["rps"], Value::Null, "{}", r.raw);
+    assert_eq!(canary["success_rate"], Value::Null);
+
+    // Requests of the second still under way are not counted yet. (Bracketed by the clock: when
+    // the requests and the question fall in one second, that second must not count.)
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let t0 = now();
+    served(app.addr, 5, &[]).await;
+    let r = analysis("1s").await;
+    if now() == t0 {
+        assert_eq!(r.json["subsets"]["stable"]["requests"], 0, "{}", r.raw);
+    }
+    // Once their second is over, they are.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let r = loop {
+        let r = analysis("60s").await;
+        if r.json["subsets"]["stable"]["requests"] == 5 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.raw);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stable = &r.json["subsets"]["stable"];
+    assert_eq!(stable["rps"].as_f64(), Some(5.0 / 60.0), "{}", r.raw);
+    assert_eq!(stable["status"], "ok");
+}
+
+/// A reload that changes settings only a restart applies says which, and applies the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_the_settings_that_need_a_restart() {
+    let (app, stable, canary) = two_subset_app(RULES).await;
+    let admin = app.app.admin_addr;
+    let r = reload(admin).await;
+    r.generation();
+    assert_eq!(r.json["restart_required"], json!([]), "{}", r.raw);
+    let moved = format!(
+        "{}\nmetrics: {{ address: \"127.0.0.1:{}\" }}\nreadiness: {{ address: \"127.0.0.1:{}\" }}\n",
+        two_subset_config(stable.addr, canary.addr, RULES_60_40),
+        free_port(),
+        free_port()
+    );
+    rewrite(&app.config_path, &moved);
+    let r = reload(admin).await;
+    r.generation();
+    assert_eq!(
+        r.json["restart_required"],
+        json!(["readiness.address", "metrics.address"]),
+        "{}",
+        r.raw
+    );
+    // The rest is applied; the metrics server stays where it was.
+    let s = state(admin).await;
+    assert_eq!(
+        rule(&s, "main", "primary")["weights"],
+        weights(&[("stable", 60), ("canary", 40)])
+    );
+    let metrics = http1_client();
+    let a = get(
+        &metrics,
+        &format!("http://{}/metrics", app.app.metrics_addr),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // Still listed at the next reload: it is still not applied.
+    let r = reload(admin).await;
+    assert_eq!(
+        r.json["restart_required"],
+        json!(["readiness.address", "metrics.address"]),
+        "{}",
+        r.raw
+    );
 }

@@ -1579,3 +1579,309 @@ async fn demo_prints_admin_and_metrics_urls() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// weights: usage errors, `--concurrency`, JSON logs, SIGHUP (issue 15).
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn weights_set_refuses_a_subset_named_twice() {
+    // Nothing listens there: a usage error must come before any attempt to reach it.
+    let admin = format!("http://{}", free_addr());
+    let f = run_to_end(&[
+        "weights", "set", "main", "stable=1", "stable=2", "--admin", &admin,
+    ]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(
+        f.stderr.contains("stable") && f.stderr.contains("twice"),
+        "{f:?}"
+    );
+    assert!(!f.stderr.contains("cannot reach"), "{f:?}");
+}
+
+#[test]
+fn weights_refuses_an_admin_url_it_cannot_use_and_shows_the_form() {
+    for bad in [
+        "ftp://127.0.0.1:15000",
+        "http://",
+        "http://127.0.0.1:15000/v1/state",
+    ] {
+        let f = run_to_end(&["weights", "get", "main", "--admin", bad]);
+        assert_eq!(f.code, Some(1), "{bad}: {f:?}");
+        assert!(f.stderr.contains("http://HOST:PORT"), "{bad}: {f:?}");
+        assert!(!f.stderr.contains("cannot reach"), "{bad}: {f:?}");
+    }
+}
+
+/// `--admin HOST:PORT` without a scheme means `http://HOST:PORT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_takes_a_bare_admin_address() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let admin = free_addr();
+    let dir = TempDir::new();
+    let text = config(listen, stable.addr, canary.addr);
+    let text = replace_admin(&text, admin);
+    let file = dir.write("run.yaml", &text);
+    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    wait_until_serving(&mut gw, listen).await;
+    let admin = admin.to_string();
+    let f = run_to_end(&[
+        "weights",
+        "set",
+        "main",
+        "--rule",
+        "primary",
+        "stable=0",
+        "canary=100",
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.starts_with("generation "), "{f:?}");
+    let f = run_to_end(&["weights", "get", "main", "--admin", &admin]);
+    assert_eq!(f.code, Some(0), "{f:?}");
+    assert!(f.stdout.contains("canary=100"), "{f:?}");
+}
+
+/// `config()` with the admin API on `admin`.
+fn replace_admin(text: &str, admin: SocketAddr) -> String {
+    let start = text
+        .find("admin:\n  address: ")
+        .expect("the config sets admin.address");
+    let line_end = text[start + 18..].find('\n').unwrap() + start + 18;
+    format!(
+        "{}admin:\n  address: {admin}{}",
+        &text[..start],
+        &text[line_end..]
+    )
+}
+
+#[test]
+fn run_refuses_zero_workers() {
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let file = dir.write("run.yaml", &config(listen, up, up));
+    let f = run_to_end(&[
+        "run".as_ref(),
+        "-c".as_ref(),
+        file.as_os_str(),
+        "--concurrency".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_eq!(f.code, Some(1), "{f:?}");
+    assert!(f.stderr.contains("--concurrency"), "{f:?}");
+    assert!(f.stderr.contains("at least 1"), "{f:?}");
+    assert!(!accepts(listen), "nothing listens on {listen}");
+}
+
+/// Every stderr line, each of which must be a JSON object.
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stderr}"))
+        })
+        .collect()
+}
+
+#[test]
+fn run_prints_startup_errors_as_json_lines_when_asked() {
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let text = edit(
+        &config(listen, up, up),
+        &[("load_balancer: round_robin", "load_balancer: fastest")],
+    );
+    let file = dir.write("broken.yaml", &text);
+    let missing = dir.0.join("missing.yaml");
+    for path in [file.as_os_str(), missing.as_os_str()] {
+        let f = run_to_end(&[
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "-c".as_ref(),
+            path,
+        ]);
+        assert_ne!(f.code, Some(0), "{f:?}");
+        let lines = json_lines(&f.stderr);
+        let error = lines
+            .iter()
+            .find(|l| l["level"] == "ERROR")
+            .unwrap_or_else(|| panic!("no error record: {}", f.stderr));
+        let errors = error["fields"]["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("errors is a JSON array: {error}"));
+        assert!(!errors.is_empty(), "{error}");
+        let text = error.to_string();
+        if path == file.as_os_str() {
+            assert!(text.contains("services.svc.policy.load_balancer"), "{text}");
+        } else {
+            assert!(text.contains("missing.yaml"), "{text}");
+        }
+    }
+}
+
+/// `POST /v1/reload` on the gateway's admin API.
+async fn post_reload(admin: SocketAddr) -> Answer {
+    let req = http::Request::post(format!("http://{admin}/v1/reload"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), common::send(&http1_client(), req))
+        .await
+        .expect("the admin API answers")
+}
+
+/// Waits until stderr has a line containing `needle`, and returns it; fails if the process
+/// exits first or `START` passes.
+async fn wait_for_log(p: &mut Proc, needle: &str) -> String {
+    let deadline = Instant::now() + START;
+    loop {
+        if let Some(line) = p.stderr().lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        if let Some(status) = p.exited() {
+            panic!(
+                "`{}` exited ({status}) before logging {needle:?}\nstderr:\n{}",
+                p.what,
+                p.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{}` did not log {needle:?}\nstderr:\n{}",
+            p.what,
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_reload_errors_as_a_json_array() {
+    let listen = free_addr();
+    let admin = free_addr();
+    let dir = TempDir::new();
+    let up: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let good = replace_admin(&config(listen, up, up), admin);
+    let file = dir.write("run.yaml", &good);
+    let mut gw = Proc::spawn(&[
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "run".as_ref(),
+        "-c".as_ref(),
+        file.as_os_str(),
+    ]);
+    wait_until_serving(&mut gw, listen).await;
+    dir.write(
+        "run.yaml",
+        &edit(
+            &good,
+            &[("load_balancer: round_robin", "load_balancer: fastest")],
+        ),
+    );
+    let a = post_reload(admin).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    let line = wait_for_log(&mut gw, "config file rejected").await;
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let errors = record["fields"]["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("errors is a JSON array: {line}"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("load_balancer"))),
+        "{line}"
+    );
+}
+
+/// SIGHUP re-reads the config file as `POST /v1/reload` does, logs what came of it, and the
+/// gateway keeps serving either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_keeps_running() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let good = config(listen, stable.addr, canary.addr);
+    let file = dir.write("run.yaml", &good);
+    let mut gw = Proc::spawn(&["run".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    wait_until_serving(&mut gw, listen).await;
+
+    // All to canary, and a metrics address that only a restart can apply.
+    let moved = edit(
+        &good,
+        &[
+            ("weight: 90 }", "weight: 0 }"),
+            ("weight: 10 }", "weight: 100 }"),
+            (
+                "metrics:\n  address: ",
+                "metrics:\n  address: 127.0.0.1:1\n  # was: ",
+            ),
+        ],
+    );
+    dir.write("run.yaml", &moved);
+    gw.signal("HUP");
+    let line = wait_for_log(&mut gw, "reloaded on SIGHUP").await;
+    assert!(line.contains("generation"), "{line}");
+    let warning = wait_for_log(&mut gw, "metrics.address").await;
+    assert!(warning.contains("restart"), "{warning}");
+    let client = http1_client();
+    let url = format!("http://{listen}/");
+    for _ in 0..10 {
+        assert_eq!(ask(&client, &url, &[]).await.body, "canary\n");
+    }
+    // A broken file: the errors are logged, and the gateway serves on as before.
+    dir.write(
+        "run.yaml",
+        &edit(
+            &moved,
+            &[("load_balancer: round_robin", "load_balancer: fastest")],
+        ),
+    );
+    gw.signal("HUP");
+    let line = wait_for_log(&mut gw, "SIGHUP: the config file was rejected").await;
+    assert!(line.contains("load_balancer"), "{line}");
+    assert!(gw.exited().is_none(), "{}", gw.stderr());
+    for _ in 0..10 {
+        assert_eq!(ask(&client, &url, &[]).await.body, "canary\n");
+    }
+    let f = gw.terminate().await;
+    assert_eq!(f.code, Some(0), "{f:?}");
+}
+
+/// The command `demo` prints to shift the split works as printed, from any directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_weights_command_that_works() {
+    let listen = free_addr();
+    let mut demo = Proc::spawn(&[
+        "demo",
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let out = demo.wait_for_stdout("Ctrl-C", START).await;
+    let line = out
+        .lines()
+        .find(|l| l.contains("shift to 50/50"))
+        .unwrap_or_else(|| panic!("no weights command: {out}"));
+    let command = line.split_once(':').unwrap().1.trim();
+    let dir = TempDir::new();
+    let done = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(&dir.0)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "`{command}`: {done:?}");
+    assert!(stdout.starts_with("generation "), "{stdout}");
+    let f = demo.terminate().await;
+    assert_eq!(f.code, Some(0), "{f:?}");
+}

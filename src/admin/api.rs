@@ -198,11 +198,20 @@ pub fn analysis(control: &Control, query: Option<&str>) -> Result<AnalysisView, 
         None => 60,
         Some(w) => {
             let d = parse_duration(&w).map_err(|m| invalid("window", m))?;
+            // Windows are made of whole seconds: a fraction would be silently dropped.
+            if d.subsec_nanos() != 0 {
+                return Err(invalid(
+                    "window",
+                    format!("{w:?} is not a whole number of seconds (like 30s, 90s or 5m)"),
+                ));
+            }
             let secs = d.as_secs();
             if !(1..=MAX_WINDOW_SECS).contains(&secs) {
                 return Err(invalid(
                     "window",
-                    format!("must be between 1s and {MAX_WINDOW_SECS}s"),
+                    format!(
+                        "{w:?}: must be between 1s and {MAX_WINDOW_SECS}s (the analysis keeps {MAX_WINDOW_SECS} s)"
+                    ),
                 ));
             }
             secs

@@ -22,6 +22,35 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// stop at 128, but only once the whole body is in, which a client may take its time to send.
 const MAX_DEPTH: u32 = 32;
 
+/// Refuses `req` with 413 when its `content-length` says its body is over the limit, whatever
+/// the call, before anything else about it is looked at; else hands it back.
+pub(super) fn refuse_declared_oversize(
+    req: Request<Incoming>,
+) -> Result<Request<Incoming>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= MAX_BODY as u64) {
+        return Ok(req);
+    }
+    let h1 = req.version() < Version::HTTP_2;
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut e = too_large();
+    if expects_continue {
+        // Nothing sent yet: reading would ask for the body with `100 Continue`. Unread,
+        // the client gets the 413 in its place and the connection closes.
+        e.close = h1;
+    } else if h1 {
+        tokio::spawn(drain(req.into_body()));
+        e.close = true;
+    }
+    Err(e)
+}
+
 /// Reads the body of `req` and parses it as a `T`.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
@@ -141,11 +170,41 @@ async fn drain(mut body: Incoming) {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object: say so plainly rather than what serde expected of a struct.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::bad(
+                "body",
+                "the body is empty: a JSON object is required",
+            ))
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "body",
+                "invalid JSON body: it must be a JSON object ({...})",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let text = inner.to_string();
+        if inner.is_eof() {
+            return ApiError::bad(
+                "body",
+                format!(
+                    "invalid JSON body: it ends before the value is complete (cut short?): {inner}"
+                ),
+            );
+        }
+        // A syntax error sits between fields, where the path has no name yet.
+        let path = if inner.is_syntax() || path.contains('?') {
+            ".".to_string()
+        } else {
+            path
+        };
+        let text = plain_types(&inner.to_string());
         // A missing field is reported at its parent: name the field itself.
         let missing = text
             .strip_prefix("missing field `")
@@ -167,6 +226,22 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// serde's message with the Rust type names it gives for objects (`struct WeightsBody`, `with 2
+/// elements` for an array in its place) put the way the API describes them.
+fn plain_types(text: &str) -> String {
+    let Some(at) = text.find("expected struct ") else {
+        return text.to_string();
+    };
+    // The rest after the type name: ` with N elements`, then ` at line L column C`.
+    let after = &text[at + "expected struct ".len()..];
+    let tail = after.find(" at line ").map_or("", |i| &after[i..]);
+    let head = &text[..at];
+    if head.starts_with("invalid length") {
+        return format!("expected a JSON object, not an array{tail}");
+    }
+    format!("{head}expected a JSON object{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +249,23 @@ mod tests {
     fn fits(parts: &[&str]) -> bool {
         let mut n = Nesting::default();
         parts.iter().all(|p| n.scan(p.as_bytes()))
+    }
+
+    #[test]
+    fn type_names_are_put_plainly() {
+        assert_eq!(
+            plain_types(
+                "invalid type: integer `1`, expected struct HeaderMatch at line 1 column 12"
+            ),
+            "invalid type: integer `1`, expected a JSON object at line 1 column 12"
+        );
+        assert_eq!(
+            plain_types(
+                "invalid length 0, expected struct HeaderMatch with 6 elements at line 1 column 3"
+            ),
+            "expected a JSON object, not an array at line 1 column 3"
+        );
+        assert_eq!(plain_types("unknown field `x`"), "unknown field `x`");
     }
 
     #[test]

@@ -101,6 +101,11 @@ impl From<ChangeError> for ApiError {
                 allow: None,
                 close: false,
             },
+            ChangeError::Persist { message } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "admin.state_file",
+                format!("cannot write the state file, so the change would not survive a restart; nothing was changed: {message}"),
+            ),
             ChangeError::Config(errors) => ApiError {
                 status: StatusCode::BAD_REQUEST,
                 error: "the config file was rejected; the running config stays".into(),
@@ -148,7 +153,26 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decoded = path
+        .trim_matches('/')
+        .split('/')
+        .enumerate()
+        .map(|(i, segment)| {
+            percent_decoded(segment).ok_or_else(|| {
+                // `/v1/routes/{route}/.../{name}`: say which of the two is malformed.
+                let field = match i {
+                    2 => "route",
+                    4 => "name",
+                    _ => "path",
+                };
+                ApiError::bad(
+                    field,
+                    format!("{segment:?} is not valid percent-encoding (`%` then two hex digits, of UTF-8)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<String>, ApiError>>()?;
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     if segments.first() != Some(&"v1") {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -157,6 +181,7 @@ async fn route(
         ));
     }
     authorize(ctx, &req)?;
+    let req = body::refuse_declared_oversize(req)?;
     let if_match = if_match(&req)?;
     let method = req.method().clone();
     let control = &ctx.control;
@@ -167,14 +192,26 @@ async fn route(
         ))
     };
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "state"]) => Ok(json(StatusCode::OK, &control.state().await)),
+        (&Method::GET, ["v1", "state"]) => {
+            let view = control.state().await;
+            let mut resp = json(StatusCode::OK, &view);
+            // The generation, as an ETag, for `If-Match`.
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", view.generation)) {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+            Ok(resp)
+        }
         (&Method::GET, ["v1", "analysis"]) => Ok(json(
             StatusCode::OK,
             &api::analysis(control, req.uri().query())?,
         )),
         (&Method::POST, ["v1", "reload"]) => {
             let outcome = control.reload(if_match).await?;
-            let body = serde_json::json!({ "generation": outcome.generation, "dropped_overrides": outcome.dropped });
+            let body = serde_json::json!({
+                "generation": outcome.generation,
+                "dropped_overrides": outcome.dropped,
+                "restart_required": outcome.restart_required,
+            });
             Ok(json(StatusCode::OK, &body))
         }
         (&Method::PUT, ["v1", "routes", route, "weights"]) => {
@@ -259,11 +296,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `If-Match`: a generation, bare or quoted as the `ETag` of `/v1/state` has it; `*` (any
+/// current state) is the same as none.
 fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
     let Some(v) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = v.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     text.parse().map(Some).map_err(|_| {
         ApiError::bad(
@@ -273,9 +315,43 @@ fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
     })
 }
 
+/// A path segment with its `%XX` escapes decoded (`+` is a plus in a path); `None` when an
+/// escape is malformed or the result is not UTF-8.
+fn percent_decoded(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            // Two hex digits, no sign (`from_str_radix` would take `+1`).
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, constant_time_eq};
+    use super::{bearer_token, constant_time_eq, percent_decoded};
+
+    #[test]
+    fn path_segments_are_percent_decoded_strictly() {
+        assert_eq!(percent_decoded("main").as_deref(), Some("main"));
+        assert_eq!(percent_decoded("a%20b+c").as_deref(), Some("a b+c"));
+        assert_eq!(percent_decoded("%C3%A9").as_deref(), Some("\u{e9}"));
+        for bad in ["%", "a%2", "%zz", "%FF", "%+1"] {
+            assert_eq!(percent_decoded(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn bearer_scheme_in_any_case() {

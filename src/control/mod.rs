@@ -4,6 +4,7 @@
 pub mod external;
 pub mod overlay;
 pub mod persist;
+mod restart;
 pub mod state;
 
 use crate::config::{self, model::RawConfig, model::RawRoute, model::RawRule, Config, FieldError};
@@ -16,7 +17,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 /// How many dropped overrides `/v1/state` keeps listing.
@@ -29,6 +30,9 @@ pub struct ReloadOutcome {
     pub generation: u64,
     /// API overrides this reload could not keep.
     pub dropped: Vec<Dropped>,
+    /// Settings of the file that differ from those the gateway started with and that only a
+    /// restart applies (`admin.address`, `listeners`, ...); the rest of the file is live.
+    pub restart_required: Vec<&'static str>,
 }
 
 /// Why a change was refused. Nothing was changed.
@@ -63,6 +67,12 @@ pub enum ChangeError {
         route: String,
         /// Its owner (`VirtualService shop/web`).
         owner: String,
+    },
+    /// The state file could not be written, so the change would not survive a restart: it was
+    /// not made (HTTP 500).
+    Persist {
+        /// Why the write failed.
+        message: String,
     },
 }
 
@@ -125,31 +135,52 @@ pub struct Control {
     synced: AtomicBool,
     /// The TLS listeners' certificates, for `/v1/state`.
     cert_stores: OnceLock<Vec<Arc<CertStore>>>,
+    /// The settings only a restart applies, as the gateway started with them.
+    started_with: restart::RestartOnly,
+}
+
+/// The first generation of a process: the start time in microseconds since the Unix epoch, or
+/// one past the generation the state file was written at if that is higher (a clock set back).
+/// Every change adds one and takes well over a microsecond, so a process never reaches the
+/// start time of the next one: a generation is never given out twice, across restarts too,
+/// and a controller's `If-Match` from before a restart is stale after it. (Microseconds stay
+/// below 2^53, exact in a JSON number read as a double, until the year 2255.)
+fn first_generation(saved: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    now.max(saved.saturating_add(1)).max(1)
 }
 
 impl Control {
     /// Builds the first runtime from `file` plus the overlay restored from the state file (if the
-    /// config names one and it is readable), at generation 1.
+    /// config names one and it is readable), at the process's first generation (see
+    /// [`first_generation`]).
     pub fn new(file: Config, config_path: Option<PathBuf>) -> Arc<Self> {
         let state_file = file.raw.admin.state_file.as_ref().map(PathBuf::from);
         // Not ready until the cluster's objects have been read once.
         let external = file.kubernetes.as_ref().map(|_| External::default());
         let synced = external.is_none();
-        let (overlay, state_file_error) = match &state_file {
+        let (saved, state_file_error) = match &state_file {
             Some(p) => match persist::load(p) {
                 Ok(o) => (o.unwrap_or_default(), None),
                 Err(e) => {
                     tracing::error!(file = %p.display(), error = %e, "cannot restore API overrides; starting from the config file");
-                    (Overlay::default(), Some(e))
+                    (persist::Saved::default(), Some(e))
                 }
             },
-            None => (Overlay::default(), None),
+            None => (persist::Saved::default(), None),
         };
+        let first = first_generation(saved.generation);
+        let overlay = saved.overlay;
         let (overlay, effective, dropped) = match effective_config(&file.raw, &overlay) {
             Ok((eff, dropped)) => {
                 let dropped: Vec<Dropped> = dropped
                     .into_iter()
-                    .map(|d| Dropped { generation: 1, ..d })
+                    .map(|d| Dropped {
+                        generation: first,
+                        ..d
+                    })
                     .collect();
                 (prune(overlay, &dropped), eff, dropped)
             }
@@ -165,8 +196,9 @@ impl Control {
             tracing::warn!(route = %d.route, what = ?d.what, reason = %d.reason, "restored override dropped");
         }
         let runtime: SharedRuntime = Arc::new(arc_swap::ArcSwap::from_pointee(config::compile(
-            &effective, None, 1,
+            &effective, None, first,
         )));
+        let started_with = restart::RestartOnly::of(&file.raw);
         Arc::new(Control {
             runtime,
             state: Mutex::new(ControlState {
@@ -189,6 +221,7 @@ impl Control {
             draining: AtomicBool::new(false),
             synced: AtomicBool::new(synced),
             cert_stores: OnceLock::new(),
+            started_with,
         })
     }
 
@@ -452,6 +485,8 @@ impl Control {
         if let Some((i, rules, spec)) =
             reweighed(&st.effective, &st.overlay, &base, &overlay, &route)
         {
+            // Durable first: a change the state file does not hold is not made.
+            self.persist_change(&mut st, &overlay).await?;
             // Only weights changed: those rules are rebuilt, and nothing else is, nor copied.
             let raw = &mut st.effective.raw.routes[i];
             let old: Vec<(usize, RawRule)> = rules
@@ -464,7 +499,6 @@ impl Control {
                 config::compile::reweigh_route(&st.effective, previous, i, &old, generation)
             });
             self.count_compile(started);
-            self.persist(&mut st).await;
             return Ok(generation);
         }
         overlay::check(&base, &overlay, &route)?;
@@ -483,10 +517,10 @@ impl Control {
                             .unwrap_or("unknown error")
                     ),
                 })?;
+        self.persist_change(&mut st, &overlay).await?;
         let generation = self
             .commit(&mut st, effective, overlay, dropped, started)
             .await;
-        self.persist(&mut st).await;
         Ok(generation)
     }
 
@@ -518,8 +552,12 @@ impl Control {
         }
         match result {
             Ok((file, effective, dropped)) => {
-                if file.raw.listeners != st.file.listeners {
-                    tracing::warn!("listener changes take effect at the next restart");
+                let restart_required = self.started_with.differences(&file.raw);
+                if !restart_required.is_empty() {
+                    tracing::warn!(
+                        restart_required = %serde_json::json!(restart_required),
+                        "these settings changed in the config file and take effect at the next restart; the rest is applied now"
+                    );
                 }
                 st.file = file.raw;
                 let overlay = prune(st.overlay.clone(), &dropped);
@@ -548,11 +586,12 @@ impl Control {
                 Ok(ReloadOutcome {
                     generation,
                     dropped,
+                    restart_required,
                 })
             }
             Err(errors) => {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::error!(file = %path.display(), errors = ?lines, "config file rejected; the running config stays");
+                tracing::error!(file = %path.display(), errors = %serde_json::json!(lines), "config file rejected; the running config stays");
                 st.last_reload = Some(ReloadStatus {
                     at: SystemTime::now(),
                     errors: lines,
@@ -633,11 +672,37 @@ impl Control {
         generation
     }
 
+    /// Writes the overlay after a reload (which does not fail for it: the file is the source of
+    /// truth, and a restart prunes the same overrides again).
     async fn persist(&self, st: &mut ControlState) {
         let Some(path) = &self.state_file else { return };
-        st.state_file_error = persist::save(path, &st.overlay).await.err();
+        st.state_file_error = persist::save(path, &st.overlay, self.generation())
+            .await
+            .err();
         if let Some(e) = &st.state_file_error {
             tracing::error!(file = %path.display(), error = %e, "cannot persist API overrides");
+        }
+    }
+
+    /// Writes `overlay` with the generation the change about to be made will have, before it
+    /// is made: a change that could not be written is refused, and nothing changes.
+    async fn persist_change(
+        &self,
+        st: &mut ControlState,
+        overlay: &Overlay,
+    ) -> Result<(), ChangeError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        match persist::save(path, overlay, self.generation() + 1).await {
+            Ok(()) => {
+                st.state_file_error = None;
+                Ok(())
+            }
+            Err(message) => {
+                tracing::error!(file = %path.display(), error = %message, "cannot persist API overrides; the change is refused");
+                Err(ChangeError::Persist { message })
+            }
         }
     }
 }

@@ -379,6 +379,14 @@ fn check_condition(m: &HeaderMatch, field: &str) -> Result<(), OverlayError> {
     crate::config::validate::parse_string_match(&m.value())
         .map(drop)
         .map_err(|(sub, message)| {
+            // The file's message points to `without_headers`, which header routes do not have.
+            let message = if sub == "present" {
+                "only `present: true` is allowed: a header route matches headers that are there \
+                 (by exact, prefix, suffix, regex or present: true), not missing ones"
+                    .to_string()
+            } else {
+                message
+            };
             OverlayError::new(
                 if sub.is_empty() {
                     field.to_string()
@@ -390,9 +398,12 @@ fn check_condition(m: &HeaderMatch, field: &str) -> Result<(), OverlayError> {
         })
 }
 
+/// `primary` is the name of the rule whose routing matching requests keep: the route's weighted
+/// rule as the file has it (API weights on a match rule must not make it a second candidate).
 fn mirror_rule(
     config: &RawConfig,
     route: &RawRoute,
+    primary: Result<&str, &OverlayError>,
     mr: &MirrorRoute,
 ) -> Result<RawRule, OverlayError> {
     if !(0.0..=100.0).contains(&mr.percentage) {
@@ -406,8 +417,10 @@ fn mirror_rule(
         None => route_service(route)?.to_string(),
     };
     check_subset(config, &service, &mr.subset, "subset")?;
-    // Matching requests are served as the route's weighted rule serves them, and copied.
-    let (_, primary) = weighted_rule(route, None)?;
+    // Matching requests are served as the route's weighted rule serves them (with the weights
+    // the API gave it), and copied.
+    let primary = primary.map_err(Clone::clone)?;
+    let (_, primary) = weighted_rule(route, Some(primary))?;
     Ok(RawRule {
         name: Some(format!("{MIRROR_RULE_PREFIX}{}", mr.name)),
         matches: mr.matches.clone(),
@@ -436,6 +449,10 @@ pub fn apply_route(
     for (i, r) in route.http.iter_mut().enumerate() {
         r.name.get_or_insert_with(|| format!("rule-{i}"));
     }
+    // Which rule "the weighted rule" is, decided on the file's rules: weights the API sets on a
+    // match rule apply to that rule's destinations and keep its match, without making it a
+    // second weighted rule.
+    let primary = weighted_rule(&route, None).map(|(name, _)| name);
     let mut failed = Vec::new();
     for (rule, weights) in &ro.weights {
         if let Err(e) = apply_weights(file, &mut route, rule, weights) {
@@ -450,7 +467,7 @@ pub fn apply_route(
         }
     }
     for mr in &ro.mirror_routes {
-        match mirror_rule(file, &route, mr) {
+        match mirror_rule(file, &route, primary.as_deref(), mr) {
             Ok(r) => managed.push(r),
             Err(e) => failed.push((Overridden::MirrorRoute(mr.name.clone()), e)),
         }

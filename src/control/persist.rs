@@ -1,24 +1,62 @@
-//! The state file: API overrides written atomically (temp file, fsync, rename) and read at start.
+//! The state file: API overrides and the generation they were written at, written atomically
+//! (temp file, fsync, rename) and read at start.
 
-use super::overlay::Overlay;
+use super::overlay::{Overlay, RouteOverlay};
 use crate::config::files::{read_regular, MAX_FILE_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Reads the overlay; `Ok(None)` when the file does not exist yet.
-pub fn load(path: &Path) -> Result<Option<Overlay>, String> {
+/// What the state file holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Saved {
+    /// The API overrides.
+    pub overlay: Overlay,
+    /// The generation that was live when they were written (0 in files written before
+    /// generations were saved).
+    pub generation: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIn {
+    #[serde(default)]
+    generation: u64,
+    #[serde(default)]
+    routes: BTreeMap<String, RouteOverlay>,
+}
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    generation: u64,
+    routes: &'a BTreeMap<String, RouteOverlay>,
+}
+
+/// Reads the state file; `Ok(None)` when it does not exist yet.
+pub fn load(path: &Path) -> Result<Option<Saved>, String> {
     match read_regular(path, MAX_FILE_BYTES) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => serde_json::from_slice::<FileIn>(&bytes)
+            .map(|f| {
+                Some(Saved {
+                    overlay: Overlay { routes: f.routes },
+                    generation: f.generation,
+                })
+            })
             .map_err(|e| format!("{}: not a valid state file: {e}", path.display())),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-/// Writes the overlay so that a crash leaves either the old file or the new one, never half.
-pub async fn save(path: &Path, overlay: &Overlay) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(overlay).map_err(|e| e.to_string())?;
+/// Writes the overlay and `generation` so that a crash leaves either the old file or the new
+/// one, never half.
+pub async fn save(path: &Path, overlay: &Overlay, generation: u64) -> Result<(), String> {
+    let out = FileOut {
+        generation,
+        routes: &overlay.routes,
+    };
+    let json = serde_json::to_vec_pretty(&out).map_err(|e| e.to_string())?;
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         write_atomic(&path, &json).map_err(|e| format!("{}: {e}", path.display()))
@@ -26,7 +64,6 @@ pub async fn save(path: &Path, overlay: &Overlay) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?
 }
-
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()

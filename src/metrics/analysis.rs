@@ -1,6 +1,8 @@
 //! Sliding windows per (route, subset) behind `GET /v1/analysis`: request count, 5xx share and
-//! latency quantiles over the last N seconds. One-second slots in a ring, allocated on first use,
-//! so memory is bounded and idle subsets cost nothing.
+//! latency quantiles over the last N whole seconds. One-second slots in a ring, allocated on
+//! first use, so memory is bounded and idle subsets cost nothing. The second under way is not
+//! counted: a window of N seconds ends where the current second begins, so a steady rate reads
+//! the same whatever the moment of the question.
 
 use serde::Serialize;
 use std::sync::Mutex;
@@ -8,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest window that can be asked for, in seconds.
 pub const MAX_WINDOW_SECS: u64 = 600;
+/// Slots in a ring: the longest window, plus the second under way.
+const SLOTS: u64 = MAX_WINDOW_SECS + 1;
 
 /// Latency bucket upper bounds (ms): fine enough that a quantile is off by at most one bucket.
 const BOUNDS: [f64; 30] = [
@@ -83,8 +87,8 @@ pub fn now_secs() -> u64 {
 pub struct Summary {
     /// Requests answered in the window.
     pub requests: u64,
-    /// Requests per second over the window.
-    pub rps: f64,
+    /// Requests per second over the window; `null` without traffic.
+    pub rps: Option<f64>,
     /// Share of answers that were not 5xx; `null` without traffic.
     pub success_rate: Option<f64>,
     /// Latency quantiles in ms; `null` without traffic.
@@ -112,9 +116,8 @@ impl Window {
         let Ok(mut ring) = self.ring.lock() else {
             return;
         };
-        let ring =
-            ring.get_or_insert_with(|| vec![EMPTY; MAX_WINDOW_SECS as usize].into_boxed_slice());
-        let slot = &mut ring[(now % MAX_WINDOW_SECS) as usize];
+        let ring = ring.get_or_insert_with(|| vec![EMPTY; SLOTS as usize].into_boxed_slice());
+        let slot = &mut ring[(now % SLOTS) as usize];
         if slot.second != now {
             *slot = Slot {
                 second: now,
@@ -129,13 +132,13 @@ impl Window {
         slot.latency[b] += 1;
     }
 
-    /// Sums the last `secs` seconds up to and including `now`.
+    /// Sums the `secs` whole seconds before second `now` (which is under way, and not counted).
     pub fn summary(&self, now: u64, secs: u64) -> Summary {
         let secs = secs.clamp(1, MAX_WINDOW_SECS);
         let (mut requests, mut errors, mut latency) = (0u64, 0u64, [0u64; BOUNDS.len()]);
         if let Ok(ring) = self.ring.lock() {
             for slot in ring.iter().flat_map(|r| r.iter()) {
-                if slot.second <= now && now - slot.second < secs {
+                if slot.second < now && now - slot.second <= secs {
                     requests += u64::from(slot.requests);
                     errors += u64::from(slot.errors);
                     latency
@@ -148,7 +151,7 @@ impl Window {
         if requests == 0 {
             return Summary {
                 requests,
-                rps: 0.0,
+                rps: None,
                 success_rate: None,
                 latency_ms: None,
                 status: "no_traffic",
@@ -157,7 +160,7 @@ impl Window {
         let q = |p: f64| quantile(&latency, requests, p);
         Summary {
             requests,
-            rps: requests as f64 / secs as f64,
+            rps: Some(requests as f64 / secs as f64),
             success_rate: Some((requests - errors) as f64 / requests as f64),
             latency_ms: Some(Quantiles {
                 p50: q(0.50),
@@ -203,20 +206,22 @@ mod tests {
         w.record(900, true, 4.0); // 100 s earlier: outside a 60 s window
         let s = w.summary(1005, 60);
         assert_eq!(s.requests, 100);
+        assert_eq!(s.rps, Some(100.0 / 60.0));
         assert_eq!(s.success_rate, Some(0.9));
         assert_eq!(s.status, "ok");
         let q = s.latency_ms.unwrap();
         assert!(q.p50 > 3.0 && q.p50 <= 5.0, "{q:?}");
         assert_eq!(w.summary(1005, 200).requests, 101);
-        assert_eq!(w.summary(2000, 60).status, "no_traffic");
+        let idle = w.summary(2000, 60);
+        assert_eq!((idle.status, idle.rps), ("no_traffic", None));
     }
 
     #[test]
     fn a_reused_slot_forgets_its_old_second() {
         let w = Window::default();
         w.record(5, true, 1.0);
-        w.record(5 + MAX_WINDOW_SECS, false, 1.0);
-        let s = w.summary(5 + MAX_WINDOW_SECS, MAX_WINDOW_SECS);
+        w.record(5 + SLOTS, false, 1.0);
+        let s = w.summary(6 + SLOTS, MAX_WINDOW_SECS);
         assert_eq!((s.requests, s.success_rate), (1, Some(1.0)));
     }
 
@@ -229,8 +234,30 @@ mod tests {
         for _ in 0..10 {
             w.record(10, false, 400.0); // bucket (300, 500]
         }
-        let q = w.summary(10, 60).latency_ms.unwrap();
+        let q = w.summary(11, 60).latency_ms.unwrap();
         assert!(q.p50 > 7.5 && q.p50 <= 10.0, "{q:?}");
         assert!(q.p95 > 300.0 && q.p95 <= 500.0, "{q:?}");
+    }
+
+    /// At a steady rate, every window reads that rate at any moment: the second under way,
+    /// partly filled, is left out, and the oldest second of a full-length window is kept.
+    #[test]
+    fn the_second_under_way_is_not_counted() {
+        let w = Window::default();
+        for second in 1000..1000 + MAX_WINDOW_SECS {
+            for _ in 0..300 {
+                w.record(second, false, 1.0);
+            }
+        }
+        // Second 1600 is under way, and has had a third of its requests so far.
+        let now = 1000 + MAX_WINDOW_SECS;
+        for _ in 0..200 {
+            w.record(now, false, 1.0);
+        }
+        for secs in [1, 5, 60, MAX_WINDOW_SECS] {
+            let s = w.summary(now, secs);
+            assert_eq!(s.requests, 300 * secs, "{secs} s");
+            assert_eq!(s.rps, Some(300.0), "{secs} s");
+        }
     }
 }
