@@ -364,6 +364,7 @@ impl Args {
             "--flood-connections=2",
             "--churn-rounds=1",
             "--drain-delay=1s",
+            "--reload-rounds=2",
         ])
     }
 

@@ -1,7 +1,7 @@
 //! The one immutable snapshot a request is served from, and the single swap that replaces it.
 
 use crate::metrics::analysis::Window;
-use crate::metrics::hub::MetricsHub;
+use crate::metrics::hub::{MetricsHub, StateLabel, SubsetLabel};
 use crate::metrics::istio::DestinationMetrics;
 use crate::routing::Router;
 use crate::split::Target;
@@ -71,6 +71,45 @@ pub struct Subset {
 }
 
 impl Runtime {
+    /// The metrics exposition, with the gauges that are read at scrape time brought up to date.
+    pub fn exposition(&self) -> String {
+        let (mut idle, mut active) = (0i64, 0i64);
+        for ep in self
+            .services
+            .iter()
+            .flat_map(|s| &s.subsets)
+            .flat_map(|s| s.balancer.endpoints())
+        {
+            idle += i64::try_from(ep.idle_count()).unwrap_or(0);
+            active += i64::try_from(ep.in_flight()).unwrap_or(0);
+        }
+        let own = &self.hub.own;
+        for service in self.services.iter() {
+            for subset in service.subsets.iter().filter(|s| s.outlier.is_some()) {
+                let out = subset
+                    .balancer
+                    .endpoints()
+                    .iter()
+                    .filter(|e| e.outlier().is_ejected())
+                    .count();
+                let label = SubsetLabel {
+                    service: service.name.to_string(),
+                    subset: subset.name.to_string(),
+                };
+                own.ejected
+                    .get_or_create(&label)
+                    .set(i64::try_from(out).unwrap_or(0));
+            }
+        }
+        own.upstream_connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(idle);
+        own.upstream_connections
+            .get_or_create(&StateLabel { state: "active" })
+            .set(active);
+        self.hub.encode()
+    }
+
     /// The subset a split target points at.
     pub fn subset(&self, t: Target) -> &Subset {
         &self.services[t.service].subsets[t.subset]

@@ -73,7 +73,7 @@ async fn an_endpoint_failing_in_a_row_is_ejected_then_returns() {
 
 /// `splitgate_outlier_ejected_endpoints` of subset `pool`, as the metrics endpoint serves it.
 fn ejected_now(app: &TestGateway) -> u32 {
-    let text = splitgate::metrics::server::scrape(&app.runtime.load());
+    let text = app.runtime.load().exposition();
     let series = "splitgate_outlier_ejected_endpoints{service=\"svc\",subset=\"pool\"} ";
     text.lines()
         .find_map(|l| l.strip_prefix(series))
