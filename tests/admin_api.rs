@@ -1180,6 +1180,21 @@ async fn overrides_are_restored_from_the_state_file() {
     bounded("shutdown", second.shutdown(Duration::from_millis(200))).await;
 }
 
+/// The state files set aside in `dir` (`state.json.rejected-*`).
+fn rejected_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("state.json.rejected-"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_state_files_fall_back_to_the_file_and_say_so() {
     let stable = spawn_upstream("stable", Behavior::Name).await;
@@ -1207,6 +1222,16 @@ async fn unusable_state_files_fall_back_to_the_file_and_say_so() {
         "{s:#}"
     );
     assert_eq!(rule(&s, "main", "primary")["source"], "file");
+    // What was there is kept beside it, not overwritten by the next change.
+    let kept = rejected_files(&dir);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), "{ half a file");
+    assert!(
+        s["state_file_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("kept as {}", kept[0].display()))),
+        "{s:#}"
+    );
     all_go_to(addr, 20, &[], "stable").await;
     // The next change writes a good file and clears the problem.
     assert_eq!(
@@ -1220,6 +1245,7 @@ async fn unusable_state_files_fall_back_to_the_file_and_say_so() {
     assert_eq!(saved["routes"]["main"]["weights"]["primary"]["canary"], 100);
     bounded("shutdown", app.shutdown(Duration::from_millis(200))).await;
 
+    assert_eq!(rejected_files(&dir).len(), 1, "the kept file stays");
     // Saved overrides that name a subset the file no longer has: dropped at start, and said so.
     let weights_for = json!({ "routes": { "main": { "weights": {
         "primary": { "stable": 0, "blue": 100 }

@@ -14,7 +14,7 @@ use crate::tls::CertStore;
 use external::{External, RouteUpdate, SubsetUpdate};
 use overlay::{Dropped, Overlay, OverlayError, Overridden, RouteOverlay};
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -152,6 +152,18 @@ fn first_generation(saved: u64) -> u64 {
     now.max(saved.saturating_add(1)).max(1)
 }
 
+/// Sets a state file that cannot be restored aside (see [`persist::set_aside`]) and says
+/// where it went, for the log and `/v1/state`; a file that is not there is left alone.
+fn keep_aside(path: &Path) -> String {
+    if !path.exists() {
+        return String::new();
+    }
+    match persist::set_aside(path) {
+        Ok(aside) => format!("the file was kept as {}", aside.display()),
+        Err(e) => e,
+    }
+}
+
 impl Control {
     /// Builds the first runtime from `file` plus the overlay restored from the state file (if the
     /// config names one and it is readable), at the process's first generation (see
@@ -165,6 +177,7 @@ impl Control {
             Some(p) => match persist::load(p) {
                 Ok(o) => (o.unwrap_or_default(), None),
                 Err(e) => {
+                    let e = format!("{e}; {}", keep_aside(p));
                     tracing::error!(file = %p.display(), error = %e, "cannot restore API overrides; starting from the config file");
                     (persist::Saved::default(), Some(e))
                 }
@@ -185,8 +198,10 @@ impl Control {
                 (prune(overlay, &dropped), eff, dropped)
             }
             Err(errors) => {
+                let kept = state_file.as_deref().map(keep_aside).unwrap_or_default();
                 tracing::error!(
                     ?errors,
+                    kept,
                     "restored API overrides do not validate; starting from the config file"
                 );
                 (Overlay::default(), file.clone(), Vec::new())

@@ -33,6 +33,21 @@ struct FileOut<'a> {
     routes: &'a BTreeMap<String, RouteOverlay>,
 }
 
+/// Moves a state file that cannot be restored out of the way, to `<path>.rejected-<unix
+/// seconds>` beside it, so the next change writes a fresh one and the operator still has what
+/// was there. Returns the new path.
+pub fn set_aside(path: &Path) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".rejected-{secs}"));
+    let aside = PathBuf::from(name);
+    std::fs::rename(path, &aside)
+        .map(|()| aside)
+        .map_err(|e| format!("cannot move it aside: {e}"))
+}
+
 /// Reads the state file; `Ok(None)` when it does not exist yet.
 pub fn load(path: &Path) -> Result<Option<Saved>, String> {
     match read_regular(path, MAX_FILE_BYTES) {
