@@ -194,23 +194,39 @@ impl Proc {
 
     /// Waits up to `limit` until stdout contains `needle`; panics if the process exits first.
     async fn wait_for_stdout(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_for("stdout", limit, |p| {
+            let out = p.stdout();
+            out.contains(needle).then_some(out)
+        })
+        .await
+    }
+
+    /// Waits up to `limit` until `found` gives something (checked every 20 ms), naming `what`
+    /// it waits for; panics if the process exits first or the time passes.
+    async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        found: impl Fn(&Self) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + limit;
         loop {
-            let out = self.stdout();
-            if out.contains(needle) {
-                return out;
+            if let Some(t) = found(self) {
+                return t;
             }
             if let Some(status) = self.exited() {
                 panic!(
-                    "`{}` exited ({status}) before printing {needle:?}\nstdout:\n{out}\nstderr:\n{}",
+                    "`{}` exited ({status}) before {what}\nstdout:\n{}\nstderr:\n{}",
                     self.what,
+                    self.stdout(),
                     self.stderr()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "`{}` did not print {needle:?} within {limit:?}\nstdout:\n{out}\nstderr:\n{}",
+                "`{}` gave no {what} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
                 self.what,
+                self.stdout(),
                 self.stderr()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1741,26 +1757,13 @@ async fn post_reload(admin: SocketAddr) -> Answer {
 /// Waits until stderr has a line containing `needle`, and returns it; fails if the process
 /// exits first or `START` passes.
 async fn wait_for_log(p: &mut Proc, needle: &str) -> String {
-    let deadline = Instant::now() + START;
-    loop {
-        if let Some(line) = p.stderr().lines().find(|l| l.contains(needle)) {
-            return line.to_string();
-        }
-        if let Some(status) = p.exited() {
-            panic!(
-                "`{}` exited ({status}) before logging {needle:?}\nstderr:\n{}",
-                p.what,
-                p.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{}` did not log {needle:?}\nstderr:\n{}",
-            p.what,
-            p.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    p.wait_for(&format!("log line {needle:?}"), START, |p| {
+        p.stderr()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
