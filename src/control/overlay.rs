@@ -365,12 +365,7 @@ fn header_rule(
             weight: None,
             headers: None,
         }],
-        timeout: None,
-        mirror: None,
-        retries: None,
-        sticky: None,
-        mirror_percentage: None,
-        headers: None,
+        ..RawRule::default()
     })
 }
 
@@ -424,16 +419,12 @@ fn mirror_rule(
     Ok(RawRule {
         name: Some(format!("{MIRROR_RULE_PREFIX}{}", mr.name)),
         matches: mr.matches.clone(),
-        route: primary.route.clone(),
-        timeout: primary.timeout.clone(),
         mirror: Some(RawDestination {
             service,
             subset: mr.subset.clone(),
         }),
         mirror_percentage: Some(mr.percentage),
-        headers: primary.headers.clone(),
-        retries: primary.retries.clone(),
-        sticky: primary.sticky.clone(),
+        ..primary.clone()
     })
 }
 

@@ -389,10 +389,9 @@ fn route_for(
             .enumerate()
             .map(|(j, m)| match_block(m).map_err(|e| format!("{at}.match[{j}].{e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        if h.route.is_empty() {
-            return Err(format!(
-                "{at}.route: no destination (redirect and direct responses are not served)"
-            ));
+        let answers = h.redirect.is_some() || h.direct_response.is_some();
+        if h.route.is_empty() && !answers {
+            return Err(format!("{at}.route: no destination"));
         }
         let sole = h.route.len() == 1;
         let mut route = Vec::new();
@@ -415,7 +414,7 @@ fn route_for(
                 headers: r.headers.as_ref().map(|h| h.to_raw()),
             });
         }
-        if route.iter().all(|d| d.weight == Some(0)) {
+        if !route.is_empty() && route.iter().all(|d| d.weight == Some(0)) {
             return Err(format!("{at}.route: the weights sum to 0"));
         }
         let mirror = h
@@ -441,6 +440,18 @@ fn route_for(
             headers: h.headers.as_ref().map(|h| h.to_raw()),
             retries: h.retries.as_ref().map(|r| r.to_raw()),
             sticky: None,
+            rewrite: h.rewrite.as_ref().map(|r| r.to_raw()),
+            redirect: h.redirect.as_ref().map(|r| r.to_raw()),
+            direct_response: h
+                .direct_response
+                .as_ref()
+                .map(|d| d.to_raw().map_err(|e| format!("{at}.directResponse.{e}")))
+                .transpose()?,
+            fault: h
+                .fault
+                .as_ref()
+                .map(|f| f.to_raw().map_err(|e| format!("{at}.fault.{e}")))
+                .transpose()?,
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;

@@ -7,6 +7,7 @@ use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
+use crate::routing::answer::Answer;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
@@ -45,7 +46,23 @@ pub async fn handle(
         0
     };
     let grpc = protocol == "grpc";
-    // Answered without a destination, and counted as Envoy does: destination unknown.
+    // An answer the gateway makes without a destination, counted as Envoy does: destination
+    // unknown, under the host asked for.
+    let answered = |parts: &http::request::Parts, resp: &Response<ProxyBody>, flags: Flags| {
+        if rt.metrics_enabled {
+            let sample = Sample {
+                code: resp.status().as_u16(),
+                flags: flags.as_str(),
+                protocol,
+                grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
+                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+                request_bytes,
+                response_bytes: answer_size(resp),
+            };
+            rt.hub
+                .record_no_route(request_authority(parts).map(strip_port), &sample);
+        }
+    };
     let unrouted = |parts: &http::request::Parts, e: ProxyError| {
         let mut resp = error_response(&e, grpc);
         // HTTP/2 has no Connection field: a refused stream never affects the others.
@@ -53,19 +70,7 @@ pub async fn handle(
             let close = HeaderValue::from_static("close");
             resp.headers_mut().insert(header::CONNECTION, close);
         }
-        if rt.metrics_enabled {
-            let sample = Sample {
-                code: resp.status().as_u16(),
-                flags: e.flags().as_str(),
-                protocol,
-                grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
-                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-                request_bytes,
-                response_bytes: answer_size(&resp),
-            };
-            rt.hub
-                .record_no_route(request_authority(parts).map(strip_port), &sample);
-        }
+        answered(parts, &resp, e.flags());
         resp
     };
     if let Err(e) = headers::check_request(&mut parts) {
@@ -74,6 +79,14 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
     };
+    if let Some(answer) = &hit.rule.answer {
+        let mut resp = local_answer(answer, &parts, conn);
+        if let Some(h) = &hit.rule.headers {
+            h.response.apply(resp.headers_mut());
+        }
+        answered(&parts, &resp, Flags::NONE);
+        return resp;
+    }
     let (picked, target, new_position) = match &hit.rule.sticky {
         None => {
             let (picked, target) = hit.rule.split.pick_indexed(&mut rand::rng());
@@ -102,6 +115,32 @@ pub async fn handle(
         grpc_status: "",
         done_flags: Flags::NONE,
     }));
+    // Envoy's fault filter: a delay first (`DI`), then perhaps an error instead of the upstream
+    // (`FI`); both counted against the destination picked.
+    let mut injected = Flags::NONE;
+    if let Some(fault) = &hit.rule.fault {
+        let drawn = fault.draw(&mut rand::rng());
+        if let Some(delay) = drawn.delay {
+            tokio::time::sleep(delay).await;
+            injected = Flags::DI;
+        }
+        if let Some(status) = drawn.abort {
+            let mut resp =
+                Response::new(ProxyBody::fixed(Bytes::from_static(b"fault filter abort")));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            if let Some(r) = pending.0.take() {
+                Recorder {
+                    code: status.as_u16(),
+                    response_bytes: answer_size(&resp),
+                    ..r
+                }
+                .finish(injected.with(Flags::FI));
+            }
+            return resp;
+        }
+    }
     let choice = Choice {
         route: hit.route,
         rule: hit.rule,
@@ -125,7 +164,11 @@ pub async fn handle(
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
-                done_flags: if exhausted { Flags::URX } else { Flags::NONE },
+                done_flags: if exhausted {
+                    injected.with(Flags::URX)
+                } else {
+                    injected
+                },
                 ..r
             });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder, conn.stream_idle))
@@ -141,7 +184,39 @@ pub async fn handle(
                     grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                     ..r
                 }
-                .finish(e.flags());
+                .finish(e.flags().with(injected));
+            }
+            resp
+        }
+    }
+}
+
+/// What a rule that answers itself sends: a redirect, or its fixed status and body.
+fn local_answer(
+    answer: &Answer,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    match answer {
+        Answer::Direct { status, body } => {
+            let mut resp = Response::new(ProxyBody::fixed(body.clone()));
+            *resp.status_mut() = *status;
+            if !body.is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            resp
+        }
+        Answer::Redirect(r) => {
+            let scheme = conn.proto.to_str().unwrap_or("http");
+            let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+            match r.location(parts, scheme, request_authority(parts)) {
+                Some(location) => {
+                    *resp.status_mut() = r.status;
+                    resp.headers_mut().insert(header::LOCATION, location);
+                }
+                // A request whose own parts cannot make a URL (no Host at all).
+                None => *resp.status_mut() = StatusCode::BAD_REQUEST,
             }
             resp
         }
@@ -216,7 +291,17 @@ async fn proxy(
     } else {
         None
     };
+    // The rewrite looks at the request as it matched, before it is prepared for the upstream.
+    let authority = rule.rewrite.as_deref().map(|rw| {
+        if let Some(uri) = rw.path(&rule.matches, &parts, request_authority(&parts)) {
+            parts.uri = uri;
+        }
+        rw.authority.clone()
+    });
     headers::prepare_request(&mut parts, conn, upgrade);
+    if let Some(host) = authority.flatten() {
+        parts.headers.insert(header::HOST, host);
+    }
     changes.request(&mut parts.headers);
     let sampled = rule
         .mirror

@@ -1,8 +1,11 @@
 //! Routing: which route and rule a request head selects.
 
+pub mod answer;
+pub mod fault;
 pub mod header_ops;
 pub mod matcher;
 pub mod retry;
+pub mod rewrite;
 pub mod router;
 pub mod sticky;
 
