@@ -910,3 +910,67 @@ async fn argo_subset_level_header_and_mirror_routes_and_promotion_by_destination
     })
     .await;
 }
+
+/// A VirtualService whose rules redirect, answer directly, rewrite and inject a fault, as an
+/// Istio user writes them: each is served as written, and what is not served is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_services_redirect_direct_response_rewrite_and_fault_are_served() {
+    bounded(async {
+        let (stable, _canary, kube, _) = argo_cluster(0).await;
+        let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rollouts-demo-vsvc, namespace: shop}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [rollouts-demo.example.com]
+  http:
+    - name: moved
+      match: [{uri: {prefix: /old}}]
+      redirect: {uri: /new, scheme: https}
+    - name: down
+      match: [{uri: {exact: /down}}]
+      directResponse: {status: 503, body: {string: \"maintenance\\n\"}}
+    - name: teapot
+      match: [{uri: {prefix: /teapot}}]
+      fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+      route: [{destination: {host: rollouts-demo-stable}}]
+    - name: api
+      rewrite: {uri: /v2/, authority: internal.example}
+      fault: {delay: {fixedDelay: 1ms, percentage: {value: 100}}, abort: {grpcStatus: UNAVAILABLE, httpStatus: 500, percentage: {value: 0}}}
+      route: [{destination: {host: rollouts-demo-stable}}]
+";
+        let g = generation_of(&kube.apply_yaml(vs));
+        let dir = temp_dir("kube-actions");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        let s = wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let o = object(&s, "VirtualService", "shop", "rollouts-demo-vsvc").unwrap();
+        assert_eq!(o["unsupported"], serde_json::json!(["spec.http[3].fault.abort.grpcStatus"]));
+        let client = http1_client();
+        let host = [("host", "rollouts-demo.example.com")];
+
+        let a = get(&client, &app.url("/old/x?y=1"), &host).await;
+        assert_eq!(a.status, 301);
+        assert_eq!(a.headers["location"], "https://rollouts-demo.example.com/new?y=1");
+        let a = get(&client, &app.url("/down"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (503, "maintenance\n"));
+        let a = get(&client, &app.url("/teapot"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (418, "fault filter abort"));
+        assert_eq!(stable.count(), 0, "none of these reached an upstream");
+
+        let a = get(&client, &app.url("/users?id=1"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "stable\n"));
+        let seen = stable.seen().pop().unwrap();
+        assert_eq!(seen.uri, "/v2/users?id=1");
+        assert_eq!(seen.headers["host"], "internal.example");
+        let line = "istio_requests_total{";
+        let flagged = get(&client, &format!("http://{}/stats/prometheus", app.app.metrics_addr), &[]).await;
+        let fi = flagged.body.lines().any(|l| {
+            l.starts_with(line) && l.contains("response_code=\"418\"") && l.contains("response_flags=\"FI\"")
+        });
+        let di = flagged.body.lines().any(|l| {
+            l.starts_with(line) && l.contains("response_code=\"200\"") && l.contains("response_flags=\"DI\"")
+        });
+        assert!(fi && di, "FI and DI series:\n{}", flagged.body);
+    })
+    .await;
+}

@@ -759,9 +759,14 @@ fn check(t: &Translated) -> Result<(), String> {
         routes: vec![t.route.clone()],
         kubernetes: None,
     };
+    // A rule's fields are named as the config file names them (`fault.abort.percentage`),
+    // under the object's own path (`spec.http[1]`).
     crate::config::validate(&raw).map(|_| ()).map_err(|errs| {
         errs.iter()
-            .map(|e| e.message.clone())
+            .map(|e| match e.path.strip_prefix("routes[0].") {
+                Some(field) => format!("spec.{field}: {}", e.message),
+                None => e.message.clone(),
+            })
             .collect::<Vec<_>>()
             .join("; ")
     })
@@ -1070,6 +1075,132 @@ mod tests {
         ARGO_HOST
             .replace(old, route)
             .replace("generation: 4", "generation: 5")
+    }
+
+    /// ARGO_HOST with its VirtualService's `http:` list replaced by `rules`.
+    fn with_rules(rules: &str) -> String {
+        let old = "  http:\n    - name: primary\n      route:\n        - destination: {host: rollouts-demo-stable, port: {number: 80}}\n          weight: 90\n        - destination: {host: rollouts-demo-canary, port: {number: 80}}\n          weight: 10\n";
+        assert!(ARGO_HOST.contains(old));
+        ARGO_HOST
+            .replace(old, &format!("  http:\n{rules}"))
+            .replace("generation: 4", "generation: 5")
+    }
+
+    #[test]
+    fn rewrite_redirect_direct_response_and_fault_are_served_as_written() {
+        let rules = "    - name: moved
+      match: [{uri: {prefix: /old}}]
+      redirect: {uri: /new, authority: shop.example, scheme: https, port: 8443, redirectCode: 302, derivePort: FROM_REQUEST_PORT}
+    - name: down
+      match: [{uri: {prefix: /down}}]
+      directResponse: {status: 503, body: {bytes: YmFjayBzb29uCg==}}
+    - name: api
+      match: [{uri: {prefix: /api}}]
+      rewrite: {uri: /v2, authority: internal.example, uriRegexRewrite: null}
+      fault:
+        delay: {fixedDelay: 2s, percentage: {value: 10}}
+        abort: {httpStatus: 503, percentage: {value: 5}, grpcStatus: UNAVAILABLE}
+      route:
+        - destination: {host: rollouts-demo-stable}
+    - name: regex
+      rewrite: {uriRegexRewrite: {match: \"^/a/(.*)\", rewrite: \"/b/\\\\1\"}}
+      fault: {delay: {fixedDelay: 1s, percent: 3}}
+      route:
+        - destination: {host: rollouts-demo-stable}
+";
+        let t = run(&with_rules(rules), "istio-system/splitgate");
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(vs.status, Status::Applied, "{}", vs.message);
+        assert_eq!(
+            vs.unsupported,
+            [
+                "spec.http[0].redirect.derivePort",
+                "spec.http[2].fault.abort.grpcStatus"
+            ]
+        );
+        let http = &t.routes[0].http;
+        let redirect = http[0].redirect.as_ref().unwrap();
+        assert_eq!(
+            (redirect.uri.as_deref(), redirect.authority.as_deref()),
+            (Some("/new"), Some("shop.example"))
+        );
+        assert_eq!(
+            (
+                redirect.scheme.as_deref(),
+                redirect.port,
+                redirect.redirect_code
+            ),
+            (Some("https"), Some(8443), Some(302))
+        );
+        assert!(http[0].route.is_empty());
+        let direct = http[1].direct_response.as_ref().unwrap();
+        assert_eq!(
+            (direct.status, direct.body.as_deref()),
+            (503, Some("back soon\n"))
+        );
+        let rewrite = http[2].rewrite.as_ref().unwrap();
+        assert_eq!(
+            (rewrite.uri.as_deref(), rewrite.authority.as_deref()),
+            (Some("/v2"), Some("internal.example"))
+        );
+        let fault = http[2].fault.as_ref().unwrap();
+        let (delay, abort) = (fault.delay.as_ref().unwrap(), fault.abort.as_ref().unwrap());
+        assert_eq!((delay.fixed_delay.as_str(), delay.percentage), ("2s", 10.0));
+        assert_eq!((abort.http_status, abort.percentage), (503, 5.0));
+        let regex = http[3]
+            .rewrite
+            .as_ref()
+            .unwrap()
+            .uri_regex_rewrite
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (regex.pattern.as_str(), regex.rewrite.as_str()),
+            ("^/a/(.*)", "/b/\\1")
+        );
+        assert_eq!(
+            http[3]
+                .fault
+                .as_ref()
+                .unwrap()
+                .delay
+                .as_ref()
+                .unwrap()
+                .percentage,
+            3.0
+        );
+    }
+
+    #[test]
+    fn bad_rule_actions_reject_the_object_with_the_field_and_reason() {
+        let spec = gateway("istio-system/splitgate");
+        let good = Cluster::from_yaml(ARGO_HOST).unwrap();
+        let first = translate(&good, &spec, &file(), &LastGood::new());
+        for (rules, reason) in [
+            (
+                "    - redirect: {redirectCode: 200}\n",
+                "spec.http[0].redirect.redirect_code: 200 is not a redirect",
+            ),
+            (
+                "    - directResponse: {status: 200, body: {bytes: \"//79\"}}\n",
+                "spec.http[0].directResponse.body.bytes: only text bodies are served",
+            ),
+            (
+                "    - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
+                "spec.http[0].fault.abort.httpStatus: required",
+            ),
+            (
+                "    - redirect: {uri: /x}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
+                "spec.http[0].route: not allowed with redirect",
+            ),
+        ] {
+            let bad = Cluster::from_yaml(&with_rules(rules)).unwrap();
+            let t = translate(&bad, &spec, &file(), &first.last_good);
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{reason}");
+            assert!(vs.message.contains(reason), "{:?} lacks {reason:?}", vs.message);
+            assert_eq!(vs.served_generation, Some(4), "the last good version serves");
+        }
     }
 
     #[test]
