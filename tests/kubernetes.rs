@@ -974,3 +974,63 @@ spec:
     })
     .await;
 }
+
+/// Argo Rollouts' VirtualService at `setWeight: canary`, made sticky by its annotation.
+fn sticky_argo_vs(canary: u32) -> String {
+    argo_vs(canary).replace(
+        "metadata: {name: rollouts-demo-vsvc, namespace: shop}",
+        "metadata:\n  name: rollouts-demo-vsvc\n  namespace: shop\n  annotations: {splitgate.io/sticky: '{cookie: canary-pos, ttl: 1h}'}",
+    )
+}
+
+/// With `splitgate.io/sticky` on the VirtualService, each client keeps its subset while the
+/// controller moves the weights, and clients only ever move from stable to canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_annotation_keeps_clients_on_their_subset_while_the_weights_move() {
+    bounded(async {
+        let (_stable, _canary, kube, _) = argo_cluster(0).await;
+        let g = generation_of(&kube.apply_yaml(&sticky_argo_vs(30)));
+        let dir = temp_dir("kube-sticky");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let client = http1_client();
+        let host = ("host", "rollouts-demo.example.com");
+        // 300 clients, each placed by its first answer's cookie.
+        let mut clients = Vec::new();
+        for _ in 0..300 {
+            let a = get(&client, &app.url("/"), &[host]).await;
+            let cookie = a.headers["set-cookie"].to_str().unwrap().to_string();
+            assert!(
+                cookie.starts_with("canary-pos=") && cookie.contains("Max-Age=3600"),
+                "{cookie}"
+            );
+            let pair = cookie.split(';').next().unwrap().to_string();
+            clients.push((pair, a.body == "canary\n"));
+        }
+        let on_canary = clients.iter().filter(|c| c.1).count();
+        assert!(
+            (60..=120).contains(&on_canary),
+            "{on_canary} of 300 on canary at 30%"
+        );
+        for step in [30u32, 60, 90] {
+            let g = generation_of(&kube.apply_yaml(&sticky_argo_vs(step)));
+            wait_served(&app, "rollouts-demo-vsvc", g).await;
+            for (pair, was_canary) in &mut clients {
+                let a = get(&client, &app.url("/"), &[host, ("cookie", pair.as_str())]).await;
+                assert!(
+                    a.headers.get("set-cookie").is_none(),
+                    "a placed client is not placed again"
+                );
+                let now = a.body == "canary\n";
+                assert!(
+                    !(*was_canary && !now),
+                    "a client went back from canary at {step}%"
+                );
+                *was_canary = now;
+            }
+        }
+        let on_canary = clients.iter().filter(|c| c.1).count();
+        assert!(on_canary >= 250, "{on_canary} of 300 on canary at 90%");
+    })
+    .await;
+}

@@ -52,6 +52,11 @@ pub struct RawKubernetes {
     /// The cluster's DNS domain, for `name.ns.svc.<domain>` hosts; default `cluster.local`.
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
+    /// VirtualServices (`namespace/name`) whose weighted rules are sticky, and how: the
+    /// gateway's own say, for objects a controller rewrites whole (Flagger drops annotations
+    /// it did not set). Wins over the object's `splitgate.io/sticky` annotation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sticky: BTreeMap<String, RawSticky>,
 }
 
 fn default_cluster_domain() -> String {
@@ -531,7 +536,7 @@ pub struct RawFaultAbort {
 /// A sticky weighted rule: each client gets a position, carried in a cookie the gateway sets
 /// (`cookie`, `ttl`) or derived from a key the client sends (`hash_on`); exactly one of the
 /// two.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
     /// The cookie that carries the position.
@@ -547,7 +552,7 @@ pub struct RawSticky {
 
 /// What a sticky position is derived from: exactly one of a header, a cookie or a query
 /// parameter, by name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHashOn {
     /// A request header.

@@ -318,6 +318,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         timeout: drain_duration("timeout", &raw.drain.timeout, DEFAULT_DRAIN_TIMEOUT),
     };
 
+    for (key, s) in raw.kubernetes.iter().flat_map(|k| &k.sticky) {
+        // Checked as on a rule of two destinations; the rules it applies to come later.
+        sticky(&mut errs, &format!("kubernetes.sticky[{key:?}]"), s, 2);
+    }
     let kubernetes = raw.kubernetes.as_ref().and_then(|k| {
         super::kubernetes::kubernetes(k)
             .map_err(|e| errs.0.extend(e))

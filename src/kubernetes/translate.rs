@@ -11,7 +11,7 @@ use super::istio::{Destination, DestinationRuleSpec, HttpMatch, StringMatch, Vir
 use crate::config::kubernetes::KubernetesSpec;
 use crate::config::model::{
     RawConfig, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock, RawRoute, RawRule,
-    RawService, RawStringMatch, RawSubset,
+    RawService, RawSticky, RawStringMatch, RawSubset,
 };
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -381,6 +381,7 @@ fn route_for(
         recipes: BTreeMap::new(),
         rules_used: BTreeSet::new(),
     };
+    let sticky = sticky_of(spec, meta)?;
     for (i, h) in vs.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
         let matches = h
@@ -439,7 +440,7 @@ fn route_for(
             mirror_percentage,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
             retries: h.retries.as_ref().map(|r| r.to_raw()),
-            sticky: None,
+            sticky: sticky.clone().filter(|_| h.route.len() > 1),
             rewrite: h.rewrite.as_ref().map(|r| r.to_raw()),
             redirect: h.redirect.as_ref().map(|r| r.to_raw()),
             direct_response: h
@@ -456,6 +457,27 @@ fn route_for(
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;
     Ok(t)
+}
+
+/// The annotation that makes a VirtualService's weighted rules sticky (our extension; Istio
+/// has none that spans subsets): the `sticky` block of the config file, in YAML or JSON.
+pub const STICKY_ANNOTATION: &str = "splitgate.io/sticky";
+
+/// How the weighted rules of the VirtualService `meta` are sticky: as the gateway's config
+/// says for it, else as its annotation says, else not.
+fn sticky_of(spec: &KubernetesSpec, meta: &Meta) -> Result<Option<RawSticky>, String> {
+    if let Some(s) = spec
+        .sticky
+        .get(&format!("{}/{}", meta.namespace, meta.name))
+    {
+        return Ok(Some(s.clone()));
+    }
+    let Some(text) = meta.annotations.get(STICKY_ANNOTATION) else {
+        return Ok(None);
+    };
+    serde_yaml_ng::from_str::<RawSticky>(text)
+        .map(Some)
+        .map_err(|e| format!("metadata.annotations.{STICKY_ANNOTATION}: {e}"))
 }
 
 fn string_match(s: &StringMatch) -> Result<RawStringMatch, String> {
@@ -790,6 +812,7 @@ mod tests {
             namespaces: vec![],
             kubeconfig: None,
             cluster_domain: "cluster.local".into(),
+            sticky: Default::default(),
         }
     }
 
@@ -1169,6 +1192,64 @@ mod tests {
                 .percentage,
             3.0
         );
+    }
+
+    #[test]
+    fn weighted_rules_are_sticky_by_the_gateways_config_or_else_by_annotation() {
+        let two = "    - name: split\n      route:\n        - destination: {host: rollouts-demo-stable}\n          weight: 90\n        - destination: {host: rollouts-demo-canary}\n          weight: 10\n    - name: one\n      route: [{destination: {host: rollouts-demo-stable}}]\n";
+        let annotated = |value: &str| {
+            with_rules(two).replace(
+                "  name: rollouts-demo-vsvc\n",
+                &format!("  name: rollouts-demo-vsvc\n  annotations: {{splitgate.io/sticky: '{value}'}}\n"),
+            )
+        };
+        let yaml = annotated("{hash_on: {header: x-user}}");
+        assert!(yaml.contains("splitgate.io/sticky"), "{yaml}");
+        let t = run(&yaml, "istio-system/splitgate");
+        let http = &t.routes[0].http;
+        let hash = http[0].sticky.as_ref().and_then(|s| s.hash_on.as_ref());
+        assert_eq!(hash.and_then(|h| h.header.as_deref()), Some("x-user"));
+        assert_eq!(
+            http[1].sticky, None,
+            "a rule of one destination has nothing to keep"
+        );
+
+        // The gateway's own entry wins over the annotation.
+        let mut spec = gateway("istio-system/splitgate");
+        let cookie = RawSticky {
+            cookie: Some("pos".into()),
+            ..RawSticky::default()
+        };
+        spec.sticky
+            .insert("shop/rollouts-demo-vsvc".into(), cookie.clone());
+        let t = translate(
+            &Cluster::from_yaml(&yaml).unwrap(),
+            &spec,
+            &file(),
+            &LastGood::new(),
+        );
+        assert_eq!(t.routes[0].http[0].sticky.as_ref(), Some(&cookie));
+
+        // A bad annotation rejects the object with the annotation named.
+        for (value, reason) in [
+            (
+                "{cookie: a, colour: blue}",
+                "metadata.annotations.splitgate.io/sticky: unknown field `colour`",
+            ),
+            (
+                "{cookie: \"a b\"}",
+                "spec.http[0].sticky.cookie: \"a b\" is not a valid cookie name",
+            ),
+        ] {
+            let t = run(&annotated(value), "istio-system/splitgate");
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{value}");
+            assert!(
+                vs.message.contains(reason),
+                "{:?} lacks {reason:?}",
+                vs.message
+            );
+        }
     }
 
     #[test]
