@@ -1023,7 +1023,7 @@ async fn a_sticky_annotation_keeps_clients_on_their_subset_while_the_weights_mov
                 );
                 let now = a.body == "canary\n";
                 assert!(
-                    !(*was_canary && !now),
+                    now || !*was_canary,
                     "a client went back from canary at {step}%"
                 );
                 *was_canary = now;
