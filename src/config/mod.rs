@@ -2,6 +2,7 @@
 
 pub mod aliases;
 pub mod compile;
+pub mod cors;
 pub mod duration;
 pub mod files;
 pub mod headers;

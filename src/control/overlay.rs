@@ -370,6 +370,8 @@ fn header_rule(
         retries: None,
         sticky: None,
         mirror_percentage: None,
+        mirrors: Vec::new(),
+        cors_policy: None,
         headers: None,
     })
 }
@@ -431,6 +433,9 @@ fn mirror_rule(
             subset: mr.subset.clone(),
         }),
         mirror_percentage: Some(mr.percentage),
+        // The API's mirror takes the place of the weighted rule's.
+        mirrors: Vec::new(),
+        cors_policy: primary.cors_policy.clone(),
         headers: primary.headers.clone(),
         retries: primary.retries.clone(),
         sticky: primary.sticky.clone(),

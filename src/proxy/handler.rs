@@ -7,6 +7,7 @@ use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
+use crate::routing::cors::Verdict;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
@@ -45,18 +46,13 @@ pub async fn handle(
         0
     };
     let grpc = protocol == "grpc";
-    // Answered without a destination, and counted as Envoy does: destination unknown.
-    let unrouted = |parts: &http::request::Parts, e: ProxyError| {
-        let mut resp = error_response(&e, grpc);
-        // HTTP/2 has no Connection field: a refused stream never affects the others.
-        if e.closes_connection() && parts.version < http::Version::HTTP_2 {
-            let close = HeaderValue::from_static("close");
-            resp.headers_mut().insert(header::CONNECTION, close);
-        }
+    // Answered by the gateway itself, without a destination, and counted as Envoy does:
+    // destination unknown.
+    let local = |parts: &http::request::Parts, resp: Response<ProxyBody>, flags: Flags| {
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
-                flags: e.flags().as_str(),
+                flags: flags.as_str(),
                 protocol,
                 grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
@@ -68,11 +64,33 @@ pub async fn handle(
         }
         resp
     };
+    let unrouted = |parts: &http::request::Parts, e: ProxyError| {
+        let mut resp = error_response(&e, grpc);
+        // HTTP/2 has no Connection field: a refused stream never affects the others.
+        if e.closes_connection() && parts.version < http::Version::HTTP_2 {
+            let close = HeaderValue::from_static("close");
+            resp.headers_mut().insert(header::CONNECTION, close);
+        }
+        local(parts, resp, e.flags())
+    };
     if let Err(e) = headers::check_request(&mut parts) {
         return unrouted(&parts, e);
     }
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
+    };
+    // CORS comes first, as Envoy's filter does: a preflight is answered here.
+    let cors = match hit.rule.cors.as_deref() {
+        None => None,
+        Some(c) => match c.verdict(&parts.method, &parts.headers) {
+            Verdict::Pass => None,
+            Verdict::Allowed(origin) => Some((c, origin)),
+            Verdict::Preflight(headers) => {
+                let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+                *resp.headers_mut() = headers;
+                return local(&parts, resp, Flags::NONE);
+            }
+        },
     };
     let (picked, target, new_position) = match &hit.rule.sticky {
         None => {
@@ -114,6 +132,9 @@ pub async fn handle(
     match result {
         Ok(((mut parts, body), exhausted)) => {
             changes.response(&mut parts.headers);
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, &mut parts.headers);
+            }
             // A client placed just now keeps its place on its next requests.
             if let Some(cookie) = new_position
                 .zip(hit.rule.sticky.as_deref())
@@ -132,7 +153,10 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::debug!(flags = %e.flags(), error = %e, "request failed");
-            let resp = error_response(&e, grpc);
+            let mut resp = error_response(&e, grpc);
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, resp.headers_mut());
+            }
             if let Some(r) = recorder {
                 let (code, response_bytes) = (resp.status().as_u16(), answer_size(&resp));
                 Recorder {
@@ -218,19 +242,11 @@ async fn proxy(
     };
     headers::prepare_request(&mut parts, conn, upgrade);
     changes.request(&mut parts.headers);
-    let sampled = rule
-        .mirror
-        .filter(|m| !upgrade && m.sampled(&mut rand::rng()));
     let body = IdleBody::new(body, conn.stream_idle);
-    let body = match sampled {
-        None => UpstreamBody::Stream(body),
-        Some(m) => {
-            let (primary, copy) = mirror::tee(&parts, body).await?;
-            if let Some(copy) = copy {
-                mirror::spawn(rt.clone(), m.target, &parts, copy);
-            }
-            primary
-        }
+    let body = if upgrade || rule.mirrors.is_empty() {
+        UpstreamBody::Stream(body)
+    } else {
+        mirror::copy(rt, &rule.mirrors, &parts, body).await?
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);

@@ -1,5 +1,6 @@
 //! Routing: which route and rule a request head selects.
 
+pub mod cors;
 pub mod header_ops;
 pub mod matcher;
 pub mod retry;

@@ -55,8 +55,8 @@ pub struct Rule {
     pub split: Split,
     /// Upper bound on the wait for the upstream's response headers.
     pub timeout: Option<Duration>,
-    /// Where copies of matching requests go, if anywhere.
-    pub mirror: Option<Mirror>,
+    /// Where copies of matching requests go: each mirror samples requests on its own.
+    pub mirrors: Box<[Mirror]>,
     /// When a request is tried again, on another endpoint.
     pub retry: super::retry::Retry,
     /// The rule's header changes, if any.
@@ -65,6 +65,8 @@ pub struct Rule {
     pub destination_headers: Box<[Option<Box<super::header_ops::Headers>>]>,
     /// Keeps each client on its destination while the weights move, if set.
     pub sticky: Option<Box<super::sticky::Sticky>>,
+    /// The CORS policy, if any.
+    pub cors: Option<Box<super::cors::CorsPolicy>>,
 }
 
 /// A traffic mirror: a share of requests is copied to another subset, fire and forget.
@@ -227,11 +229,12 @@ mod tests {
                 matches: vec![],
                 split,
                 timeout: None,
-                mirror: None,
+                mirrors: Box::new([]),
                 retry: Default::default(),
                 headers: None,
                 destination_headers: Box::new([]),
                 sticky: None,
+                cors: None,
             })],
             upgrades: Box::new(["websocket".into()]),
         }
