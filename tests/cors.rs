@@ -275,9 +275,14 @@ async fn a_bad_policy_is_refused_with_each_field_and_why() {
     let yaml = yaml.replace(bad, "{ allow_origin: [x] }");
     let err = splitgate::config::from_str(&yaml, "t").unwrap_err();
     assert_eq!(err.errors.len(), 1);
-    assert_eq!(err.errors[0].path, "routes[0].http[0].cors_policy.allow_origin");
+    assert_eq!(
+        err.errors[0].path,
+        "routes[0].http[0].cors_policy.allow_origin"
+    );
     assert!(
-        err.errors[0].message.contains("unknown field `allow_origin`"),
+        err.errors[0]
+            .message
+            .contains("unknown field `allow_origin`"),
         "{}",
         err.errors[0].message
     );

@@ -165,8 +165,16 @@ mod tests {
                 "unmatched_preflights",
             ]
         );
-        assert!(errs[1].1.starts_with("invalid regex \"(\""), "{}", errs[1].1);
-        assert!(errs[4].1.starts_with("\"get\" is not a method"), "{}", errs[4].1);
+        assert!(
+            errs[1].1.starts_with("invalid regex \"(\""),
+            "{}",
+            errs[1].1
+        );
+        assert!(
+            errs[4].1.starts_with("\"get\" is not a method"),
+            "{}",
+            errs[4].1
+        );
         assert_eq!(errs[8].1, "must be forward or ignore, not \"drop\"");
         let errs = compile("{ max_age: soon }").unwrap_err();
         assert_eq!(errs[0].0, "max_age");

@@ -1240,7 +1240,13 @@ mod tests {
         let mirrors: Vec<_> = rule
             .mirrors
             .iter()
-            .map(|m| (m.destination.service.as_str(), m.destination.subset.as_str(), m.percentage))
+            .map(|m| {
+                (
+                    m.destination.service.as_str(),
+                    m.destination.subset.as_str(),
+                    m.percentage,
+                )
+            })
             .collect();
         assert_eq!(
             mirrors,
@@ -1283,7 +1289,10 @@ mod tests {
         );
         let cors = t.routes[0].http[1].cors_policy.as_ref().unwrap();
         assert_eq!(cors.allow_origins.len(), 1);
-        assert_eq!(cors.allow_origins[0].exact.as_deref(), Some("https://old.example"));
+        assert_eq!(
+            cors.allow_origins[0].exact.as_deref(),
+            Some("https://old.example")
+        );
         assert_eq!(cors.unmatched_preflights, None, "UNSPECIFIED is FORWARD");
         assert!(t.routes[0].http[1].mirrors.is_empty());
     }

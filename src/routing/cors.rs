@@ -226,7 +226,10 @@ mod tests {
         let p = policy();
         let req = headers(&[("origin", "https://a.example")]);
         let v = p.verdict(&Method::GET, &req);
-        assert_eq!(v, Verdict::Allowed(HeaderValue::from_static("https://a.example")));
+        assert_eq!(
+            v,
+            Verdict::Allowed(HeaderValue::from_static("https://a.example"))
+        );
         // OPTIONS without Access-Control-Request-Method is an actual request.
         assert!(matches!(
             p.verdict(&Method::OPTIONS, &req),
