@@ -105,6 +105,7 @@ fn virtual_service(i: usize, canary: u32, generation: i64) -> Item {
         generation,
         resource_version: generation.to_string(),
         created: format!("2026-01-01T00:00:{:02}Z", i % 60),
+        annotations: Default::default(),
     };
     Item::Vs(Object {
         meta,
@@ -272,7 +273,7 @@ fn main() {
             let change = Change::Put(
                 Kind::EndpointSlice,
                 key,
-                slice(i, "canary", per_service, first_ready[i]),
+                Box::new(slice(i, "canary", per_service, first_ready[i])),
             );
             let started = Instant::now();
             applier.take(change);
@@ -285,7 +286,7 @@ fn main() {
             let change = Change::Put(
                 Kind::VirtualService,
                 key,
-                virtual_service(i, 11 + (round % 80) as u32, generation),
+                Box::new(virtual_service(i, 11 + (round % 80) as u32, generation)),
             );
             let started = Instant::now();
             applier.take(change);

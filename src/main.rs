@@ -268,6 +268,7 @@ fn verify(v: splitgate::kubernetes::verify::Verify, kubeconfig: Option<PathBuf>)
             namespaces: Vec::new(),
             kubeconfig,
             cluster_domain: "cluster.local".into(),
+            sticky: Default::default(),
         };
         match splitgate::kubernetes::watch::client(&spec).await {
             Ok(client) => splitgate::kubernetes::verify::verify(client, &v).await,

@@ -338,3 +338,54 @@ spec:
     .await
     .expect("the test finishes within 90 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_the_gateway_makes_for_a_rule_carry_the_headers_and_preflights_come_first() {
+    let upstream = spawn_upstream("stable", Behavior::Name).await;
+    let yaml = svc_config(
+        &subset("stable", upstream.addr),
+        &format!(
+            "      - name: maintenance
+        match: [{{ uri: {{ prefix: /maintenance }} }}]
+        direct_response: {{ status: 503, body: \"maintenance\\n\" }}
+        cors_policy: {POLICY}
+      - name: faulty
+        match: [{{ uri: {{ prefix: /faulty }} }}]
+        route: [{{ destination: {{ service: svc, subset: stable }} }}]
+        fault: {{ abort: {{ http_status: 500, percentage: 100 }} }}
+        cors_policy: {POLICY}
+"
+        ),
+    );
+    let app = spawn_app(&yaml).await;
+    let base = app.url("");
+    let origin = "https://a.example";
+    let a = request(&base, Method::GET, "/maintenance", &[("origin", origin)]).await;
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (503, "maintenance\n"));
+    assert_eq!(cors_headers(&a), actual_answer(origin));
+    let a = request(&base, Method::GET, "/faulty", &[("origin", origin)]).await;
+    assert_eq!(a.status, 500, "{a:?}");
+    assert_eq!(cors_headers(&a), actual_answer(origin));
+    let a = request(
+        &base,
+        Method::GET,
+        "/faulty",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(a.status, 500);
+    assert_eq!(cors_headers(&a), []);
+    // A preflight is answered by the CORS policy before the rule's own answer or fault.
+    for path in ["/maintenance", "/faulty"] {
+        let a = request(
+            &base,
+            Method::OPTIONS,
+            path,
+            &[("origin", origin), ("access-control-request-method", "GET")],
+        )
+        .await;
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+        assert_eq!(cors_headers(&a), preflight_answer(origin), "{path}");
+    }
+    assert_eq!(upstream.count(), 0);
+}

@@ -910,3 +910,127 @@ async fn argo_subset_level_header_and_mirror_routes_and_promotion_by_destination
     })
     .await;
 }
+
+/// A VirtualService whose rules redirect, answer directly, rewrite and inject a fault, as an
+/// Istio user writes them: each is served as written, and what is not served is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_services_redirect_direct_response_rewrite_and_fault_are_served() {
+    bounded(async {
+        let (stable, _canary, kube, _) = argo_cluster(0).await;
+        let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rollouts-demo-vsvc, namespace: shop}
+spec:
+  gateways: [istio-system/splitgate]
+  hosts: [rollouts-demo.example.com]
+  http:
+    - name: moved
+      match: [{uri: {prefix: /old}}]
+      redirect: {uri: /new, scheme: https}
+    - name: down
+      match: [{uri: {exact: /down}}]
+      directResponse: {status: 503, body: {string: \"maintenance\\n\"}}
+    - name: teapot
+      match: [{uri: {prefix: /teapot}}]
+      fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+      route: [{destination: {host: rollouts-demo-stable}}]
+    - name: api
+      rewrite: {uri: /v2/, authority: internal.example}
+      fault: {delay: {fixedDelay: 1ms, percentage: {value: 100}}, abort: {grpcStatus: UNAVAILABLE, httpStatus: 500, percentage: {value: 0}}}
+      route: [{destination: {host: rollouts-demo-stable}}]
+";
+        let g = generation_of(&kube.apply_yaml(vs));
+        let dir = temp_dir("kube-actions");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        let s = wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let o = object(&s, "VirtualService", "shop", "rollouts-demo-vsvc").unwrap();
+        assert_eq!(o["unsupported"], serde_json::json!(["spec.http[3].fault.abort.grpcStatus"]));
+        let client = http1_client();
+        let host = [("host", "rollouts-demo.example.com")];
+
+        let a = get(&client, &app.url("/old/x?y=1"), &host).await;
+        assert_eq!(a.status, 301);
+        assert_eq!(a.headers["location"], "https://rollouts-demo.example.com/new?y=1");
+        let a = get(&client, &app.url("/down"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (503, "maintenance\n"));
+        let a = get(&client, &app.url("/teapot"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (418, "fault filter abort"));
+        assert_eq!(stable.count(), 0, "none of these reached an upstream");
+
+        let a = get(&client, &app.url("/users?id=1"), &host).await;
+        assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "stable\n"));
+        let seen = stable.seen().pop().unwrap();
+        assert_eq!(seen.uri, "/v2/users?id=1");
+        assert_eq!(seen.headers["host"], "internal.example");
+        let line = "istio_requests_total{";
+        let flagged = get(&client, &format!("http://{}/stats/prometheus", app.app.metrics_addr), &[]).await;
+        let fi = flagged.body.lines().any(|l| {
+            l.starts_with(line) && l.contains("response_code=\"418\"") && l.contains("response_flags=\"FI\"")
+        });
+        let di = flagged.body.lines().any(|l| {
+            l.starts_with(line) && l.contains("response_code=\"200\"") && l.contains("response_flags=\"DI\"")
+        });
+        assert!(fi && di, "FI and DI series:\n{}", flagged.body);
+    })
+    .await;
+}
+
+/// Argo Rollouts' VirtualService at `setWeight: canary`, made sticky by its annotation.
+fn sticky_argo_vs(canary: u32) -> String {
+    argo_vs(canary).replace(
+        "metadata: {name: rollouts-demo-vsvc, namespace: shop}",
+        "metadata:\n  name: rollouts-demo-vsvc\n  namespace: shop\n  annotations: {splitgate.io/sticky: '{cookie: canary-pos, ttl: 1h}'}",
+    )
+}
+
+/// With `splitgate.io/sticky` on the VirtualService, each client keeps its subset while the
+/// controller moves the weights, and clients only ever move from stable to canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_annotation_keeps_clients_on_their_subset_while_the_weights_move() {
+    bounded(async {
+        let (_stable, _canary, kube, _) = argo_cluster(0).await;
+        let g = generation_of(&kube.apply_yaml(&sticky_argo_vs(30)));
+        let dir = temp_dir("kube-sticky");
+        let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
+        wait_served(&app, "rollouts-demo-vsvc", g).await;
+        let client = http1_client();
+        let host = ("host", "rollouts-demo.example.com");
+        // 300 clients, each placed by its first answer's cookie.
+        let mut clients = Vec::new();
+        for _ in 0..300 {
+            let a = get(&client, &app.url("/"), &[host]).await;
+            let cookie = a.headers["set-cookie"].to_str().unwrap().to_string();
+            assert!(
+                cookie.starts_with("canary-pos=") && cookie.contains("Max-Age=3600"),
+                "{cookie}"
+            );
+            let pair = cookie.split(';').next().unwrap().to_string();
+            clients.push((pair, a.body == "canary\n"));
+        }
+        let on_canary = clients.iter().filter(|c| c.1).count();
+        assert!(
+            (60..=120).contains(&on_canary),
+            "{on_canary} of 300 on canary at 30%"
+        );
+        for step in [30u32, 60, 90] {
+            let g = generation_of(&kube.apply_yaml(&sticky_argo_vs(step)));
+            wait_served(&app, "rollouts-demo-vsvc", g).await;
+            for (pair, was_canary) in &mut clients {
+                let a = get(&client, &app.url("/"), &[host, ("cookie", pair.as_str())]).await;
+                assert!(
+                    a.headers.get("set-cookie").is_none(),
+                    "a placed client is not placed again"
+                );
+                let now = a.body == "canary\n";
+                assert!(
+                    now || !*was_canary,
+                    "a client went back from canary at {step}%"
+                );
+                *was_canary = now;
+            }
+        }
+        let on_canary = clients.iter().filter(|c| c.1).count();
+        assert!(on_canary >= 250, "{on_canary} of 300 on canary at 90%");
+    })
+    .await;
+}

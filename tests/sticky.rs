@@ -264,3 +264,45 @@ fn a_bad_sticky_block_is_refused_with_its_path() {
         "{e}"
     );
 }
+
+#[test]
+fn the_gateways_sticky_virtual_services_are_checked_at_load() {
+    let yaml = |entries: &str| {
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]
+kubernetes:
+  gateway: istio-system/splitgate
+  sticky:
+{entries}"
+        )
+    };
+    let good = yaml("    shop/podinfo: { cookie: canary-pos, ttl: 12h }\n");
+    let config = splitgate::config::from_str(&good, "t").unwrap_or_else(|e| panic!("{e}"));
+    let spec = config.kubernetes.unwrap();
+    assert_eq!(
+        spec.sticky["shop/podinfo"].cookie.as_deref(),
+        Some("canary-pos")
+    );
+    for (entries, fragment) in [
+        (
+            "    podinfo: { cookie: a }\n",
+            "kubernetes.sticky[\"podinfo\"]: name a VirtualService as namespace/name",
+        ),
+        (
+            "    shop/podinfo: { cookie: a, hash_on: { header: x } }\n",
+            "kubernetes.sticky[\"shop/podinfo\"]: needs exactly one of cookie",
+        ),
+        (
+            "    shop/podinfo: { cookie: a, ttl: soon }\n",
+            "kubernetes.sticky[\"shop/podinfo\"].ttl",
+        ),
+    ] {
+        let err = splitgate::config::from_str(&yaml(entries), "t")
+            .expect_err(entries)
+            .to_string();
+        assert!(
+            err.contains(fragment),
+            "{entries}: wanted {fragment} in\n{err}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Checks the `kubernetes` section (SPEC §6).
 
-use super::model::RawKubernetes;
+use super::model::{RawKubernetes, RawSticky};
 use super::FieldError;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Where and what to watch, checked.
@@ -17,6 +18,8 @@ pub struct KubernetesSpec {
     pub kubeconfig: Option<PathBuf>,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// `namespace/name` of a VirtualService → how its weighted rules are sticky.
+    pub sticky: BTreeMap<String, RawSticky>,
 }
 
 /// Whether `s` is a DNS label as Kubernetes names namespaces (RFC 1123: at most 63 lowercase
@@ -76,6 +79,17 @@ pub fn kubernetes(raw: &RawKubernetes) -> Result<KubernetesSpec, Vec<FieldError>
             format!("{:?} is not a DNS domain", raw.cluster_domain),
         );
     }
+    for key in raw.sticky.keys() {
+        let ok = key
+            .split_once('/')
+            .is_some_and(|(ns, name)| is_dns_label(ns) && is_dns_subdomain(name));
+        if !ok {
+            fail(
+                &format!("sticky[{key:?}]"),
+                "name a VirtualService as namespace/name".into(),
+            );
+        }
+    }
     if raw.kubeconfig.as_deref() == Some("") {
         fail(
             "kubeconfig",
@@ -91,6 +105,7 @@ pub fn kubernetes(raw: &RawKubernetes) -> Result<KubernetesSpec, Vec<FieldError>
         namespaces: raw.namespaces.clone(),
         kubeconfig: raw.kubeconfig.as_ref().map(PathBuf::from),
         cluster_domain: domain.to_string(),
+        sticky: raw.sticky.clone(),
     })
 }
 
@@ -104,6 +119,7 @@ mod tests {
             namespaces: vec![],
             kubeconfig: None,
             cluster_domain: "cluster.local".into(),
+            sticky: BTreeMap::new(),
         }
     }
 

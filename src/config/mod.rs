@@ -1,5 +1,6 @@
 //! The config file: read (`model`), checked (`validate`), turned into a runtime snapshot (`compile`).
 
+pub mod actions;
 pub mod aliases;
 pub mod compile;
 pub mod cors;

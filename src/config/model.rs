@@ -52,6 +52,11 @@ pub struct RawKubernetes {
     /// The cluster's DNS domain, for `name.ns.svc.<domain>` hosts; default `cluster.local`.
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
+    /// VirtualServices (`namespace/name`) whose weighted rules are sticky, and how: the
+    /// gateway's own say, for objects a controller rewrites whole (Flagger drops annotations
+    /// it did not set). Wins over the object's `splitgate.io/sticky` annotation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sticky: BTreeMap<String, RawSticky>,
 }
 
 fn default_cluster_domain() -> String {
@@ -393,7 +398,7 @@ pub struct RawRoute {
 }
 
 /// One rule of a route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Name, unique within the route; defaults to `rule-<index>`.
@@ -402,7 +407,8 @@ pub struct RawRule {
     /// Match blocks, OR'ed; none means match all.
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RawMatchBlock>,
-    /// Weighted destinations.
+    /// Weighted destinations; none when the rule answers itself (`redirect`, `direct_response`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RawDestinationWeight>,
     /// Time to wait for the upstream's response headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -428,6 +434,109 @@ pub struct RawRule {
     /// Keeps each client on the destination it got while the weights move (our extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<RawSticky>,
+    /// Path and Host changes on the way to the upstream (Istio's `rewrite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RawRewrite>,
+    /// Answer with a redirect instead of routing (Istio's `redirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RawRedirect>,
+    /// Answer with a fixed status and body instead of routing (Istio's `directResponse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<RawDirectResponse>,
+    /// Delays and failures injected into a share of requests (Istio's `fault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<RawFault>,
+}
+
+/// Istio's `HTTPRewrite`: a new path (or the matched prefix replaced), a regex substitution on
+/// the path, and a new Host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// Replaces the prefix the rule matched, or the whole path when it matched otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Replaces every match of a regex in the path (not with `uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_regex_rewrite: Option<RawRegexRewrite>,
+    /// Replaces the Host (`:authority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+/// A regex and what its matches become; `\1` names a capture group, as in Istio.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegexRewrite {
+    /// RE2-style regex, unanchored.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Replacement.
+    pub rewrite: String,
+}
+
+/// Istio's `HTTPRedirect`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    /// New path (the query string stays unless this one has its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// New host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// New scheme, `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// New port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_code: Option<u16>,
+}
+
+/// Istio's `HTTPDirectResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectResponse {
+    /// Status, 200–599.
+    pub status: u16,
+    /// Body, sent as `text/plain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Istio's `HTTPFaultInjection`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    /// Hold a share of requests before forwarding them (flag `DI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<RawFaultDelay>,
+    /// Answer a share of requests with an error instead of forwarding them (flag `FI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<RawFaultAbort>,
+}
+
+/// A fixed delay on a share of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFaultDelay {
+    /// How long.
+    pub fixed_delay: String,
+    /// Share of requests delayed, 0–100.
+    pub percentage: f64,
+}
+
+/// An error status on a share of requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFaultAbort {
+    /// Status sent, 200–599.
+    pub http_status: u16,
+    /// Share of requests aborted, 0–100.
+    pub percentage: f64,
 }
 
 /// One of a rule's `mirrors` (Istio's `HTTPMirrorPolicy`).
@@ -471,7 +580,7 @@ pub struct RawCorsPolicy {
 /// A sticky weighted rule: each client gets a position, carried in a cookie the gateway sets
 /// (`cookie`, `ttl`) or derived from a key the client sends (`hash_on`); exactly one of the
 /// two.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSticky {
     /// The cookie that carries the position.
@@ -487,7 +596,7 @@ pub struct RawSticky {
 
 /// What a sticky position is derived from: exactly one of a header, a cookie or a query
 /// parameter, by name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHashOn {
     /// A request header.

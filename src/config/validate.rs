@@ -1,5 +1,6 @@
 //! Checks a raw config and converts it into typed values, reporting every problem with its path.
 
+use super::actions::{self, regex_reason};
 use super::duration::parse_duration;
 use super::model::*;
 use super::FieldError;
@@ -317,6 +318,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<FieldError>> {
         timeout: drain_duration("timeout", &raw.drain.timeout, DEFAULT_DRAIN_TIMEOUT),
     };
 
+    for (key, s) in raw.kubernetes.iter().flat_map(|k| &k.sticky) {
+        // Checked as on a rule of two destinations; the rules it applies to come later.
+        sticky(&mut errs, &format!("kubernetes.sticky[{key:?}]"), s, 2);
+    }
     let kubernetes = raw.kubernetes.as_ref().and_then(|k| {
         super::kubernetes::kubernetes(k)
             .map_err(|e| errs.0.extend(e))
@@ -544,91 +549,109 @@ fn route(
         errs.add(format!("{p}.http"), "at least one rule is required");
     }
     let mut rule_names = HashSet::new();
-    let rules = r
-        .http
-        .iter()
-        .enumerate()
-        .map(|(j, rule)| {
-            let rp = format!("{p}.http[{j}]");
-            let name = rule.name.clone().unwrap_or_else(|| format!("rule-{j}"));
-            if name.is_empty() {
-                errs.add(format!("{rp}.name"), "must not be empty");
-            } else if !rule_names.insert(name.clone()) {
-                errs.add(
-                    format!("{rp}.name"),
-                    format!("duplicate rule name {name:?} in route {:?}", r.name),
-                );
-            }
-            let matches = rule
-                .matches
-                .iter()
-                .enumerate()
-                .map(|(k, b)| match_block(errs, &format!("{rp}.match[{k}]"), b))
-                .collect();
-            let split = destinations(errs, &rp, rule, services, service_index);
-            let timeout = rule
-                .timeout
-                .as_deref()
-                .and_then(|t| match parse_duration(t) {
-                    Ok(d) if d.is_zero() => None,
-                    Ok(d) => Some(d),
-                    Err(m) => {
-                        errs.add(format!("{rp}.timeout"), m);
-                        None
-                    }
-                });
-            let mirrors = mirrors(errs, &rp, rule, services, service_index);
-            let cors = rule.cors_policy.as_ref().and_then(|raw| {
-                super::cors::cors_policy(raw)
-                    .map_err(|e| {
-                        for (field, m) in e {
-                            errs.add(format!("{rp}.cors_policy.{field}"), m);
+    let rules =
+        r.http
+            .iter()
+            .enumerate()
+            .map(|(j, rule)| {
+                let rp = format!("{p}.http[{j}]");
+                let name = rule.name.clone().unwrap_or_else(|| format!("rule-{j}"));
+                if name.is_empty() {
+                    errs.add(format!("{rp}.name"), "must not be empty");
+                } else if !rule_names.insert(name.clone()) {
+                    errs.add(
+                        format!("{rp}.name"),
+                        format!("duplicate rule name {name:?} in route {:?}", r.name),
+                    );
+                }
+                let matches = rule
+                    .matches
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| match_block(errs, &format!("{rp}.match[{k}]"), b))
+                    .collect();
+                // A rule that answers itself (redirect, direct_response) has no destinations.
+                let answers = rule.redirect.is_some() || rule.direct_response.is_some();
+                let answer = actions::answer(&mut errs.0, &rp, rule);
+                let split = if answers {
+                    Split::new(Vec::new())
+                } else {
+                    destinations(errs, &rp, rule, services, service_index)
+                };
+                let timeout = rule
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| match parse_duration(t) {
+                        Ok(d) if d.is_zero() => None,
+                        Ok(d) => Some(d),
+                        Err(m) => {
+                            errs.add(format!("{rp}.timeout"), m);
+                            None
                         }
-                    })
-                    .ok()
-                    .map(Box::new)
-            });
-            let retry = retries(errs, &rp, rule.retries.as_ref());
-            let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
-                raw.as_ref().and_then(|raw| {
-                    super::headers::headers(raw)
-                        .map_err(|m| {
-                            let (field, message) = m.split_once(": ").unwrap_or(("", &m));
-                            errs.add(format!("{at}.headers.{field}"), message)
+                    });
+                let mirrors = mirrors(errs, &rp, rule, services, service_index);
+                let cors = rule.cors_policy.as_ref().and_then(|raw| {
+                    super::cors::cors_policy(raw)
+                        .map_err(|e| {
+                            for (field, m) in e {
+                                errs.add(format!("{rp}.cors_policy.{field}"), m);
+                            }
                         })
                         .ok()
-                        .flatten()
                         .map(Box::new)
+                });
+                let retry = retries(errs, &rp, rule.retries.as_ref());
+                let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
+                    raw.as_ref().and_then(|raw| {
+                        super::headers::headers(raw)
+                            .map_err(|m| {
+                                let (field, message) = m.split_once(": ").unwrap_or(("", &m));
+                                errs.add(format!("{at}.headers.{field}"), message)
+                            })
+                            .ok()
+                            .flatten()
+                            .map(Box::new)
+                    })
+                };
+                let headers = compile_headers(rp.clone(), &rule.headers);
+                let mut destination_headers: Vec<_> = rule
+                    .route
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| compile_headers(format!("{rp}.route[{k}]"), &d.headers))
+                    .collect();
+                if destination_headers.iter().all(Option::is_none) {
+                    destination_headers.clear();
+                }
+                let sticky =
+                    rule.sticky.as_ref().filter(|_| !answers).and_then(|raw| {
+                        sticky(errs, &format!("{rp}.sticky"), raw, rule.route.len())
+                    });
+                let rewrite = rule
+                    .rewrite
+                    .as_ref()
+                    .and_then(|raw| actions::rewrite(&mut errs.0, &rp, raw));
+                let fault = rule
+                    .fault
+                    .as_ref()
+                    .and_then(|raw| actions::fault(&mut errs.0, &rp, raw));
+                Arc::new(Rule {
+                    name: name.into(),
+                    matches,
+                    split,
+                    timeout,
+                    mirrors,
+                    retry,
+                    headers,
+                    destination_headers: destination_headers.into(),
+                    sticky,
+                    rewrite,
+                    answer,
+                    fault,
+                    cors,
                 })
-            };
-            let headers = compile_headers(rp.clone(), &rule.headers);
-            let mut destination_headers: Vec<_> = rule
-                .route
-                .iter()
-                .enumerate()
-                .map(|(k, d)| compile_headers(format!("{rp}.route[{k}]"), &d.headers))
-                .collect();
-            if destination_headers.iter().all(Option::is_none) {
-                destination_headers.clear();
-            }
-            let sticky = rule
-                .sticky
-                .as_ref()
-                .and_then(|raw| sticky(errs, &format!("{rp}.sticky"), raw, rule.route.len()));
-            Arc::new(Rule {
-                name: name.into(),
-                matches,
-                split,
-                timeout,
-                mirrors,
-                retry,
-                headers,
-                destination_headers: destination_headers.into(),
-                sticky,
-                cors,
             })
-        })
-        .collect();
+            .collect();
     let upgrades = upgrades(errs, &p, r.upgrades.as_deref());
     RouteSpec {
         route: Route {
@@ -1403,17 +1426,6 @@ fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
     }
     cache.newer.insert(pattern.into(), regex.clone());
     Ok(regex)
-}
-
-/// The reason line of a regex error (its text also draws the pattern with a caret under it).
-fn regex_reason(e: &regex::Error) -> String {
-    let text = e.to_string();
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(&text);
-    last.trim().trim_start_matches("error: ").to_string()
 }
 
 fn check_host_pattern(host: &str) -> Result<(), String> {

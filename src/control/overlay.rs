@@ -365,14 +365,7 @@ fn header_rule(
             weight: None,
             headers: None,
         }],
-        timeout: None,
-        mirror: None,
-        retries: None,
-        sticky: None,
-        mirror_percentage: None,
-        mirrors: Vec::new(),
-        cors_policy: None,
-        headers: None,
+        ..RawRule::default()
     })
 }
 
@@ -426,8 +419,6 @@ fn mirror_rule(
     Ok(RawRule {
         name: Some(format!("{MIRROR_RULE_PREFIX}{}", mr.name)),
         matches: mr.matches.clone(),
-        route: primary.route.clone(),
-        timeout: primary.timeout.clone(),
         mirror: Some(RawDestination {
             service,
             subset: mr.subset.clone(),
@@ -435,10 +426,7 @@ fn mirror_rule(
         mirror_percentage: Some(mr.percentage),
         // The API's mirror takes the place of the weighted rule's.
         mirrors: Vec::new(),
-        cors_policy: primary.cors_policy.clone(),
-        headers: primary.headers.clone(),
-        retries: primary.retries.clone(),
-        sticky: primary.sticky.clone(),
+        ..primary.clone()
     })
 }
 

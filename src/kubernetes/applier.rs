@@ -65,8 +65,8 @@ pub enum Item {
 pub enum Change {
     /// A full list of `kind` in a scope (all namespaces: `None`), replacing what was kept.
     Listed(Kind, Option<String>, Vec<(Key, Item)>),
-    /// An object added or changed.
-    Put(Kind, Key, Item),
+    /// An object added or changed (boxed: an object is far larger than the other changes).
+    Put(Kind, Key, Box<Item>),
     /// An object deleted.
     Gone(Kind, Key),
     /// The watch failed (it is retried).
@@ -168,6 +168,7 @@ impl Applier {
                 t.all = true;
             }
             Change::Put(kind, key, item) => {
+                let item = *item;
                 self.failures.remove(&kind);
                 match &item {
                     Item::Vs(_) => {
@@ -466,7 +467,7 @@ mod tests {
             "Pod" => (Kind::Pod, Item::Pod(c.pods.remove(&key).unwrap())),
             other => panic!("{other}"),
         };
-        Change::Put(kind, key, item)
+        Change::Put(kind, key, Box::new(item))
     }
 
     /// Every kind listed from the fixture.

@@ -26,6 +26,8 @@ pub struct Meta {
     pub resource_version: String,
     /// `metadata.creationTimestamp` as RFC 3339 (sorts as text); the older object wins a host.
     pub created: String,
+    /// Its annotations under `splitgate.io/` (no others are kept).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl Meta {
@@ -41,6 +43,13 @@ impl Meta {
                 .as_ref()
                 .map(|t| t.0.to_string())
                 .unwrap_or_default(),
+            annotations: m
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("splitgate.io/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 

@@ -51,7 +51,15 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
     /// Retries.
     pub retries: Option<HttpRetry>,
-    /// Everything else (`rewrite`, `fault`, `redirect`, ...).
+    /// Path and Host changes.
+    pub rewrite: Option<HttpRewrite>,
+    /// A redirect instead of a route.
+    pub redirect: Option<HttpRedirect>,
+    /// A fixed answer instead of a route.
+    pub direct_response: Option<HttpDirectResponse>,
+    /// Delays and errors injected.
+    pub fault: Option<HttpFault>,
+    /// Everything else (`delegate`, ...).
     #[serde(flatten)]
     pub rest: Rest,
 }
@@ -147,6 +155,214 @@ impl HttpRetry {
             retry_on: self.retry_on.as_ref().map(|_| conditions.join(",")),
             retriable_status_codes: (!codes.is_empty()).then_some(codes),
         }
+    }
+}
+
+/// Istio's `HTTPRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRewrite {
+    /// New path or prefix.
+    pub uri: Option<String>,
+    /// New Host.
+    pub authority: Option<String>,
+    /// Regex substitution on the path.
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `RegexRewrite`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RegexRewrite {
+    /// The regex.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// What its matches become.
+    pub rewrite: String,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `HTTPRedirect`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRedirect {
+    /// New path.
+    pub uri: Option<String>,
+    /// New host.
+    pub authority: Option<String>,
+    /// New port.
+    pub port: Option<u32>,
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// Status, 301 by default.
+    pub redirect_code: Option<u32>,
+    /// Anything else (`derivePort`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `HTTPDirectResponse`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpDirectResponse {
+    /// Status.
+    pub status: u32,
+    /// Body.
+    pub body: Option<HttpBody>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `HTTPBody`: text, or bytes in base64.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpBody {
+    /// Text.
+    pub string: Option<String>,
+    /// Base64.
+    pub bytes: Option<String>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `HTTPFaultInjection`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpFault {
+    /// A delay.
+    pub delay: Option<FaultDelay>,
+    /// An error instead of the upstream.
+    pub abort: Option<FaultAbort>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's fault `Delay`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultDelay {
+    /// Duration string.
+    pub fixed_delay: Option<String>,
+    /// Share, 0–100.
+    pub percentage: Option<Percent>,
+    /// The old integer share.
+    pub percent: Option<u32>,
+    /// Anything else (`exponentialDelay`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's fault `Abort`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultAbort {
+    /// Status sent.
+    pub http_status: Option<u32>,
+    /// Share, 0–100.
+    pub percentage: Option<Percent>,
+    /// Anything else (`grpcStatus`, `http2Error`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl HttpRewrite {
+    /// As the config file writes it.
+    pub fn to_raw(&self) -> crate::config::model::RawRewrite {
+        crate::config::model::RawRewrite {
+            uri: self.uri.clone(),
+            uri_regex_rewrite: self.uri_regex_rewrite.as_ref().map(|r| {
+                crate::config::model::RawRegexRewrite {
+                    pattern: r.pattern.clone(),
+                    rewrite: r.rewrite.clone(),
+                }
+            }),
+            authority: self.authority.clone(),
+        }
+    }
+}
+
+impl HttpRedirect {
+    /// As the config file writes it; out-of-range numbers are kept out of range, for
+    /// validation to refuse.
+    pub fn to_raw(&self) -> crate::config::model::RawRedirect {
+        let narrow = |n: u32| u16::try_from(n).unwrap_or(0);
+        crate::config::model::RawRedirect {
+            uri: self.uri.clone(),
+            authority: self.authority.clone(),
+            scheme: self.scheme.clone(),
+            port: self.port.map(narrow),
+            redirect_code: self.redirect_code.map(narrow),
+        }
+    }
+}
+
+impl HttpDirectResponse {
+    /// As the config file writes it: `bytes` are decoded and must be text.
+    pub fn to_raw(&self) -> Result<crate::config::model::RawDirectResponse, String> {
+        use base64::Engine;
+        let body = match &self.body {
+            None => None,
+            Some(HttpBody {
+                string: Some(s),
+                bytes: None,
+                ..
+            }) => Some(s.clone()),
+            Some(HttpBody {
+                string: None,
+                bytes: Some(b),
+                ..
+            }) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| format!("body.bytes: not base64 ({e})"))?;
+                Some(String::from_utf8(raw).map_err(|_| {
+                    "body.bytes: only text bodies are served; this one is not UTF-8".to_string()
+                })?)
+            }
+            Some(_) => return Err("body: needs exactly one of string or bytes".into()),
+        };
+        Ok(crate::config::model::RawDirectResponse {
+            status: u16::try_from(self.status).unwrap_or(0),
+            body,
+        })
+    }
+}
+
+impl HttpFault {
+    /// As the config file writes it. A share left out injects into no request, as in Istio.
+    pub fn to_raw(&self) -> Result<crate::config::model::RawFault, String> {
+        let delay = match &self.delay {
+            None => None,
+            Some(d) => Some(crate::config::model::RawFaultDelay {
+                fixed_delay: d
+                    .fixed_delay
+                    .clone()
+                    .ok_or("delay.fixedDelay: required (exponentialDelay is not served)")?,
+                percentage: d
+                    .percentage
+                    .map(|p| p.value)
+                    .or(d.percent.map(f64::from))
+                    .unwrap_or(0.0),
+            }),
+        };
+        let abort = match &self.abort {
+            None => None,
+            Some(a) => Some(crate::config::model::RawFaultAbort {
+                http_status: a.http_status.map(|s| u16::try_from(s).unwrap_or(0)).ok_or(
+                    "abort.httpStatus: required (grpcStatus and http2Error are not served)",
+                )?,
+                percentage: a.percentage.map(|p| p.value).unwrap_or(0.0),
+            }),
+        };
+        Ok(crate::config::model::RawFault { delay, abort })
     }
 }
 
@@ -462,6 +678,30 @@ impl VirtualServiceSpec {
             }
             if let Some(r) = &h.retries {
                 paths(&format!("{at}.retries"), &r.rest, &mut out);
+            }
+            if let Some(r) = &h.rewrite {
+                paths(&format!("{at}.rewrite"), &r.rest, &mut out);
+                if let Some(x) = &r.uri_regex_rewrite {
+                    paths(&format!("{at}.rewrite.uriRegexRewrite"), &x.rest, &mut out);
+                }
+            }
+            if let Some(r) = &h.redirect {
+                paths(&format!("{at}.redirect"), &r.rest, &mut out);
+            }
+            if let Some(d) = &h.direct_response {
+                paths(&format!("{at}.directResponse"), &d.rest, &mut out);
+                if let Some(b) = &d.body {
+                    paths(&format!("{at}.directResponse.body"), &b.rest, &mut out);
+                }
+            }
+            if let Some(f) = &h.fault {
+                paths(&format!("{at}.fault"), &f.rest, &mut out);
+                if let Some(d) = &f.delay {
+                    paths(&format!("{at}.fault.delay"), &d.rest, &mut out);
+                }
+                if let Some(a) = &f.abort {
+                    paths(&format!("{at}.fault.abort"), &a.rest, &mut out);
+                }
             }
             for (j, m) in h.matches.iter().enumerate() {
                 let at = format!("{at}.match[{j}]");

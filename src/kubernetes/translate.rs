@@ -13,7 +13,7 @@ use super::istio::{
 use crate::config::kubernetes::KubernetesSpec;
 use crate::config::model::{
     RawConfig, RawCorsPolicy, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock,
-    RawMirror, RawRoute, RawRule, RawService, RawStringMatch, RawSubset,
+    RawMirror, RawRoute, RawRule, RawService, RawSticky, RawStringMatch, RawSubset,
 };
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -383,6 +383,7 @@ fn route_for(
         recipes: BTreeMap::new(),
         rules_used: BTreeSet::new(),
     };
+    let sticky = sticky_of(spec, meta)?;
     for (i, h) in vs.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
         let matches = h
@@ -391,10 +392,9 @@ fn route_for(
             .enumerate()
             .map(|(j, m)| match_block(m).map_err(|e| format!("{at}.match[{j}].{e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        if h.route.is_empty() {
-            return Err(format!(
-                "{at}.route: no destination (redirect and direct responses are not served)"
-            ));
+        let answers = h.redirect.is_some() || h.direct_response.is_some();
+        if h.route.is_empty() && !answers {
+            return Err(format!("{at}.route: no destination"));
         }
         let sole = h.route.len() == 1;
         let mut route = Vec::new();
@@ -417,7 +417,7 @@ fn route_for(
                 headers: r.headers.as_ref().map(|h| h.to_raw()),
             });
         }
-        if route.iter().all(|d| d.weight == Some(0)) {
+        if !route.is_empty() && route.iter().all(|d| d.weight == Some(0)) {
             return Err(format!("{at}.route: the weights sum to 0"));
         }
         let mirror = h
@@ -470,11 +470,44 @@ fn route_for(
             cors_policy,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
             retries: h.retries.as_ref().map(|r| r.to_raw()),
-            sticky: None,
+            sticky: sticky.clone().filter(|_| h.route.len() > 1),
+            rewrite: h.rewrite.as_ref().map(|r| r.to_raw()),
+            redirect: h.redirect.as_ref().map(|r| r.to_raw()),
+            direct_response: h
+                .direct_response
+                .as_ref()
+                .map(|d| d.to_raw().map_err(|e| format!("{at}.directResponse.{e}")))
+                .transpose()?,
+            fault: h
+                .fault
+                .as_ref()
+                .map(|f| f.to_raw().map_err(|e| format!("{at}.fault.{e}")))
+                .transpose()?,
         });
     }
     check(&t).map_err(|e| format!("does not validate: {e}"))?;
     Ok(t)
+}
+
+/// The annotation that makes a VirtualService's weighted rules sticky (our extension; Istio
+/// has none that spans subsets): the `sticky` block of the config file, in YAML or JSON.
+pub const STICKY_ANNOTATION: &str = "splitgate.io/sticky";
+
+/// How the weighted rules of the VirtualService `meta` are sticky: as the gateway's config
+/// says for it, else as its annotation says, else not.
+fn sticky_of(spec: &KubernetesSpec, meta: &Meta) -> Result<Option<RawSticky>, String> {
+    if let Some(s) = spec
+        .sticky
+        .get(&format!("{}/{}", meta.namespace, meta.name))
+    {
+        return Ok(Some(s.clone()));
+    }
+    let Some(text) = meta.annotations.get(STICKY_ANNOTATION) else {
+        return Ok(None);
+    };
+    serde_yaml_ng::from_str::<RawSticky>(text)
+        .map(Some)
+        .map_err(|e| format!("metadata.annotations.{STICKY_ANNOTATION}: {e}"))
 }
 
 fn string_match(s: &StringMatch) -> Result<RawStringMatch, String> {
@@ -849,9 +882,14 @@ fn check(t: &Translated) -> Result<(), String> {
         routes: vec![t.route.clone()],
         kubernetes: None,
     };
+    // A rule's fields are named as the config file names them (`fault.abort.percentage`),
+    // under the object's own path (`spec.http[1]`).
     crate::config::validate(&raw).map(|_| ()).map_err(|errs| {
         errs.iter()
-            .map(|e| e.message.clone())
+            .map(|e| match e.path.strip_prefix("routes[0].") {
+                Some(field) => format!("spec.{field}: {}", e.message),
+                None => e.message.clone(),
+            })
             .collect::<Vec<_>>()
             .join("; ")
     })
@@ -875,6 +913,7 @@ mod tests {
             namespaces: vec![],
             kubeconfig: None,
             cluster_domain: "cluster.local".into(),
+            sticky: Default::default(),
         }
     }
 
@@ -1160,6 +1199,190 @@ mod tests {
         ARGO_HOST
             .replace(old, route)
             .replace("generation: 4", "generation: 5")
+    }
+
+    /// ARGO_HOST with its VirtualService's `http:` list replaced by `rules`.
+    fn with_rules(rules: &str) -> String {
+        let old = "  http:\n    - name: primary\n      route:\n        - destination: {host: rollouts-demo-stable, port: {number: 80}}\n          weight: 90\n        - destination: {host: rollouts-demo-canary, port: {number: 80}}\n          weight: 10\n";
+        assert!(ARGO_HOST.contains(old));
+        ARGO_HOST
+            .replace(old, &format!("  http:\n{rules}"))
+            .replace("generation: 4", "generation: 5")
+    }
+
+    #[test]
+    fn rewrite_redirect_direct_response_and_fault_are_served_as_written() {
+        let rules = "    - name: moved
+      match: [{uri: {prefix: /old}}]
+      redirect: {uri: /new, authority: shop.example, scheme: https, port: 8443, redirectCode: 302, derivePort: FROM_REQUEST_PORT}
+    - name: down
+      match: [{uri: {prefix: /down}}]
+      directResponse: {status: 503, body: {bytes: YmFjayBzb29uCg==}}
+    - name: api
+      match: [{uri: {prefix: /api}}]
+      rewrite: {uri: /v2, authority: internal.example, uriRegexRewrite: null}
+      fault:
+        delay: {fixedDelay: 2s, percentage: {value: 10}}
+        abort: {httpStatus: 503, percentage: {value: 5}, grpcStatus: UNAVAILABLE}
+      route:
+        - destination: {host: rollouts-demo-stable}
+    - name: regex
+      rewrite: {uriRegexRewrite: {match: \"^/a/(.*)\", rewrite: \"/b/\\\\1\"}}
+      fault: {delay: {fixedDelay: 1s, percent: 3}}
+      route:
+        - destination: {host: rollouts-demo-stable}
+";
+        let t = run(&with_rules(rules), "istio-system/splitgate");
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(vs.status, Status::Applied, "{}", vs.message);
+        assert_eq!(
+            vs.unsupported,
+            [
+                "spec.http[0].redirect.derivePort",
+                "spec.http[2].fault.abort.grpcStatus"
+            ]
+        );
+        let http = &t.routes[0].http;
+        let redirect = http[0].redirect.as_ref().unwrap();
+        assert_eq!(
+            (redirect.uri.as_deref(), redirect.authority.as_deref()),
+            (Some("/new"), Some("shop.example"))
+        );
+        assert_eq!(
+            (
+                redirect.scheme.as_deref(),
+                redirect.port,
+                redirect.redirect_code
+            ),
+            (Some("https"), Some(8443), Some(302))
+        );
+        assert!(http[0].route.is_empty());
+        let direct = http[1].direct_response.as_ref().unwrap();
+        assert_eq!(
+            (direct.status, direct.body.as_deref()),
+            (503, Some("back soon\n"))
+        );
+        let rewrite = http[2].rewrite.as_ref().unwrap();
+        assert_eq!(
+            (rewrite.uri.as_deref(), rewrite.authority.as_deref()),
+            (Some("/v2"), Some("internal.example"))
+        );
+        let fault = http[2].fault.as_ref().unwrap();
+        let (delay, abort) = (fault.delay.as_ref().unwrap(), fault.abort.as_ref().unwrap());
+        assert_eq!((delay.fixed_delay.as_str(), delay.percentage), ("2s", 10.0));
+        assert_eq!((abort.http_status, abort.percentage), (503, 5.0));
+        let regex = http[3]
+            .rewrite
+            .as_ref()
+            .unwrap()
+            .uri_regex_rewrite
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (regex.pattern.as_str(), regex.rewrite.as_str()),
+            ("^/a/(.*)", "/b/\\1")
+        );
+        assert_eq!(
+            http[3]
+                .fault
+                .as_ref()
+                .unwrap()
+                .delay
+                .as_ref()
+                .unwrap()
+                .percentage,
+            3.0
+        );
+    }
+
+    #[test]
+    fn weighted_rules_are_sticky_by_the_gateways_config_or_else_by_annotation() {
+        let two = "    - name: split\n      route:\n        - destination: {host: rollouts-demo-stable}\n          weight: 90\n        - destination: {host: rollouts-demo-canary}\n          weight: 10\n    - name: one\n      route: [{destination: {host: rollouts-demo-stable}}]\n";
+        let annotated = |value: &str| {
+            with_rules(two).replace(
+                "  name: rollouts-demo-vsvc\n",
+                &format!("  name: rollouts-demo-vsvc\n  annotations: {{splitgate.io/sticky: '{value}'}}\n"),
+            )
+        };
+        let yaml = annotated("{hash_on: {header: x-user}}");
+        assert!(yaml.contains("splitgate.io/sticky"), "{yaml}");
+        let t = run(&yaml, "istio-system/splitgate");
+        let http = &t.routes[0].http;
+        let hash = http[0].sticky.as_ref().and_then(|s| s.hash_on.as_ref());
+        assert_eq!(hash.and_then(|h| h.header.as_deref()), Some("x-user"));
+        assert_eq!(
+            http[1].sticky, None,
+            "a rule of one destination has nothing to keep"
+        );
+
+        // The gateway's own entry wins over the annotation.
+        let mut spec = gateway("istio-system/splitgate");
+        let cookie = RawSticky {
+            cookie: Some("pos".into()),
+            ..RawSticky::default()
+        };
+        spec.sticky
+            .insert("shop/rollouts-demo-vsvc".into(), cookie.clone());
+        let t = translate(
+            &Cluster::from_yaml(&yaml).unwrap(),
+            &spec,
+            &file(),
+            &LastGood::new(),
+        );
+        assert_eq!(t.routes[0].http[0].sticky.as_ref(), Some(&cookie));
+
+        // A bad annotation rejects the object with the annotation named.
+        for (value, reason) in [
+            (
+                "{cookie: a, colour: blue}",
+                "metadata.annotations.splitgate.io/sticky: unknown field `colour`",
+            ),
+            (
+                "{cookie: \"a b\"}",
+                "spec.http[0].sticky.cookie: \"a b\" is not a valid cookie name",
+            ),
+        ] {
+            let t = run(&annotated(value), "istio-system/splitgate");
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{value}");
+            assert!(
+                vs.message.contains(reason),
+                "{:?} lacks {reason:?}",
+                vs.message
+            );
+        }
+    }
+
+    #[test]
+    fn bad_rule_actions_reject_the_object_with_the_field_and_reason() {
+        let spec = gateway("istio-system/splitgate");
+        let good = Cluster::from_yaml(ARGO_HOST).unwrap();
+        let first = translate(&good, &spec, &file(), &LastGood::new());
+        for (rules, reason) in [
+            (
+                "    - redirect: {redirectCode: 200}\n",
+                "spec.http[0].redirect.redirect_code: 200 is not a redirect",
+            ),
+            (
+                "    - directResponse: {status: 200, body: {bytes: \"//79\"}}\n",
+                "spec.http[0].directResponse.body.bytes: only text bodies are served",
+            ),
+            (
+                "    - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
+                "spec.http[0].fault.abort.httpStatus: required",
+            ),
+            (
+                "    - redirect: {uri: /x}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
+                "spec.http[0].route: not allowed with redirect",
+            ),
+        ] {
+            let bad = Cluster::from_yaml(&with_rules(rules)).unwrap();
+            let t = translate(&bad, &spec, &file(), &first.last_good);
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{reason}");
+            assert!(vs.message.contains(reason), "{:?} lacks {reason:?}", vs.message);
+            assert_eq!(vs.served_generation, Some(4), "the last good version serves");
+        }
     }
 
     #[test]

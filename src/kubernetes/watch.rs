@@ -234,7 +234,7 @@ async fn forward_events<K, F, S>(
                 Change::Listed(kind, scope.clone(), listing.take().unwrap_or_default())
             }
             Ok(Event::Apply(o)) => match keep(&o) {
-                Some(item) => Change::Put(kind, key(&o), item),
+                Some(item) => Change::Put(kind, key(&o), Box::new(item)),
                 None => continue,
             },
             Ok(Event::Delete(o)) => Change::Gone(kind, key(&o)),

@@ -7,6 +7,7 @@ use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
+use crate::routing::answer::Answer;
 use crate::routing::cors::Verdict;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
@@ -46,9 +47,9 @@ pub async fn handle(
         0
     };
     let grpc = protocol == "grpc";
-    // Answered by the gateway itself, without a destination, and counted as Envoy does:
-    // destination unknown.
-    let local = |parts: &http::request::Parts, resp: Response<ProxyBody>, flags: Flags| {
+    // An answer the gateway makes without a destination, counted as Envoy does: destination
+    // unknown, under the host asked for.
+    let answered = |parts: &http::request::Parts, resp: &Response<ProxyBody>, flags: Flags| {
         if rt.metrics_enabled {
             let sample = Sample {
                 code: resp.status().as_u16(),
@@ -57,12 +58,11 @@ pub async fn handle(
                 grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,
-                response_bytes: answer_size(&resp),
+                response_bytes: answer_size(resp),
             };
             rt.hub
                 .record_no_route(request_authority(parts).map(strip_port), &sample);
         }
-        resp
     };
     let unrouted = |parts: &http::request::Parts, e: ProxyError| {
         let mut resp = error_response(&e, grpc);
@@ -71,7 +71,8 @@ pub async fn handle(
             let close = HeaderValue::from_static("close");
             resp.headers_mut().insert(header::CONNECTION, close);
         }
-        local(parts, resp, e.flags())
+        answered(parts, &resp, e.flags());
+        resp
     };
     if let Err(e) = headers::check_request(&mut parts) {
         return unrouted(&parts, e);
@@ -79,7 +80,8 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
     };
-    // CORS comes first, as Envoy's filter does: a preflight is answered here.
+    // CORS comes first, as Envoy's filter does: a preflight is answered here, and every other
+    // answer to an allowed origin (the gateway's own included) gets the policy's headers.
     let cors = match hit.rule.cors.as_deref() {
         None => None,
         Some(c) => match c.verdict(&parts.method, &parts.headers) {
@@ -88,10 +90,22 @@ pub async fn handle(
             Verdict::Preflight(headers) => {
                 let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
                 *resp.headers_mut() = headers;
-                return local(&parts, resp, Flags::NONE);
+                answered(&parts, &resp, Flags::NONE);
+                return resp;
             }
         },
     };
+    if let Some(answer) = &hit.rule.answer {
+        let mut resp = local_answer(answer, &parts, conn);
+        if let Some(h) = &hit.rule.headers {
+            h.response.apply(resp.headers_mut());
+        }
+        if let Some((c, origin)) = cors {
+            c.decorate(origin, resp.headers_mut());
+        }
+        answered(&parts, &resp, Flags::NONE);
+        return resp;
+    }
     let (picked, target, new_position) = match &hit.rule.sticky {
         None => {
             let (picked, target) = hit.rule.split.pick_indexed(&mut rand::rng());
@@ -120,6 +134,35 @@ pub async fn handle(
         grpc_status: "",
         done_flags: Flags::NONE,
     }));
+    // Envoy's fault filter: a delay first (`DI`), then perhaps an error instead of the upstream
+    // (`FI`); both counted against the destination picked.
+    let mut injected = Flags::NONE;
+    if let Some(fault) = &hit.rule.fault {
+        let drawn = fault.draw(&mut rand::rng());
+        if let Some(delay) = drawn.delay {
+            tokio::time::sleep(delay).await;
+            injected = Flags::DI;
+        }
+        if let Some(status) = drawn.abort {
+            let mut resp =
+                Response::new(ProxyBody::fixed(Bytes::from_static(b"fault filter abort")));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, resp.headers_mut());
+            }
+            if let Some(r) = pending.0.take() {
+                Recorder {
+                    code: status.as_u16(),
+                    response_bytes: answer_size(&resp),
+                    ..r
+                }
+                .finish(injected.with(Flags::FI));
+            }
+            return resp;
+        }
+    }
     let choice = Choice {
         route: hit.route,
         rule: hit.rule,
@@ -146,7 +189,11 @@ pub async fn handle(
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers),
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
-                done_flags: if exhausted { Flags::URX } else { Flags::NONE },
+                done_flags: if exhausted {
+                    injected.with(Flags::URX)
+                } else {
+                    injected
+                },
                 ..r
             });
             Response::from_parts(parts, ProxyBody::upstream(body, recorder, conn.stream_idle))
@@ -165,7 +212,39 @@ pub async fn handle(
                     grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                     ..r
                 }
-                .finish(e.flags());
+                .finish(e.flags().with(injected));
+            }
+            resp
+        }
+    }
+}
+
+/// What a rule that answers itself sends: a redirect, or its fixed status and body.
+fn local_answer(
+    answer: &Answer,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+) -> Response<ProxyBody> {
+    match answer {
+        Answer::Direct { status, body } => {
+            let mut resp = Response::new(ProxyBody::fixed(body.clone()));
+            *resp.status_mut() = *status;
+            if !body.is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            resp
+        }
+        Answer::Redirect(r) => {
+            let scheme = conn.proto.to_str().unwrap_or("http");
+            let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+            match r.location(parts, scheme, request_authority(parts)) {
+                Some(location) => {
+                    *resp.status_mut() = r.status;
+                    resp.headers_mut().insert(header::LOCATION, location);
+                }
+                // A request whose own parts cannot make a URL (no Host at all).
+                None => *resp.status_mut() = StatusCode::BAD_REQUEST,
             }
             resp
         }
@@ -240,7 +319,17 @@ async fn proxy(
     } else {
         None
     };
+    // The rewrite looks at the request as it matched, before it is prepared for the upstream.
+    let authority = rule.rewrite.as_deref().map(|rw| {
+        if let Some(uri) = rw.path(&rule.matches, &parts, request_authority(&parts)) {
+            parts.uri = uri;
+        }
+        rw.authority.clone()
+    });
     headers::prepare_request(&mut parts, conn, upgrade);
+    if let Some(host) = authority.flatten() {
+        parts.headers.insert(header::HOST, host);
+    }
     changes.request(&mut parts.headers);
     let body = IdleBody::new(body, conn.stream_idle);
     let body = if upgrade || rule.mirrors.is_empty() {

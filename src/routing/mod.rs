@@ -1,9 +1,12 @@
 //! Routing: which route and rule a request head selects.
 
+pub mod answer;
 pub mod cors;
+pub mod fault;
 pub mod header_ops;
 pub mod matcher;
 pub mod retry;
+pub mod rewrite;
 pub mod router;
 pub mod sticky;
 

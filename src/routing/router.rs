@@ -51,7 +51,7 @@ pub struct Rule {
     pub name: Box<str>,
     /// OR'ed blocks; empty matches everything.
     pub matches: Vec<MatchBlock>,
-    /// Weighted destinations.
+    /// Weighted destinations (none when `answer` is set).
     pub split: Split,
     /// Upper bound on the wait for the upstream's response headers.
     pub timeout: Option<Duration>,
@@ -65,6 +65,13 @@ pub struct Rule {
     pub destination_headers: Box<[Option<Box<super::header_ops::Headers>>]>,
     /// Keeps each client on its destination while the weights move, if set.
     pub sticky: Option<Box<super::sticky::Sticky>>,
+    /// Path and Host changes for the upstream, if any.
+    pub rewrite: Option<Box<super::rewrite::Rewrite>>,
+    /// Answers the request itself (redirect, direct response) instead of routing; the split
+    /// is then empty.
+    pub answer: Option<Box<super::answer::Answer>>,
+    /// Delays and errors injected, if any.
+    pub fault: Option<Box<super::fault::Fault>>,
     /// The CORS policy, if any.
     pub cors: Option<Box<super::cors::CorsPolicy>>,
 }
@@ -234,6 +241,9 @@ mod tests {
                 headers: None,
                 destination_headers: Box::new([]),
                 sticky: None,
+                rewrite: None,
+                answer: None,
+                fault: None,
                 cors: None,
             })],
             upgrades: Box::new(["websocket".into()]),
