@@ -208,6 +208,16 @@ async fn mirror_and_mirrors_together_are_refused_and_each_mirror_is_checked() {
             "routes[0].http[1].mirrors[1].destination.subset: unknown subset \"nope\" of service \"svc\" (known: m1, stable)",
         ]
     );
+    // A rule that answers itself sends nothing upstream, copies included.
+    let answering = svc_config(
+        &subset("stable", addr),
+        "      - direct_response: { status: 200 }
+        mirrors: [{ destination: { service: svc, subset: stable } }]
+",
+    );
+    let err = splitgate::config::from_str(&answering, "t").unwrap_err();
+    assert_eq!(err.errors.len(), 1, "{err}");
+    assert_eq!(err.errors[0].path, "routes[0].http[0].mirrors");
     // The single mirror still works as before.
     let yaml = yaml.replace(
         "        mirrors: [{ destination: { service: svc, subset: m1 } }]\n",
