@@ -61,6 +61,7 @@ pub fn answer(errs: &mut Vec<FieldError>, rp: &str, rule: &RawRule) -> Option<Bo
     let routing = [
         ("route", !rule.route.is_empty()),
         ("mirror", rule.mirror.is_some()),
+        ("mirrors", !rule.mirrors.is_empty()),
         ("rewrite", rule.rewrite.is_some()),
         ("fault", rule.fault.is_some()),
         ("retries", rule.retries.is_some()),

@@ -280,7 +280,7 @@ fn route_windows(
 ) -> Vec<(Target, Arc<Window>)> {
     let mut targets: Vec<Target> = Vec::new();
     for rule in &r.route.rules {
-        let mirrored = rule.mirror.map(|m| m.target);
+        let mirrored = rule.mirrors.iter().map(|m| m.target);
         for t in rule.split.entries().map(|(t, _)| t).chain(mirrored) {
             if !targets.contains(&t) {
                 targets.push(t);

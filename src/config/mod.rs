@@ -3,6 +3,7 @@
 pub mod actions;
 pub mod aliases;
 pub mod compile;
+pub mod cors;
 pub mod duration;
 pub mod files;
 pub mod headers;

@@ -419,6 +419,12 @@ pub struct RawRule {
     /// Share of requests mirrored, 0–100 (default 100 when `mirror` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<f64>,
+    /// Several mirrors, each with its own share (Istio's `mirrors`); not beside `mirror`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<RawMirror>,
+    /// Cross-origin requests (Istio's `corsPolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors_policy: Option<RawCorsPolicy>,
     /// Header changes to every request this rule sends and every answer it returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<RawHeaders>,
@@ -531,6 +537,44 @@ pub struct RawFaultAbort {
     pub http_status: u16,
     /// Share of requests aborted, 0–100.
     pub percentage: f64,
+}
+
+/// One of a rule's `mirrors` (Istio's `HTTPMirrorPolicy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// The subset that receives the copies.
+    pub destination: RawDestination,
+    /// Share of requests copied, 0–100; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<f64>,
+}
+
+/// Istio's `CorsPolicy`, in snake_case.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCorsPolicy {
+    /// Origins allowed: each `{exact|prefix|suffix|regex}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<RawStringMatch>,
+    /// Methods a preflight's answer allows (`GET`, `POST`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight's answer allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may show the page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// How long the browser may keep a preflight's answer (duration string, whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    /// Whether answers allow credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// `forward` (default) or `ignore`: what a preflight from an origin not allowed gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmatched_preflights: Option<String>,
 }
 
 /// A sticky weighted rule: each client gets a position, carried in a cookie the gateway sets

@@ -589,7 +589,17 @@ fn route(
                             None
                         }
                     });
-                let mirror = mirror(errs, &rp, rule, services, service_index);
+                let mirrors = mirrors(errs, &rp, rule, services, service_index);
+                let cors = rule.cors_policy.as_ref().and_then(|raw| {
+                    super::cors::cors_policy(raw)
+                        .map_err(|e| {
+                            for (field, m) in e {
+                                errs.add(format!("{rp}.cors_policy.{field}"), m);
+                            }
+                        })
+                        .ok()
+                        .map(Box::new)
+                });
                 let retry = retries(errs, &rp, rule.retries.as_ref());
                 let mut compile_headers = |at: String, raw: &Option<RawHeaders>| {
                     raw.as_ref().and_then(|raw| {
@@ -630,7 +640,7 @@ fn route(
                     matches,
                     split,
                     timeout,
-                    mirror,
+                    mirrors,
                     retry,
                     headers,
                     destination_headers: destination_headers.into(),
@@ -638,6 +648,7 @@ fn route(
                     rewrite,
                     answer,
                     fault,
+                    cors,
                 })
             })
             .collect();
@@ -1167,32 +1178,50 @@ fn resolve(
     Some(Target { service, subset })
 }
 
-fn mirror(
+/// A rule's mirrors: its `mirror` (with `mirror_percentage`) or its `mirrors`, which Istio
+/// does not allow together.
+fn mirrors(
     errs: &mut Errors,
     rp: &str,
     rule: &RawRule,
     services: &[ServiceSpec],
     service_index: &HashMap<&str, usize>,
-) -> Option<Mirror> {
-    let Some(dest) = &rule.mirror else {
-        if rule.mirror_percentage.is_some() {
-            errs.add(format!("{rp}.mirror_percentage"), "set without a mirror");
-        }
-        return None;
-    };
-    let target = resolve(errs, &format!("{rp}.mirror"), dest, services, service_index);
-    let pct = rule.mirror_percentage.unwrap_or(100.0);
-    if !(0.0..=100.0).contains(&pct) {
-        errs.add(
-            format!("{rp}.mirror_percentage"),
-            format!("must be between 0 and 100, not {pct}"),
-        );
-        return None;
+) -> Box<[Mirror]> {
+    if rule.mirror.is_none() && rule.mirror_percentage.is_some() {
+        errs.add(format!("{rp}.mirror_percentage"), "set without a mirror");
     }
-    Some(Mirror {
-        target: target?,
-        per_million: (pct * 10_000.0).round() as u32,
-    })
+    if rule.mirror.is_some() && !rule.mirrors.is_empty() {
+        errs.add(
+            format!("{rp}.mirrors"),
+            "cannot be set beside mirror (as in Istio): list every mirror under mirrors",
+        );
+        return Box::new([]);
+    }
+    let single = rule.mirror.iter().map(|d| {
+        let at = (format!("{rp}.mirror"), format!("{rp}.mirror_percentage"));
+        (at, d, rule.mirror_percentage)
+    });
+    let listed = rule.mirrors.iter().enumerate().map(|(k, m)| {
+        let at = format!("{rp}.mirrors[{k}]");
+        let at = (format!("{at}.destination"), format!("{at}.percentage"));
+        (at, &m.destination, m.percentage)
+    });
+    let mut out = Vec::new();
+    for ((dp, pp), dest, pct) in single.chain(listed) {
+        let target = resolve(errs, &dp, dest, services, service_index);
+        let pct = pct.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&pct) {
+            errs.add(pp, format!("must be between 0 and 100, not {pct}"));
+            continue;
+        }
+        if let Some(target) = target {
+            out.push(Mirror {
+                target,
+                per_million: (pct * 10_000.0).round() as u32,
+            });
+        }
+    }
+    out.into()
 }
 
 fn destinations(

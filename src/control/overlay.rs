@@ -424,6 +424,8 @@ fn mirror_rule(
             subset: mr.subset.clone(),
         }),
         mirror_percentage: Some(mr.percentage),
+        // The API's mirror takes the place of the weighted rule's.
+        mirrors: Vec::new(),
         ..primary.clone()
     })
 }

@@ -104,6 +104,9 @@ pub struct RuleView {
     /// Mirror target and share.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorView>,
+    /// The rule's `mirrors`, each with its share.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorView>,
 }
 
 /// A rule's mirror.
@@ -187,6 +190,15 @@ pub(super) fn view(control: &Control, st: &ControlState) -> StateView {
                             subset: m.subset.clone(),
                             percentage: rule.mirror_percentage.unwrap_or(100.0),
                         }),
+                        mirrors: rule
+                            .mirrors
+                            .iter()
+                            .map(|m| MirrorView {
+                                service: m.destination.service.clone(),
+                                subset: m.destination.subset.clone(),
+                                percentage: m.percentage.unwrap_or(100.0),
+                            })
+                            .collect(),
                         name,
                     }
                 })

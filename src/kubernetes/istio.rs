@@ -43,6 +43,10 @@ pub struct HttpRoute {
     pub mirror_percentage: Option<Percent>,
     /// The old integer form of the share.
     pub mirror_percent: Option<u32>,
+    /// Several mirrors, each with its own share (not beside `mirror`).
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    /// Cross-origin requests.
+    pub cors_policy: Option<CorsPolicy>,
     /// Header changes for the rule.
     pub headers: Option<Headers>,
     /// Retries.
@@ -55,9 +59,57 @@ pub struct HttpRoute {
     pub direct_response: Option<HttpDirectResponse>,
     /// Delays and errors injected.
     pub fault: Option<HttpFault>,
-    /// Everything else (`corsPolicy`, `delegate`, ...).
+    /// Everything else (`delegate`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// One of `mirrors`: Istio's `HTTPMirrorPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpMirrorPolicy {
+    /// Where the copies go.
+    pub destination: Destination,
+    /// Share copied, `{value: 0–100}`; absent: all.
+    pub percentage: Option<Percent>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `CorsPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CorsPolicy {
+    /// Origins allowed, each `{exact|prefix|regex}`.
+    pub allow_origins: Vec<StringMatch>,
+    /// The deprecated form: exact origins, read only when `allowOrigins` is empty (as Istio
+    /// reads it).
+    pub allow_origin: Vec<String>,
+    /// Methods a preflight's answer allows.
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight's answer allows.
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may show the page.
+    pub expose_headers: Vec<String>,
+    /// Duration string.
+    pub max_age: Option<String>,
+    /// Whether answers allow credentials.
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED`, `FORWARD` or `IGNORE`.
+    pub unmatched_preflights: Option<String>,
+    /// Anything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl CorsPolicy {
+    fn unsupported(&self, at: &str, out: &mut Vec<String>) {
+        paths(at, &self.rest, out);
+        for (j, m) in self.allow_origins.iter().enumerate() {
+            paths(&format!("{at}.allowOrigins[{j}]"), &m.rest, out);
+        }
+    }
 }
 
 /// Istio's `HTTPRetry`.
@@ -683,6 +735,24 @@ impl VirtualServiceSpec {
             }
             if let Some(m) = &h.mirror {
                 paths(&format!("{at}.mirror"), &m.rest, &mut out);
+            } else {
+                // Istio reads the share of `mirror` only.
+                for (set, field) in [
+                    (h.mirror_percentage.is_some(), "mirrorPercentage"),
+                    (h.mirror_percent.is_some(), "mirrorPercent"),
+                ] {
+                    if set {
+                        out.push(format!("{at}.{field}"));
+                    }
+                }
+            }
+            for (j, m) in h.mirrors.iter().enumerate() {
+                let at = format!("{at}.mirrors[{j}]");
+                paths(&at, &m.rest, &mut out);
+                paths(&format!("{at}.destination"), &m.destination.rest, &mut out);
+            }
+            if let Some(c) = &h.cors_policy {
+                c.unsupported(&format!("{at}.corsPolicy"), &mut out);
             }
         }
         out

@@ -7,11 +7,13 @@
 //! is rejected alone and its last valid version keeps serving.
 
 use super::cluster::{Cluster, Key, Meta, Object};
-use super::istio::{Destination, DestinationRuleSpec, HttpMatch, StringMatch, VirtualServiceSpec};
+use super::istio::{
+    CorsPolicy, Destination, DestinationRuleSpec, HttpMatch, StringMatch, VirtualServiceSpec,
+};
 use crate::config::kubernetes::KubernetesSpec;
 use crate::config::model::{
-    RawConfig, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock, RawRoute, RawRule,
-    RawService, RawSticky, RawStringMatch, RawSubset,
+    RawConfig, RawCorsPolicy, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock,
+    RawMirror, RawRoute, RawRule, RawService, RawSticky, RawStringMatch, RawSubset,
 };
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -431,6 +433,32 @@ fn route_for(
                 .map(|p| p.value)
                 .or(h.mirror_percent.map(f64::from))
         });
+        if mirror.is_some() && !h.mirrors.is_empty() {
+            return Err(format!(
+                "{at}.mirrors: cannot be set beside mirror (as in Istio): list every mirror under mirrors"
+            ));
+        }
+        let mut mirrors = Vec::new();
+        for (j, m) in h.mirrors.iter().enumerate() {
+            let mp = format!("{at}.mirrors[{j}]");
+            let destination = destination(cluster, spec, file, meta, &m.destination, &mut t)
+                .map_err(|e| format!("{mp}.destination: {e}"))?;
+            let percentage = m.percentage.map(|p| p.value);
+            if let Some(p) = percentage.filter(|p| !(0.0..=100.0).contains(p)) {
+                return Err(format!(
+                    "{mp}.percentage.value: must be between 0 and 100, not {p}"
+                ));
+            }
+            mirrors.push(RawMirror {
+                destination,
+                percentage,
+            });
+        }
+        let cors_policy = h
+            .cors_policy
+            .as_ref()
+            .map(|c| cors_policy(&format!("{at}.corsPolicy"), c))
+            .transpose()?;
         t.route.http.push(RawRule {
             name: Some(h.name.clone().unwrap_or_else(|| format!("rule-{i}"))),
             matches,
@@ -438,6 +466,8 @@ fn route_for(
             timeout: h.timeout.clone(),
             mirror,
             mirror_percentage,
+            mirrors,
+            cors_policy,
             headers: h.headers.as_ref().map(|h| h.to_raw()),
             retries: h.retries.as_ref().map(|r| r.to_raw()),
             sticky: sticky.clone().filter(|_| h.route.len() > 1),
@@ -494,6 +524,77 @@ fn string_match(s: &StringMatch) -> Result<RawStringMatch, String> {
         regex: s.regex.clone(),
         ..RawStringMatch::default()
     })
+}
+
+/// A `corsPolicy` (at `at`) as the config file writes it, checked here so that a problem is
+/// named by the VirtualService's field.
+fn cors_policy(at: &str, c: &CorsPolicy) -> Result<RawCorsPolicy, String> {
+    // Istio reads the deprecated exact origins only when there is no `allowOrigins`.
+    let deprecated = c.allow_origins.is_empty() && !c.allow_origin.is_empty();
+    let allow_origins = if deprecated {
+        c.allow_origin
+            .iter()
+            .map(|o| RawStringMatch {
+                exact: Some(o.clone()),
+                ..RawStringMatch::default()
+            })
+            .collect()
+    } else {
+        c.allow_origins
+            .iter()
+            .enumerate()
+            .map(|(j, m)| string_match(m).map_err(|e| format!("{at}.allowOrigins[{j}]: {e}")))
+            .collect::<Result<_, _>>()?
+    };
+    let unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED") => None,
+        Some("FORWARD") => Some("forward".to_string()),
+        Some("IGNORE") => Some("ignore".to_string()),
+        Some(other) => {
+            return Err(format!(
+                "{at}.unmatchedPreflights: must be FORWARD or IGNORE, not {other:?}"
+            ))
+        }
+    };
+    let raw = RawCorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.clone(),
+        allow_credentials: c.allow_credentials,
+        unmatched_preflights,
+    };
+    crate::config::cors::cors_policy(&raw).map_err(|errs| {
+        errs.iter()
+            .map(|(field, message)| {
+                let mut field = camel_case(field);
+                if deprecated {
+                    field = field.replacen("allowOrigins", "allowOrigin", 1);
+                }
+                format!("{at}.{field}: {message}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok(raw)
+}
+
+/// A config field path in the Istio API's spelling: `allow_origins[0]` → `allowOrigins[0]`.
+fn camel_case(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut upper = false;
+    for c in path.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn match_block(m: &HttpMatch) -> Result<RawMatchBlock, String> {
@@ -1323,6 +1424,182 @@ mod tests {
             let t = translate(&bad, &spec, &file(), &LastGood::new());
             assert!(t.routes.is_empty());
             assert_eq!(status(&t, "VirtualService", "rollouts-demo-vsvc").served_generation, None);
+        }
+    }
+
+    /// The Argo subset-level fixture with the `mirror-get` rule's mirror lines replaced by
+    /// `with` (YAML at the rule's indentation).
+    fn with_mirror_rule(with: &str) -> String {
+        let old = "      mirror: {host: rollouts-demo, subset: canary}\n      mirrorPercentage: {value: 35}\n";
+        assert!(ARGO_SUBSET.contains(old));
+        ARGO_SUBSET.replace(old, with)
+    }
+
+    #[test]
+    fn cors_policy_and_mirrors_are_translated_field_by_field() {
+        let t = run(
+            &with_mirror_rule(
+                "      mirrors:
+        - {destination: {host: rollouts-demo, subset: canary}, percentage: {value: 25}}
+        - destination: {host: rollouts-demo.shop.svc.cluster.local, subset: stable, port: {number: 80}}
+      corsPolicy:
+        allowOrigins: [{exact: \"https://a.example\"}, {prefix: \"https://b.\"}, {regex: \".*\\\\.c\\\\.example\"}]
+        allowOrigin: [\"https://ignored.example\"]
+        allowMethods: [GET, POST]
+        allowHeaders: [x-a, x-b]
+        exposeHeaders: [x-e]
+        maxAge: 24h
+        allowCredentials: true
+        unmatchedPreflights: IGNORE
+",
+            ),
+            "istio-system/splitgate",
+        );
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(vs.status, Status::Applied, "{}", vs.message);
+        assert!(vs.unsupported.is_empty(), "{:?}", vs.unsupported);
+        let rule = &t.routes[0].http[1];
+        assert_eq!(rule.mirror, None);
+        let mirrors: Vec<_> = rule
+            .mirrors
+            .iter()
+            .map(|m| {
+                (
+                    m.destination.service.as_str(),
+                    m.destination.subset.as_str(),
+                    m.percentage,
+                )
+            })
+            .collect();
+        assert_eq!(
+            mirrors,
+            [
+                ("rollouts-demo.shop", "canary", Some(25.0)),
+                ("rollouts-demo.shop", "stable", None)
+            ]
+        );
+        let cors = rule.cors_policy.as_ref().expect("the corsPolicy");
+        let origins: Vec<_> = cors
+            .allow_origins
+            .iter()
+            .map(|m| (m.exact.as_deref(), m.prefix.as_deref(), m.regex.as_deref()))
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                (Some("https://a.example"), None, None),
+                (None, Some("https://b."), None),
+                (None, None, Some(".*\\.c\\.example")),
+            ],
+            "allowOrigins wins over the deprecated allowOrigin, as in Istio"
+        );
+        assert_eq!(cors.allow_methods, ["GET", "POST"]);
+        assert_eq!(cors.allow_headers, ["x-a", "x-b"]);
+        assert_eq!(cors.expose_headers, ["x-e"]);
+        assert_eq!(cors.max_age.as_deref(), Some("24h"));
+        assert_eq!(cors.allow_credentials, Some(true));
+        assert_eq!(cors.unmatched_preflights.as_deref(), Some("ignore"));
+        // The copies go to the DestinationRule's subsets.
+        let svc = &t.services["rollouts-demo.shop"];
+        assert_eq!(svc.subsets["canary"].endpoints, ["10.1.0.21:8080"]);
+
+        // Alone, the deprecated allowOrigin gives exact origins.
+        let t = run(
+            &with_mirror_rule(
+                "      corsPolicy: {allowOrigin: [\"https://old.example\"], unmatchedPreflights: UNSPECIFIED}\n",
+            ),
+            "istio-system/splitgate",
+        );
+        let cors = t.routes[0].http[1].cors_policy.as_ref().unwrap();
+        assert_eq!(cors.allow_origins.len(), 1);
+        assert_eq!(
+            cors.allow_origins[0].exact.as_deref(),
+            Some("https://old.example")
+        );
+        assert_eq!(cors.unmatched_preflights, None, "UNSPECIFIED is FORWARD");
+        assert!(t.routes[0].http[1].mirrors.is_empty());
+    }
+
+    #[test]
+    fn cors_and_mirrors_fields_not_served_are_listed_by_path() {
+        let t = run(
+            &with_mirror_rule(
+                "      mirrorPercentage: {value: 35}
+      mirrors:
+        - {destination: {host: rollouts-demo, subset: canary, weight: 3}, sample: true}
+      corsPolicy:
+        allowOrigins: [{exact: \"https://a.example\", ignoreCase: true}]
+        allowPrivateNetworkAccess: true
+",
+            ),
+            "istio-system/splitgate",
+        );
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(vs.status, Status::Applied, "{}", vs.message);
+        assert_eq!(
+            vs.unsupported,
+            [
+                "spec.http[1].mirrorPercentage",
+                "spec.http[1].mirrors[0].sample",
+                "spec.http[1].mirrors[0].destination.weight",
+                "spec.http[1].corsPolicy.allowPrivateNetworkAccess",
+                "spec.http[1].corsPolicy.allowOrigins[0].ignoreCase",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_cors_and_mirrors_reject_the_object_naming_the_field() {
+        let spec = gateway("istio-system/splitgate");
+        let good = Cluster::from_yaml(ARGO_SUBSET).unwrap();
+        let first = translate(&good, &spec, &file(), &LastGood::new());
+        for (rule, reason) in [
+            (
+                "      mirror: {host: rollouts-demo, subset: canary}
+      mirrors: [{destination: {host: rollouts-demo, subset: stable}}]
+",
+                "spec.http[1].mirrors: cannot be set beside mirror",
+            ),
+            (
+                "      mirrors: [{destination: {host: rollouts-demo, subset: canary}, percentage: {value: 150}}]\n",
+                "spec.http[1].mirrors[0].percentage.value: must be between 0 and 100, not 150",
+            ),
+            (
+                "      mirrors: [{destination: {host: rollouts-demo, subset: blue}}]\n",
+                "spec.http[1].mirrors[0].destination: subset blue is in no DestinationRule",
+            ),
+            (
+                "      corsPolicy: {allowOrigins: [{exact: a, prefix: b}]}\n",
+                "spec.http[1].corsPolicy.allowOrigins[0]: must set exactly one of exact, prefix, regex",
+            ),
+            (
+                "      corsPolicy: {allowOrigins: [{regex: \"(\"}]}\n",
+                "spec.http[1].corsPolicy.allowOrigins[0].regex: invalid regex \"(\"",
+            ),
+            (
+                "      corsPolicy: {allowOrigin: [\"\"]}\n",
+                "spec.http[1].corsPolicy.allowOrigin[0]: an empty string matches no origin",
+            ),
+            (
+                "      corsPolicy: {allowOrigins: [{exact: a}], allowMethods: [get], maxAge: 1.5s}\n",
+                "spec.http[1].corsPolicy.allowMethods[0]: \"get\" is not a method a policy can allow (one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH); spec.http[1].corsPolicy.maxAge: must be whole seconds",
+            ),
+            (
+                "      corsPolicy: {allowOrigins: [{exact: a}], unmatchedPreflights: DROP}\n",
+                "spec.http[1].corsPolicy.unmatchedPreflights: must be FORWARD or IGNORE, not \"DROP\"",
+            ),
+        ] {
+            let bad = with_mirror_rule(rule).replace("generation: 9", "generation: 10");
+            let bad = Cluster::from_yaml(&bad).unwrap();
+            let t = translate(&bad, &spec, &file(), &first.last_good);
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{reason}");
+            assert!(
+                vs.message.starts_with(reason),
+                "{:?} does not start with {reason:?}",
+                vs.message
+            );
+            assert_eq!(vs.served_generation, Some(9), "the last good version serves");
         }
     }
 

@@ -8,6 +8,7 @@ use super::idle::IdleBody;
 use super::mirror;
 use crate::metrics::istio::Sample;
 use crate::routing::answer::Answer;
+use crate::routing::cors::Verdict;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
@@ -79,10 +80,28 @@ pub async fn handle(
     let Some(hit) = rt.router.find(&parts) else {
         return unrouted(&parts, ProxyError::NoRoute);
     };
+    // CORS comes first, as Envoy's filter does: a preflight is answered here, and every other
+    // answer to an allowed origin (the gateway's own included) gets the policy's headers.
+    let cors = match hit.rule.cors.as_deref() {
+        None => None,
+        Some(c) => match c.verdict(&parts.method, &parts.headers) {
+            Verdict::Pass => None,
+            Verdict::Allowed(origin) => Some((c, origin)),
+            Verdict::Preflight(headers) => {
+                let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+                *resp.headers_mut() = headers;
+                answered(&parts, &resp, Flags::NONE);
+                return resp;
+            }
+        },
+    };
     if let Some(answer) = &hit.rule.answer {
         let mut resp = local_answer(answer, &parts, conn);
         if let Some(h) = &hit.rule.headers {
             h.response.apply(resp.headers_mut());
+        }
+        if let Some((c, origin)) = cors {
+            c.decorate(origin, resp.headers_mut());
         }
         answered(&parts, &resp, Flags::NONE);
         return resp;
@@ -130,6 +149,9 @@ pub async fn handle(
             *resp.status_mut() = status;
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, resp.headers_mut());
+            }
             if let Some(r) = pending.0.take() {
                 Recorder {
                     code: status.as_u16(),
@@ -153,6 +175,9 @@ pub async fn handle(
     match result {
         Ok(((mut parts, body), exhausted)) => {
             changes.response(&mut parts.headers);
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, &mut parts.headers);
+            }
             // A client placed just now keeps its place on its next requests.
             if let Some(cookie) = new_position
                 .zip(hit.rule.sticky.as_deref())
@@ -175,7 +200,10 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::debug!(flags = %e.flags(), error = %e, "request failed");
-            let resp = error_response(&e, grpc);
+            let mut resp = error_response(&e, grpc);
+            if let Some((c, origin)) = cors {
+                c.decorate(origin, resp.headers_mut());
+            }
             if let Some(r) = recorder {
                 let (code, response_bytes) = (resp.status().as_u16(), answer_size(&resp));
                 Recorder {
@@ -303,19 +331,11 @@ async fn proxy(
         parts.headers.insert(header::HOST, host);
     }
     changes.request(&mut parts.headers);
-    let sampled = rule
-        .mirror
-        .filter(|m| !upgrade && m.sampled(&mut rand::rng()));
     let body = IdleBody::new(body, conn.stream_idle);
-    let body = match sampled {
-        None => UpstreamBody::Stream(body),
-        Some(m) => {
-            let (primary, copy) = mirror::tee(&parts, body).await?;
-            if let Some(copy) = copy {
-                mirror::spawn(rt.clone(), m.target, &parts, copy);
-            }
-            primary
-        }
+    let body = if upgrade || rule.mirrors.is_empty() {
+        UpstreamBody::Stream(body)
+    } else {
+        mirror::copy(rt, &rule.mirrors, &parts, body).await?
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);

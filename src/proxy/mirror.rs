@@ -5,6 +5,7 @@ use super::error::ProxyError;
 use super::handler::forward;
 use super::idle::IdleBody;
 use crate::metrics::hub::ResultLabel;
+use crate::routing::Mirror;
 use crate::runtime::Runtime;
 use crate::split::Target;
 use crate::upstream::UpstreamBody;
@@ -51,6 +52,35 @@ pub async fn tee(
         UpstreamBody::buffered(bytes.clone()),
         Some(UpstreamBody::buffered(bytes)),
     ))
+}
+
+/// Copies the request to each of `mirrors` that samples it (each samples on its own), in the
+/// background, and returns the body for the primary. The body is read once, and its bytes are
+/// shared by every copy.
+pub async fn copy(
+    rt: &Arc<Runtime>,
+    mirrors: &[Mirror],
+    parts: &Parts,
+    body: IdleBody<Incoming>,
+) -> Result<UpstreamBody, ProxyError> {
+    let first = {
+        let mut rng = rand::rng();
+        mirrors.iter().position(|m| m.sampled(&mut rng))
+    };
+    let Some(first) = first else {
+        return Ok(UpstreamBody::Stream(body));
+    };
+    let (primary, copy) = tee(parts, body).await?;
+    if let Some(copy) = copy {
+        let mut rng = rand::rng();
+        let rest = mirrors[first + 1..].iter().filter(|m| m.sampled(&mut rng));
+        for m in std::iter::once(&mirrors[first]).chain(rest) {
+            if let Some(body) = copy.replay() {
+                spawn(rt.clone(), m.target, parts, body);
+            }
+        }
+    }
+    Ok(primary)
 }
 
 /// Sends a copy of a request (head already prepared for upstream) to `target` in the background.

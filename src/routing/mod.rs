@@ -1,6 +1,7 @@
 //! Routing: which route and rule a request head selects.
 
 pub mod answer;
+pub mod cors;
 pub mod fault;
 pub mod header_ops;
 pub mod matcher;

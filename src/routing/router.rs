@@ -55,8 +55,8 @@ pub struct Rule {
     pub split: Split,
     /// Upper bound on the wait for the upstream's response headers.
     pub timeout: Option<Duration>,
-    /// Where copies of matching requests go, if anywhere.
-    pub mirror: Option<Mirror>,
+    /// Where copies of matching requests go: each mirror samples requests on its own.
+    pub mirrors: Box<[Mirror]>,
     /// When a request is tried again, on another endpoint.
     pub retry: super::retry::Retry,
     /// The rule's header changes, if any.
@@ -72,6 +72,8 @@ pub struct Rule {
     pub answer: Option<Box<super::answer::Answer>>,
     /// Delays and errors injected, if any.
     pub fault: Option<Box<super::fault::Fault>>,
+    /// The CORS policy, if any.
+    pub cors: Option<Box<super::cors::CorsPolicy>>,
 }
 
 /// A traffic mirror: a share of requests is copied to another subset, fire and forget.
@@ -234,7 +236,7 @@ mod tests {
                 matches: vec![],
                 split,
                 timeout: None,
-                mirror: None,
+                mirrors: Box::new([]),
                 retry: Default::default(),
                 headers: None,
                 destination_headers: Box::new([]),
@@ -242,6 +244,7 @@ mod tests {
                 rewrite: None,
                 answer: None,
                 fault: None,
+                cors: None,
             })],
             upgrades: Box::new(["websocket".into()]),
         }

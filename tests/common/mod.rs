@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod fake_kube;
+pub mod kube;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
