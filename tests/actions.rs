@@ -246,6 +246,33 @@ async fn a_delay_holds_its_own_request_and_no_other() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_abort_is_an_http_200_carrying_the_grpc_status() {
+    let up = spawn_upstream("up", Behavior::Name).await;
+    let fault = "{ abort: { grpc_status: UNAVAILABLE, percentage: 100 } }";
+    let app = spawn_gateway(&fault_config(&up, fault, "")).await;
+    let req = http::Request::post(app.url("/pkg.Svc/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\0",
+        )))
+        .unwrap();
+    let a = send(&h2c_client(), req).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["grpc-status"], "14");
+    assert_eq!(a.headers["grpc-message"], "fault filter abort");
+    assert_eq!(a.headers["content-type"], "application/grpc");
+    assert_eq!(up.count(), 0);
+    let labels = [
+        ("response_flags", "FI"),
+        ("grpc_response_status", "14"),
+        ("request_protocol", "grpc"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(requests(&app, &labels), 1);
+}
+
 #[test]
 fn bad_blocks_are_refused_with_their_path_and_reason() {
     let cases = [
@@ -308,6 +335,16 @@ fn bad_blocks_are_refused_with_their_path_and_reason() {
             "fault: { abort: { http_status: 503 } }\n        route: [{ destination: { service: svc, subset: up } }]",
             "routes[0].http[0].fault.abort",
             "percentage",
+        ),
+        (
+            "fault: { abort: { http_status: 503, grpc_status: UNAVAILABLE, percentage: 1 } }\n        route: [{ destination: { service: svc, subset: up } }]",
+            "routes[0].http[0].fault.abort",
+            "needs exactly one of http_status or grpc_status",
+        ),
+        (
+            "fault: { abort: { grpc_status: SAD, percentage: 1 } }\n        route: [{ destination: { service: svc, subset: up } }]",
+            "routes[0].http[0].fault.abort.grpc_status",
+            "\"SAD\" is not a gRPC status",
         ),
         (
             "fault: {}\n        route: [{ destination: { service: svc, subset: up } }]",

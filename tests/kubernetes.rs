@@ -936,7 +936,7 @@ spec:
       route: [{destination: {host: rollouts-demo-stable}}]
     - name: api
       rewrite: {uri: /v2/, authority: internal.example}
-      fault: {delay: {fixedDelay: 1ms, percentage: {value: 100}}, abort: {grpcStatus: UNAVAILABLE, httpStatus: 500, percentage: {value: 0}}}
+      fault: {delay: {fixedDelay: 1ms, percentage: {value: 100}}, abort: {http2Error: CANCEL, httpStatus: 500, percentage: {value: 0}}}
       route: [{destination: {host: rollouts-demo-stable}}]
 ";
         let g = generation_of(&kube.apply_yaml(vs));
@@ -944,7 +944,7 @@ spec:
         let app = spawn_app_in(dir.clone(), &kube_config(&kube, &dir)).await;
         let s = wait_served(&app, "rollouts-demo-vsvc", g).await;
         let o = object(&s, "VirtualService", "shop", "rollouts-demo-vsvc").unwrap();
-        assert_eq!(o["unsupported"], serde_json::json!(["spec.http[3].fault.abort.grpcStatus"]));
+        assert_eq!(o["unsupported"], serde_json::json!(["spec.http[3].fault.abort.http2Error"]));
         let client = http1_client();
         let host = [("host", "rollouts-demo.example.com")];
 

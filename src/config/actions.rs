@@ -5,7 +5,7 @@ use super::duration::parse_duration;
 use super::model::{RawDirectResponse, RawFault, RawRedirect, RawRewrite, RawRule};
 use super::FieldError;
 use crate::routing::answer::{Answer, Redirect};
-use crate::routing::fault::{per_million, Fault};
+use crate::routing::fault::{grpc_code, per_million, Abort, Fault};
 use crate::routing::rewrite::{replacement, Rewrite, UriRewrite};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -248,15 +248,36 @@ pub fn fault(errs: &mut Vec<FieldError>, rp: &str, raw: &RawFault) -> Option<Box
         None => None,
         Some(a) => {
             let share = share(&mut errs, format!("{p}.abort.percentage"), a.percentage);
-            match StatusCode::from_u16(a.http_status)
-                .ok()
-                .filter(|s| (200..=599).contains(&s.as_u16()))
-            {
-                Some(s) => share.map(|share| (s, share)),
-                None => {
+            let http = |code: u16| {
+                StatusCode::from_u16(code)
+                    .ok()
+                    .filter(|s| (200..=599).contains(&s.as_u16()))
+            };
+            match (a.http_status, a.grpc_status.as_deref()) {
+                (Some(code), None) => match http(code) {
+                    Some(s) => share.map(|share| (Abort::Http(s), share)),
+                    None => {
+                        errs.add(
+                            format!("{p}.abort.http_status"),
+                            format!("{code} is not a status from 200 to 599"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(name)) => match grpc_code(name) {
+                    Some(code) => share.map(|share| (Abort::Grpc(code), share)),
+                    None => {
+                        errs.add(
+                            format!("{p}.abort.grpc_status"),
+                            format!("{name:?} is not a gRPC status: use a name like UNAVAILABLE, or 0–16"),
+                        );
+                        None
+                    }
+                },
+                _ => {
                     errs.add(
-                        format!("{p}.abort.http_status"),
-                        format!("{} is not a status from 200 to 599", a.http_status),
+                        format!("{p}.abort"),
+                        "needs exactly one of http_status or grpc_status",
                     );
                     None
                 }

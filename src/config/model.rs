@@ -529,12 +529,16 @@ pub struct RawFaultDelay {
     pub percentage: f64,
 }
 
-/// An error status on a share of requests.
+/// An error on a share of requests: an HTTP status, or a gRPC status (exactly one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFaultAbort {
-    /// Status sent, 200–599.
-    pub http_status: u16,
+    /// HTTP status sent, 200–599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// gRPC status sent in an HTTP 200 (`UNAVAILABLE`, or its number `14`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
     /// Share of requests aborted, 0–100.
     pub percentage: f64,
 }

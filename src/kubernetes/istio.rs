@@ -264,11 +264,13 @@ pub struct FaultDelay {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FaultAbort {
-    /// Status sent.
+    /// HTTP status sent.
     pub http_status: Option<u32>,
+    /// gRPC status sent (`UNAVAILABLE`).
+    pub grpc_status: Option<String>,
     /// Share, 0–100.
     pub percentage: Option<Percent>,
-    /// Anything else (`grpcStatus`, `http2Error`).
+    /// Anything else (`http2Error`).
     #[serde(flatten)]
     pub rest: Rest,
 }
@@ -355,10 +357,14 @@ impl HttpFault {
         };
         let abort = match &self.abort {
             None => None,
+            Some(a) if a.http_status.is_none() && a.grpc_status.is_none() => {
+                return Err(
+                    "abort: needs httpStatus or grpcStatus (http2Error is not served)".into(),
+                )
+            }
             Some(a) => Some(crate::config::model::RawFaultAbort {
-                http_status: a.http_status.map(|s| u16::try_from(s).unwrap_or(0)).ok_or(
-                    "abort.httpStatus: required (grpcStatus and http2Error are not served)",
-                )?,
+                http_status: a.http_status.map(|s| u16::try_from(s).unwrap_or(0)),
+                grpc_status: a.grpc_status.clone(),
                 percentage: a.percentage.map(|p| p.value).unwrap_or(0.0),
             }),
         };

@@ -1223,7 +1223,7 @@ mod tests {
       rewrite: {uri: /v2, authority: internal.example, uriRegexRewrite: null}
       fault:
         delay: {fixedDelay: 2s, percentage: {value: 10}}
-        abort: {httpStatus: 503, percentage: {value: 5}, grpcStatus: UNAVAILABLE}
+        abort: {httpStatus: 503, percentage: {value: 5}, http2Error: CANCEL}
       route:
         - destination: {host: rollouts-demo-stable}
     - name: regex
@@ -1239,7 +1239,7 @@ mod tests {
             vs.unsupported,
             [
                 "spec.http[0].redirect.derivePort",
-                "spec.http[2].fault.abort.grpcStatus"
+                "spec.http[2].fault.abort.http2Error"
             ]
         );
         let http = &t.routes[0].http;
@@ -1270,7 +1270,8 @@ mod tests {
         let fault = http[2].fault.as_ref().unwrap();
         let (delay, abort) = (fault.delay.as_ref().unwrap(), fault.abort.as_ref().unwrap());
         assert_eq!((delay.fixed_delay.as_str(), delay.percentage), ("2s", 10.0));
-        assert_eq!((abort.http_status, abort.percentage), (503, 5.0));
+        assert_eq!((abort.http_status, abort.percentage), (Some(503), 5.0));
+        assert_eq!(abort.grpc_status, None);
         let regex = http[3]
             .rewrite
             .as_ref()
@@ -1368,8 +1369,8 @@ mod tests {
                 "spec.http[0].directResponse.body.bytes: only text bodies are served",
             ),
             (
-                "    - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 1}}}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
-                "spec.http[0].fault.abort.httpStatus: required",
+                "    - fault: {abort: {http2Error: CANCEL, percentage: {value: 1}}}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",
+                "spec.http[0].fault.abort: needs httpStatus or grpcStatus",
             ),
             (
                 "    - redirect: {uri: /x}\n      route: [{destination: {host: rollouts-demo-stable}}]\n",

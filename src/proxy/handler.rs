@@ -9,6 +9,7 @@ use super::mirror;
 use crate::metrics::istio::Sample;
 use crate::routing::answer::Answer;
 use crate::routing::cors::Verdict;
+use crate::routing::fault::Abort;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
@@ -143,19 +144,16 @@ pub async fn handle(
             tokio::time::sleep(delay).await;
             injected = Flags::DI;
         }
-        if let Some(status) = drawn.abort {
-            let mut resp =
-                Response::new(ProxyBody::fixed(Bytes::from_static(b"fault filter abort")));
-            *resp.status_mut() = status;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if let Some(abort) = drawn.abort {
+            let mut resp = fault_answer(abort);
             if let Some((c, origin)) = cors {
                 c.decorate(origin, resp.headers_mut());
             }
             if let Some(r) = pending.0.take() {
                 Recorder {
-                    code: status.as_u16(),
+                    code: resp.status().as_u16(),
                     response_bytes: answer_size(&resp),
+                    grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
                     ..r
                 }
                 .finish(injected.with(Flags::FI));
@@ -214,6 +212,32 @@ pub async fn handle(
                 }
                 .finish(e.flags().with(injected));
             }
+            resp
+        }
+    }
+}
+
+/// A fault abort's answer, as Envoy's fault filter makes it: the status with the body
+/// `fault filter abort`, or for a gRPC status an HTTP 200 carrying it.
+fn fault_answer(abort: Abort) -> Response<ProxyBody> {
+    const MESSAGE: &str = "fault filter abort";
+    match abort {
+        Abort::Http(status) => {
+            let mut resp = Response::new(ProxyBody::fixed(Bytes::from_static(MESSAGE.as_bytes())));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            resp
+        }
+        Abort::Grpc(code) => {
+            let mut resp = Response::new(ProxyBody::fixed(Bytes::new()));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from_static(code));
+            h.insert("grpc-message", HeaderValue::from_static(MESSAGE));
             resp
         }
     }

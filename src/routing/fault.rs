@@ -11,8 +11,51 @@ use std::time::Duration;
 pub struct Fault {
     /// How long, for how many per million.
     pub delay: Option<(Duration, u32)>,
-    /// Which status, for how many per million.
-    pub abort: Option<(StatusCode, u32)>,
+    /// Which error, for how many per million.
+    pub abort: Option<(Abort, u32)>,
+}
+
+/// The error an aborted request gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Abort {
+    /// This HTTP status.
+    Http(StatusCode),
+    /// HTTP 200 with this `grpc-status` (its number, `"14"`), as Envoy answers a gRPC abort.
+    Grpc(&'static str),
+}
+
+/// gRPC's status names, by number.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The number of a gRPC status given by name (`UNAVAILABLE`) or number (`14`), as the
+/// `grpc-status` label value.
+pub fn grpc_code(name: &str) -> Option<&'static str> {
+    const NUMBERS: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    GRPC_CODES
+        .iter()
+        .position(|c| *c == name)
+        .or_else(|| NUMBERS.iter().position(|n| *n == name))
+        .map(|i| NUMBERS[i])
 }
 
 /// What one request gets.
@@ -20,8 +63,8 @@ pub struct Fault {
 pub struct Injected {
     /// Held this long first.
     pub delay: Option<Duration>,
-    /// Then answered with this status instead of being forwarded.
-    pub abort: Option<StatusCode>,
+    /// Then answered with this error instead of being forwarded.
+    pub abort: Option<Abort>,
 }
 
 /// A share per million from a percentage (validated to lie in 0–100).
@@ -52,7 +95,10 @@ mod tests {
     fn shares_are_drawn_independently_and_near_their_percentages() {
         let f = Fault {
             delay: Some((Duration::from_millis(5), per_million(10.0))),
-            abort: Some((StatusCode::SERVICE_UNAVAILABLE, per_million(25.5))),
+            abort: Some((
+                Abort::Http(StatusCode::SERVICE_UNAVAILABLE),
+                per_million(25.5),
+            )),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let (mut delayed, mut aborted, mut both) = (0, 0, 0);
@@ -69,8 +115,16 @@ mod tests {
         assert!((pct(both) - 2.55).abs() < 0.2, "{}", pct(both));
         let none = Fault {
             delay: Some((Duration::ZERO, 0)),
-            abort: Some((StatusCode::OK, 0)),
+            abort: Some((Abort::Grpc("14"), 0)),
         };
+        assert_eq!(
+            (
+                grpc_code("UNAVAILABLE"),
+                grpc_code("16"),
+                grpc_code("Unavailable")
+            ),
+            (Some("14"), Some("16"), None)
+        );
         assert_eq!(
             none.draw(&mut rng),
             Injected {
