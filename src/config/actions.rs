@@ -3,6 +3,7 @@
 
 use super::duration::parse_duration;
 use super::model::{RawDirectResponse, RawFault, RawRedirect, RawRewrite, RawRule};
+use super::string_match::regex_reason;
 use super::FieldError;
 use crate::routing::answer::{Answer, Redirect};
 use crate::routing::fault::{grpc_code, per_million, Abort, Fault};
@@ -23,17 +24,6 @@ impl Errs<'_> {
             message: message.into(),
         });
     }
-}
-
-/// The reason line of a regex error (its text also draws the pattern with a caret under it).
-pub(super) fn regex_reason(e: &regex::Error) -> String {
-    let text = e.to_string();
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or(&text);
-    last.trim().trim_start_matches("error: ").to_string()
 }
 
 /// What rule `rp` does instead of routing, if anything; and whether it routes at all, which

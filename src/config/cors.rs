@@ -4,7 +4,7 @@
 
 use super::duration::parse_duration;
 use super::model::RawCorsPolicy;
-use super::validate::parse_string_match;
+use super::string_match::parse_string_match;
 use crate::routing::cors::{CorsPolicy, UnmatchedPreflights};
 use crate::routing::StringMatch;
 use http::{HeaderName, HeaderValue};

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod kubernetes;
 pub mod limits;
 pub mod model;
+pub mod string_match;
 pub mod validate;
 pub mod watch;
 

@@ -371,7 +371,7 @@ fn header_rule(
 
 /// One header condition must be a valid test (the same rules as in the config file).
 fn check_condition(m: &HeaderMatch, field: &str) -> Result<(), OverlayError> {
-    crate::config::validate::parse_string_match(&m.value())
+    crate::config::string_match::parse_string_match(&m.value())
         .map(drop)
         .map_err(|(sub, message)| {
             // The file's message points to `without_headers`, which header routes do not have.
