@@ -211,7 +211,7 @@ fn service(
                 name: sub.name.as_str().into(),
                 labels: sub.labels.clone(),
                 workload: sub.workload.as_str().into(),
-                balancer: Balancer::new(endpoints, s.load_balancer),
+                balancer: Balancer::new(endpoints, s.load_balancer, s.consistent_hash.as_ref()),
                 standby,
                 protocol: s.protocol,
                 outlier: s.outlier,

@@ -4,6 +4,7 @@ pub mod aliases;
 pub mod compile;
 pub mod duration;
 pub mod files;
+pub mod hashing;
 pub mod headers;
 pub mod keys;
 pub mod kubernetes;

@@ -1,6 +1,7 @@
 //! Routing: which route and rule a request head selects.
 
 pub mod header_ops;
+pub mod keys;
 pub mod matcher;
 pub mod retry;
 pub mod router;

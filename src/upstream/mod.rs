@@ -3,6 +3,7 @@
 pub mod balance;
 pub mod circuit;
 pub mod h1;
+pub mod hash;
 pub mod outlier;
 pub mod pool;
 
