@@ -7,7 +7,7 @@ pub mod hash;
 pub mod outlier;
 pub mod pool;
 
-pub use balance::{Balancer, LoadBalancer};
+pub use balance::{Balancer, Hashing, LoadBalancer};
 pub use pool::{
     BoxError, Endpoint, EndpointAddr, PoolSettings, PooledBody, SendError, UpstreamBody,
     UpstreamProtocol,
