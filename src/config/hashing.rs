@@ -3,8 +3,8 @@
 //! problems come out in either spelling: the file's snake_case or Istio's camelCase.
 
 use super::duration::parse_duration;
+use super::headers::is_token_byte;
 use super::model::RawConsistentHash;
-use super::validate::is_token_byte;
 use crate::upstream::hash::{
     Algorithm, HashKey, HashPolicy, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_RING_POINTS,
     MAX_MAGLEV_TABLE_SIZE, MAX_RING_POINTS,

@@ -2,6 +2,7 @@
 
 use super::duration::parse_duration;
 use super::hashing::Spelling;
+use super::headers::is_token_byte;
 use super::model::*;
 use super::FieldError;
 use crate::routing::retry::{self, Retry};
@@ -222,11 +223,6 @@ fn upgrades(errs: &mut Errors, p: &str, raw: Option<&[String]>) -> Box<[Box<str>
         }
     }
     out.into()
-}
-
-/// A `tchar` of RFC 9110 §5.6.2.
-pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Validates a raw config. On failure, returns every problem found, in document order.
