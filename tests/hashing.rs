@@ -8,22 +8,17 @@ mod common;
 use bytes::Bytes;
 use common::fake_kube::FakeKube;
 use common::*;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// Whole-test bound: a hang fails the test instead of blocking the run.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -111,6 +106,18 @@ fn assert_spread(owners: &BTreeMap<String, String>, names: &[&str]) {
     }
 }
 
+/// 30 requests without a key to `url` go to each of three endpoints in turn, and get no
+/// cookie.
+async fn assert_round_robin(client: &Client<HttpConnector, Full<Bytes>>, url: &str) {
+    let mut plain = BTreeMap::<String, usize>::new();
+    for _ in 0..30 {
+        let a = get(client, url, &[]).await;
+        assert!(a.headers.get("set-cookie").is_none(), "{:?}", a.headers);
+        *plain.entry(answered_by(&a)).or_default() += 1;
+    }
+    assert_eq!(plain.values().collect::<Vec<_>>(), [&10, &10, &10]);
+}
+
 fn keys(prefix: &str) -> Vec<String> {
     (0..KEYS).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -138,17 +145,7 @@ async fn a_header_key_always_reaches_the_same_endpoint_and_keys_spread_over_all(
             .await;
             assert_spread(&owners, &["a", "b", "c"]);
             // Requests without the key are balanced as usual: round robin.
-            let mut plain = BTreeMap::<String, usize>::new();
-            for _ in 0..30 {
-                *plain
-                    .entry(answered_by(&get(&client, &gw.url("/"), &[]).await))
-                    .or_default() += 1;
-            }
-            assert_eq!(
-                plain.values().collect::<Vec<_>>(),
-                [&10, &10, &10],
-                "{table}"
-            );
+            assert_round_robin(&client, &gw.url("/")).await;
         }
     })
     .await;
@@ -281,13 +278,7 @@ async fn a_cookie_with_a_ttl_is_given_to_new_clients_and_brings_them_back() {
             "{ consistent_hash: { http_cookie: { name: u } } }",
         ))
         .await;
-        let mut plain = BTreeMap::<String, usize>::new();
-        for _ in 0..30 {
-            let a = get(&client, &gw.url("/"), &[]).await;
-            assert!(a.headers.get("set-cookie").is_none());
-            *plain.entry(answered_by(&a)).or_default() += 1;
-        }
-        assert_eq!(plain.values().collect::<Vec<_>>(), [&10, &10, &10]);
+        assert_round_robin(&client, &gw.url("/")).await;
         let owners = sticky_owners(&keys("c")[..100], |key| {
             let (client, url) = (&client, gw.url("/"));
             async move { get(client, &url, &[("cookie", &format!("u={key}"))]).await }
@@ -384,53 +375,12 @@ async fn endpoint_churn_moves_only_the_keys_it_must() {
     .await;
 }
 
-/// An upstream named `name` that answers `200 <name>`, or `503 <name>` while `failing` is
-/// set; it counts what it gets.
-struct Switchable {
-    addr: SocketAddr,
-    failing: Arc<AtomicBool>,
-    seen: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-async fn spawn_switchable(name: &'static str) -> Switchable {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let failing = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (f, s) = (failing.clone(), seen.clone());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (f, s) = (f.clone(), s.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    let status = if f.load(Ordering::SeqCst) { 503 } else { 200 };
-                    let resp = Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::from(format!("{name}\n"))))
-                        .unwrap();
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Switchable {
-        addr,
-        failing,
-        seen,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoints_keys_are_retried_on_others_and_stick_there_once_it_is_ejected() {
     bounded(async {
-        let mut ups = Vec::new();
-        for name in ["a", "b", "c"] {
-            ups.push(spawn_switchable(name).await);
-        }
+        let failing = Arc::new(AtomicBool::new(false));
+        let mut ups = upstreams(2).await;
+        ups.push(spawn_upstream("c", Behavior::FailWhile(failing.clone())).await);
         let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
         let keys = keys("eject");
         for (outlier, table) in [
@@ -444,7 +394,7 @@ async fn a_failing_endpoints_keys_are_retried_on_others_and_stick_there_once_it_
                 ", maglev: {}",
             ),
         ] {
-            ups[2].failing.store(false, Ordering::SeqCst);
+            failing.store(false, Ordering::SeqCst);
             let gw = spawn_gateway(&config(
                 &addrs,
                 &format!("{{ consistent_hash: {{ http_header_name: x-user{table} }}{outlier} }}"),
@@ -458,8 +408,8 @@ async fn a_failing_endpoints_keys_are_retried_on_others_and_stick_there_once_it_
             let healthy = sticky_owners(&keys, send).await;
             let on_c = healthy.values().filter(|by| *by == "c").count();
 
-            ups[2].failing.store(true, Ordering::SeqCst);
-            let c_before = ups[2].seen.load(Ordering::SeqCst);
+            failing.store(true, Ordering::SeqCst);
+            let c_before = ups[2].count();
             // Every request is answered 200: a key of c is retried on another endpoint (Istio's
             // default retries 503), always the same one, so it sticks there.
             let failing = sticky_owners(&keys, send).await;
@@ -478,7 +428,7 @@ async fn a_failing_endpoints_keys_are_retried_on_others_and_stick_there_once_it_
                 stand_ins.len() == 2 && stand_ins.values().all(|&n| n >= on_c / 5),
                 "{outlier}{table}: {stand_ins:?}"
             );
-            let c_tries = ups[2].seen.load(Ordering::SeqCst) - c_before;
+            let c_tries = ups[2].count() - c_before;
             if outlier.is_empty() {
                 // Each of c's keys tries c first, every time.
                 assert_eq!(c_tries, on_c * REPEATS);
