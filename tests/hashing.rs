@@ -344,9 +344,10 @@ async fn endpoint_churn_moves_only_the_keys_it_must() {
             let on_b = four.values().filter(|by| *by == "b").count();
             let strays: Vec<_> = gone.iter().filter(|(_, from, _)| from != "b").collect();
             assert_eq!(gone.len() - strays.len(), on_b, "every key of b moved");
-            // Maglev's refill may shift a slot or two between the others (about 1 key in
-            // 8,000); a ring never does.
-            let allowed = if table.is_empty() { 0 } else { KEYS / 100 };
+            // Maglev's refill shifts a few slots between the others: over 3,000 random sets of
+            // addresses, 0.35 of 500 keys on average, 19 at worst (23 when one comes). A ring
+            // never does.
+            let allowed = if table.is_empty() { 0 } else { KEYS / 10 };
             assert!(strays.len() <= allowed, "{table}: {strays:?}");
             assert_spread(&three, &["a", "c", "d"]);
 

@@ -264,6 +264,34 @@ mod tests {
     }
 
     #[test]
+    fn without_a_key_tries_go_in_config_order_from_the_pick_past_ejected_endpoints() {
+        let b = Balancer::new(endpoints(4), LoadBalancer::RoundRobin, None);
+        let mut rng = SmallRng::seed_from_u64(0);
+        let port = |e: &Endpoint| e.addr().to_string();
+        let tries = |order: &mut Order<'_>, out: &[&str]| {
+            [0; 5].map(|_| b.next(order, |e| !out.contains(&port(e).as_str())))
+        };
+        // Round robin picks 0 first, then 1; the tries go on from there, modulo the count.
+        let mut first = b.order(None, &mut rng).unwrap();
+        assert_eq!(tries(&mut first, &[]), [0, 1, 2, 3, 0]);
+        let mut second = b.order(Some(7), &mut rng).unwrap();
+        assert_eq!(
+            tries(&mut second, &["127.0.0.1:9002"]),
+            [1, 3, 0, 1, 3],
+            "a hash without a table is ignored; the ejected one is passed over"
+        );
+        // All ejected: every endpoint serves, in turn (panic mode).
+        let all = [
+            "127.0.0.1:9000",
+            "127.0.0.1:9001",
+            "127.0.0.1:9002",
+            "127.0.0.1:9003",
+        ];
+        let mut third = b.order(None, &mut rng).unwrap();
+        assert_eq!(tries(&mut third, &all), [2, 3, 0, 1, 2]);
+    }
+
+    #[test]
     fn empty_subset_has_no_endpoint() {
         let b = Balancer::new(vec![], LoadBalancer::LeastRequest, None);
         assert!(b.pick_index(&mut SmallRng::seed_from_u64(0)).is_none());
