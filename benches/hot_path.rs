@@ -1,7 +1,8 @@
 //! Micro benches of the per-request pieces that need no sockets: route matching over 1, 10 and
 //! 100 routes with header rules, the weighted pick, recording a request in the Istio metrics,
-//! and the whole request path through the handler's steps (route, pick, header rewrite,
-//! metrics) without the I/O.
+//! the whole request path through the handler's steps (route, pick, header rewrite, metrics)
+//! without the I/O, and an endpoint's pick with and without consistent hashing (and what
+//! building its table costs).
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use rand::{rngs::SmallRng, SeedableRng};
@@ -167,11 +168,123 @@ fn request_path(c: &mut Criterion) {
     });
 }
 
+/// A runtime whose one subset has `n` endpoints and the given service `policy` (YAML).
+fn runtime_with_policy(n: usize, policy: &str) -> splitgate::runtime::Runtime {
+    let endpoints: Vec<String> = (0..n)
+        .map(|i| format!("\"10.0.{}.{}:8080\"", i / 250, 1 + i % 250))
+        .collect();
+    let yaml = format!(
+        "listeners: [{{ name: http, address: \"127.0.0.1:0\" }}]
+services:
+  svc:
+    namespace: default
+    host: svc.default.svc.cluster.local
+    subsets: {{ pool: {{ endpoints: [{}] }} }}
+    policy: {policy}
+routes: [{{ name: r, hosts: [\"*\"], http: [{{ route: [{{ destination: {{ service: svc, subset: pool }} }}] }}] }}]
+",
+        endpoints.join(", ")
+    );
+    let config = splitgate::config::from_str(&yaml, "bench").expect("the bench config is valid");
+    splitgate::config::compile(&config, None, 1)
+}
+
+/// An endpoint's pick as the handler makes it: read the key (if the service hashes), place the
+/// request, take the first endpoint. `before` is the pick as it was before consistent hashing
+/// (the policy's pick alone), to show what a service without it pays now.
+fn endpoint_pick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("endpoint_pick");
+    let (parts, _) = http::Request::get("/api/items?page=2&user=user-4711")
+        .header("host", "shop.example.com")
+        .header("user-agent", "bench")
+        .header("x-user", "user-4711")
+        .header("cookie", "theme=dark; session=user-4711")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let mut rng = SmallRng::seed_from_u64(1);
+    let plain = runtime_with_policy(3, "{}");
+    let balancer = &plain.services[0].subsets[0].balancer;
+    group.bench_function("before/round_robin_3", |b| {
+        b.iter(|| black_box(balancer.pick_index(&mut rng)))
+    });
+    for (name, n, policy) in [
+        ("round_robin", 3, "{}"),
+        (
+            "ring_header",
+            3,
+            "{ consistent_hash: { http_header_name: x-user } }",
+        ),
+        (
+            "ring_cookie",
+            3,
+            "{ consistent_hash: { http_cookie: { name: session } } }",
+        ),
+        (
+            "ring_query",
+            3,
+            "{ consistent_hash: { http_query_parameter_name: user } }",
+        ),
+        (
+            "ring_source_ip",
+            3,
+            "{ consistent_hash: { use_source_ip: true } }",
+        ),
+        (
+            "maglev_header",
+            3,
+            "{ consistent_hash: { http_header_name: x-user, maglev: {} } }",
+        ),
+        (
+            "ring_header",
+            100,
+            "{ consistent_hash: { http_header_name: x-user } }",
+        ),
+        (
+            "maglev_header",
+            100,
+            "{ consistent_hash: { http_header_name: x-user, maglev: {} } }",
+        ),
+    ] {
+        let rt = runtime_with_policy(n, policy);
+        let balancer = &rt.services[0].subsets[0].balancer;
+        group.bench_function(BenchmarkId::new(name, n), |b| {
+            b.iter(|| {
+                let affinity = balancer.affinity(black_box(&parts), b"10.0.0.1");
+                let mut order = balancer.order(affinity.hash, &mut rng).expect("endpoints");
+                black_box(balancer.next(&mut order, |_| true))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Building a subset's table, as a config or endpoint change does.
+fn hash_table_build(c: &mut Criterion) {
+    use splitgate::upstream::hash::{Algorithm, HashTable};
+    let mut group = c.benchmark_group("hash_table_build");
+    group.sample_size(20);
+    for n in [3usize, 100] {
+        let names: Vec<String> = (0..n).map(|i| format!("10.0.0.{i}:8080")).collect();
+        for (name, algorithm) in [
+            ("ring_1024", Algorithm::RingHash { points: 1024 }),
+            ("maglev_65537", Algorithm::Maglev { table_size: 65_537 }),
+        ] {
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| black_box(HashTable::build(algorithm, &names)))
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     route_matching,
     weighted_pick,
     metric_recording,
-    request_path
+    request_path,
+    endpoint_pick,
+    hash_table_build
 );
 criterion_main!(benches);

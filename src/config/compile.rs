@@ -9,13 +9,15 @@ use crate::routing::Router;
 use crate::runtime::{RouteWindows, Runtime, Service, Subset};
 use crate::split::Target;
 use crate::upstream::circuit::{Circuit, Events, Limits};
-use crate::upstream::{Balancer, Endpoint, EndpointAddr, PoolSettings};
+use crate::upstream::hash::{Algorithm, HashTable};
+use crate::upstream::{Balancer, Endpoint, EndpointAddr, Hashing, PoolSettings};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a runtime carries over into the next: live endpoints by address and pool settings
-/// (with their pooled connections), and subsets' circuits by service, subset and bounds (with
-/// their counts of open connections).
+/// (with their pooled connections), subsets' circuits by service, subset and bounds (with
+/// their counts of open connections), and consistent-hash tables by kind and endpoint list
+/// (a Maglev table takes about a millisecond to fill).
 #[derive(Default)]
 struct Reusable {
     // `PoolSettings` holds a rustls config, which has interior mutability (its session
@@ -23,12 +25,18 @@ struct Reusable {
     #[allow(clippy::mutable_key_type)]
     endpoints: HashMap<(EndpointAddr, PoolSettings), Arc<Endpoint>>,
     circuits: HashMap<(Box<str>, Box<str>, Limits), Arc<Circuit>>,
+    tables: HashMap<(Algorithm, Vec<EndpointAddr>), Arc<HashTable>>,
 }
 
 fn reusable<'a>(services: impl Iterator<Item = &'a Service>) -> Reusable {
     let mut out = Reusable::default();
     for s in services {
         for sub in &s.subsets {
+            if let Some(h) = sub.balancer.hashing() {
+                let addrs = sub.balancer.endpoints().iter().map(|e| e.addr().clone());
+                out.tables
+                    .insert((h.algorithm, addrs.collect()), h.table.clone());
+            }
             let endpoints = sub.balancer.endpoints().iter().chain(sub.standby.iter());
             out.endpoints.extend(
                 endpoints.map(|ep| ((ep.addr().clone(), ep.settings().clone()), ep.clone())),
@@ -183,8 +191,19 @@ fn service(
                     .cloned()
                     .unwrap_or_else(|| Endpoint::new(a.clone(), settings.clone()))
             };
-            let endpoints = sub.endpoints.iter().map(endpoint).collect();
+            let endpoints: Vec<_> = sub.endpoints.iter().map(endpoint).collect();
             let standby = sub.standby.iter().map(endpoint).collect();
+            let hashing = s.consistent_hash.as_ref().map(|policy| {
+                let key = (policy.algorithm, sub.endpoints.clone());
+                match reusable.tables.get(&key) {
+                    Some(table) => Hashing {
+                        key: policy.key.clone(),
+                        algorithm: policy.algorithm,
+                        table: table.clone(),
+                    },
+                    None => Hashing::build(policy, &endpoints),
+                }
+            });
             let info = DestinationInfo {
                 service: s.service_name.clone(),
                 namespace: s.namespace.clone(),
@@ -211,7 +230,7 @@ fn service(
                 name: sub.name.as_str().into(),
                 labels: sub.labels.clone(),
                 workload: sub.workload.as_str().into(),
-                balancer: Balancer::new(endpoints, s.load_balancer),
+                balancer: Balancer::new(endpoints, s.load_balancer, hashing),
                 standby,
                 protocol: s.protocol,
                 outlier: s.outlier,
@@ -417,5 +436,65 @@ fn routes_changed(
         windows,
         hub,
         metrics_enabled: previous.metrics_enabled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoints: &[&str], policy: &str) -> Config {
+        let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let yaml = format!(
+            "listeners: [{{ name: http, address: \"127.0.0.1:0\" }}]
+services:
+  svc:
+    namespace: d
+    host: svc.d
+    subsets: {{ pool: {{ endpoints: [{}] }} }}
+    policy: {policy}
+routes: [{{ name: r, hosts: [\"*\"], http: [{{ route: [{{ destination: {{ service: svc, subset: pool }} }}] }}] }}]
+",
+            list.join(", ")
+        );
+        crate::config::from_str(&yaml, "test").unwrap()
+    }
+
+    fn table(rt: &Runtime) -> Arc<HashTable> {
+        let hashing = rt.services[0].subsets[0].balancer.hashing();
+        hashing.expect("a hashing subset").table.clone()
+    }
+
+    #[test]
+    fn a_hash_table_is_kept_while_its_endpoints_and_kind_are() {
+        let two = ["127.0.0.1:1", "127.0.0.1:2"];
+        let maglev = "{ consistent_hash: { use_source_ip: true, maglev: {} } }";
+        let first = compile(&config(&two, maglev), None, 1);
+        // Another key and another pool setting: the same table.
+        let other =
+            "{ connect_timeout: 2s, consistent_hash: { http_header_name: x-user, maglev: {} } }";
+        let second = compile(&config(&two, other), Some(&first), 2);
+        assert!(Arc::ptr_eq(&table(&first), &table(&second)));
+        let key = &second.services[0].subsets[0]
+            .balancer
+            .hashing()
+            .unwrap()
+            .key;
+        assert_eq!(
+            *key,
+            crate::upstream::hash::HashKey::Header(http::HeaderName::from_static("x-user"))
+        );
+        // Other endpoints, or another kind of table: built anew.
+        let one = compile(&config(&two[..1], maglev), Some(&first), 3);
+        assert!(!Arc::ptr_eq(&table(&first), &table(&one)));
+        let ring = "{ consistent_hash: { use_source_ip: true } }";
+        let ring = compile(&config(&two, ring), Some(&first), 4);
+        assert!(!Arc::ptr_eq(&table(&first), &table(&ring)));
+        assert!(
+            compile(&config(&two, "{}"), Some(&first), 5).services[0].subsets[0]
+                .balancer
+                .hashing()
+                .is_none()
+        );
     }
 }

@@ -19,6 +19,11 @@ const OWNED: [&str; 8] = [
     "upgrade",
 ];
 
+/// A `tchar` of RFC 9110 §5.6.2: what header names, protocol names and cookie names are made of.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// One direction's changes; the message names the field at fault (`set.x-a: …`).
 fn ops(raw: &RawHeaderOps) -> Result<HeaderOps, String> {
     let name = |field: &str, n: &str| {

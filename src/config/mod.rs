@@ -6,6 +6,7 @@ pub mod compile;
 pub mod cors;
 pub mod duration;
 pub mod files;
+pub mod hashing;
 pub mod headers;
 pub mod keys;
 pub mod kubernetes;

@@ -313,6 +313,68 @@ pub struct RawPolicy {
     /// Bounds on each subset's connections and requests (Istio's `connectionPool`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<RawConnectionPool>,
+    /// Requests with the same key go to the same endpoint (Istio's
+    /// `loadBalancer.consistentHash`); not with `load_balancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<RawConsistentHash>,
+}
+
+/// Istio's `ConsistentHashLB`, in snake_case: exactly one key, and at most one of `ring_hash`
+/// and `maglev` (default: a ring).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsistentHash {
+    /// Hash this request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    /// Hash this cookie; with a `ttl`, the gateway gives clients without it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<RawHashCookie>,
+    /// Hash the client's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    /// Hash this query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    /// Look keys up on a ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RawRingHash>,
+    /// Look keys up in a Maglev table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<RawMaglev>,
+}
+
+/// Istio's `HTTPCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHashCookie {
+    /// The cookie's name.
+    pub name: String,
+    /// `Path` of the cookie the gateway sets; none: no `Path` attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Duration string, whole seconds: with it, a client without the cookie is given one that
+    /// lasts this long (`0s`: the browser session); without it, none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// Istio's `RingHash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRingHash {
+    /// Points each endpoint places on the ring (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio's `MagLev`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMaglev {
+    /// Slots in the table, a prime (default 65537).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
 }
 
 /// Istio's `ConnectionPoolSettings`, flat and in snake_case. Bounds are per subset (an Envoy

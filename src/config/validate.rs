@@ -2,6 +2,8 @@
 
 use super::actions;
 use super::duration::parse_duration;
+use super::hashing::Spelling;
+use super::headers::is_token_byte;
 use super::model::*;
 use super::string_match::parse_string_match;
 use super::FieldError;
@@ -12,6 +14,7 @@ use crate::server::limits::Limits;
 use crate::split::{Split, Target};
 use crate::tls::{CertPaths, UpstreamTls};
 use crate::upstream::circuit::Limits as CircuitLimits;
+use crate::upstream::hash::HashPolicy;
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::{EndpointAddr, LoadBalancer, UpstreamProtocol};
 use http::HeaderName;
@@ -99,6 +102,8 @@ pub struct ServiceSpec {
     pub connect_timeout: Duration,
     /// Endpoint choice within a subset.
     pub load_balancer: LoadBalancer,
+    /// Endpoint choice by a request's key, before `load_balancer`.
+    pub consistent_hash: Option<HashPolicy>,
     /// Idle connections kept per endpoint.
     pub max_idle: usize,
     /// HTTP/1.1 connections open to one endpoint at once.
@@ -219,11 +224,6 @@ fn upgrades(errs: &mut Errors, p: &str, raw: Option<&[String]>) -> Box<[Box<str>
         }
     }
     out.into()
-}
-
-/// A `tchar` of RFC 9110 §5.6.2.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Validates a raw config. On failure, returns every problem found, in document order.
@@ -854,6 +854,28 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
             LoadBalancer::default()
         }),
     };
+    let consistent_hash = s.policy.consistent_hash.as_ref().and_then(|raw| {
+        let hp = format!("{p}.policy.consistent_hash");
+        if s.policy.load_balancer.is_some() {
+            errs.add(
+                &hp,
+                "cannot be combined with load_balancer: a key picks the endpoint, and requests \
+                 without one are balanced round robin",
+            );
+        }
+        super::hashing::consistent_hash(raw, Spelling::Snake)
+            .map_err(|problems| {
+                for (field, message) in problems {
+                    let at = if field.is_empty() {
+                        hp.clone()
+                    } else {
+                        format!("{hp}.{field}")
+                    };
+                    errs.add(at, message);
+                }
+            })
+            .ok()
+    });
     let protocol = match s.policy.protocol.as_deref() {
         None | Some("http1") => UpstreamProtocol::Http1,
         Some("http2") => UpstreamProtocol::Http2,
@@ -895,6 +917,7 @@ fn service(errs: &mut Errors, name: &str, s: &RawService) -> ServiceSpec {
         host: s.host.clone(),
         connect_timeout,
         load_balancer,
+        consistent_hash,
         max_idle: s.policy.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE),
         max_connections,
         protocol,

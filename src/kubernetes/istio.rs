@@ -526,8 +526,8 @@ pub struct DestinationRuleSpec {
     pub rest: Rest,
 }
 
-/// A DestinationRule's `trafficPolicy`: its `outlierDetection` and `connectionPool` are
-/// served.
+/// A DestinationRule's `trafficPolicy`: its `outlierDetection`, `connectionPool` and
+/// `loadBalancer` are served.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TrafficPolicy {
@@ -535,9 +535,163 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     /// Bounds on connections and requests.
     pub connection_pool: Option<ConnectionPool>,
-    /// Everything else (`loadBalancer`, `tls`, `portLevelSettings`, ...).
+    /// Endpoint choice.
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Everything else (`tls`, `portLevelSettings`, ...).
     #[serde(flatten)]
     pub rest: Rest,
+}
+
+/// Istio's `LoadBalancerSettings`: `simple` or `consistentHash`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadBalancerSettings {
+    /// `ROUND_ROBIN`, `LEAST_REQUEST` (`LEAST_CONN`), `RANDOM`, `PASSTHROUGH` or `UNSPECIFIED`.
+    pub simple: Option<String>,
+    /// Requests with the same key to the same endpoint.
+    pub consistent_hash: Option<ConsistentHash>,
+    /// Everything else (`localityLbSetting`, `warmupDurationSecs`, `warmup`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `ConsistentHashLB`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConsistentHash {
+    /// Hash this header.
+    pub http_header_name: Option<String>,
+    /// Hash this cookie.
+    pub http_cookie: Option<HttpCookie>,
+    /// Hash the client's IP.
+    pub use_source_ip: Option<bool>,
+    /// Hash this query parameter.
+    pub http_query_parameter_name: Option<String>,
+    /// A ring, sized.
+    pub ring_hash: Option<RingHash>,
+    /// A Maglev table, sized.
+    pub maglev: Option<Maglev>,
+    /// The ring's size before `ringHash` (deprecated by Istio).
+    pub minimum_ring_size: Option<u64>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `HTTPCookie`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HttpCookie {
+    /// Its name.
+    pub name: String,
+    /// `Path` of a cookie the gateway sets.
+    pub path: Option<String>,
+    /// With it, the gateway sets the cookie on clients without it, for this long.
+    pub ttl: Option<String>,
+    /// Everything else (`attributes`).
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `RingHash`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RingHash {
+    /// Points per endpoint, here.
+    pub minimum_ring_size: Option<u64>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+/// Istio's `MagLev`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Maglev {
+    /// Slots, a prime.
+    pub table_size: Option<u64>,
+    /// Everything else.
+    #[serde(flatten)]
+    pub rest: Rest,
+}
+
+impl LoadBalancerSettings {
+    /// The config file's `load_balancer` for `simple` (none for `UNSPECIFIED` or one not
+    /// served, which [`DestinationRuleSpec::unsupported`] lists).
+    pub fn simple_to_raw(&self) -> Option<String> {
+        let lb = match self.simple.as_deref()? {
+            "ROUND_ROBIN" => "round_robin",
+            "LEAST_REQUEST" | "LEAST_CONN" => "least_request",
+            "RANDOM" => "random",
+            _ => return None,
+        };
+        Some(lb.to_string())
+    }
+
+    fn unsupported(&self, at: &str, out: &mut Vec<String>) {
+        paths(at, &self.rest, out);
+        let served = |s: &str| {
+            [
+                "ROUND_ROBIN",
+                "LEAST_REQUEST",
+                "LEAST_CONN",
+                "RANDOM",
+                "UNSPECIFIED",
+            ]
+            .contains(&s)
+        };
+        if self.simple.as_deref().is_some_and(|s| !served(s)) {
+            out.push(format!("{at}.simple"));
+        }
+        if let Some(ch) = &self.consistent_hash {
+            let at = format!("{at}.consistentHash");
+            paths(&at, &ch.rest, out);
+            if let Some(c) = &ch.http_cookie {
+                paths(&format!("{at}.httpCookie"), &c.rest, out);
+            }
+            if let Some(r) = &ch.ring_hash {
+                paths(&format!("{at}.ringHash"), &r.rest, out);
+            }
+            if let Some(m) = &ch.maglev {
+                paths(&format!("{at}.maglev"), &m.rest, out);
+            }
+            if ch.minimum_ring_size.is_some() && (ch.ring_hash.is_some() || ch.maglev.is_some()) {
+                out.push(format!("{at}.minimumRingSize"));
+            }
+        }
+    }
+}
+
+impl ConsistentHash {
+    /// As the config file writes it. The deprecated `minimumRingSize` counts when neither
+    /// `ringHash` nor `maglev` is set, as in Istio (otherwise it is listed as not served).
+    pub fn to_raw(&self) -> crate::config::model::RawConsistentHash {
+        use crate::config::model::{RawConsistentHash, RawHashCookie, RawMaglev, RawRingHash};
+        let ring_hash = match (&self.ring_hash, &self.maglev) {
+            (Some(r), _) => Some(RawRingHash {
+                minimum_ring_size: r.minimum_ring_size,
+            }),
+            (None, None) => self.minimum_ring_size.map(|n| RawRingHash {
+                minimum_ring_size: Some(n),
+            }),
+            (None, Some(_)) => None,
+        };
+        let maglev = self.maglev.as_ref().map(|m| RawMaglev {
+            table_size: m.table_size,
+        });
+        RawConsistentHash {
+            http_header_name: self.http_header_name.clone(),
+            http_cookie: self.http_cookie.as_ref().map(|c| RawHashCookie {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                ttl: c.ttl.clone(),
+            }),
+            use_source_ip: self.use_source_ip,
+            http_query_parameter_name: self.http_query_parameter_name.clone(),
+            ring_hash,
+            maglev,
+        }
+    }
 }
 
 /// Istio's `ConnectionPoolSettings`.
@@ -780,6 +934,9 @@ impl DestinationRuleSpec {
             }
             if let Some(cp) = &tp.connection_pool {
                 cp.unsupported("spec.trafficPolicy.connectionPool", &mut out);
+            }
+            if let Some(lb) = &tp.load_balancer {
+                lb.unsupported("spec.trafficPolicy.loadBalancer", &mut out);
             }
         }
         out

@@ -8,8 +8,10 @@
 
 use super::cluster::{Cluster, Key, Meta, Object};
 use super::istio::{
-    CorsPolicy, Destination, DestinationRuleSpec, HttpMatch, StringMatch, VirtualServiceSpec,
+    CorsPolicy, Destination, DestinationRuleSpec, HttpMatch, LoadBalancerSettings, StringMatch,
+    VirtualServiceSpec,
 };
+use crate::config::hashing::{self, Spelling};
 use crate::config::kubernetes::KubernetesSpec;
 use crate::config::model::{
     RawConfig, RawCorsPolicy, RawDestination, RawDestinationWeight, RawListener, RawMatchBlock,
@@ -278,8 +280,12 @@ pub fn translate(
     }
     for dr in cluster.destination_rules.values() {
         let key = dr.meta.key();
+        let problem = dr.spec.as_ref().ok().and_then(|s| {
+            load_balancer_problem(s.traffic_policy.as_ref()?.load_balancer.as_ref()?)
+        });
         let (status, message) = match &dr.spec {
             Err(e) => (Status::Rejected, e.clone()),
+            Ok(_) if problem.is_some() => (Status::Rejected, problem.unwrap_or_default()),
             Ok(_) if used_rules.contains(&key) => (Status::Applied, String::new()),
             Ok(s) => (
                 Status::Ignored,
@@ -685,6 +691,13 @@ fn destination(
             policy.connection_pool = Some(pool);
             policy.connect_timeout = connect_timeout;
         }
+        if let Some(lb) = &tp.load_balancer {
+            if let Some(problem) = load_balancer_problem(lb) {
+                return Err(format!("DestinationRule {}/{}: {problem}", rule.0, rule.1));
+            }
+            policy.load_balancer = lb.simple_to_raw();
+            policy.consistent_hash = lb.consistent_hash.as_ref().map(|c| c.to_raw());
+        }
         if policy != crate::config::model::RawPolicy::default() {
             t.rules_used.insert(rule);
         }
@@ -712,6 +725,32 @@ fn destination(
         service: key,
         subset: subset_name,
     })
+}
+
+/// Why a DestinationRule's `trafficPolicy.loadBalancer` cannot be served, each problem with
+/// its field's path; none when it can.
+fn load_balancer_problem(lb: &LoadBalancerSettings) -> Option<String> {
+    let at = "spec.trafficPolicy.loadBalancer";
+    let ch = lb.consistent_hash.as_ref()?;
+    if lb.simple.as_deref().is_some_and(|s| s != "UNSPECIFIED") {
+        return Some(format!(
+            "{at}: sets both simple and consistentHash: choose one"
+        ));
+    }
+    let problems = hashing::consistent_hash(&ch.to_raw(), Spelling::Camel).err()?;
+    // The deprecated field is read as ringHash's: name it as the object does.
+    let deprecated = ch.ring_hash.is_none() && ch.maglev.is_none();
+    let located: Vec<String> = problems
+        .into_iter()
+        .map(|(field, message)| match field.as_str() {
+            "" => format!("{at}.consistentHash: {message}"),
+            "ringHash.minimumRingSize" if deprecated => {
+                format!("{at}.consistentHash.minimumRingSize: {message}")
+            }
+            _ => format!("{at}.consistentHash.{field}: {message}"),
+        })
+        .collect();
+    Some(located.join("; "))
 }
 
 /// The DestinationRule subset `subset` of the Service `fqdn` (see [`service_rule`]).
@@ -1190,6 +1229,157 @@ mod tests {
                 "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
             ]
         );
+    }
+
+    /// The Argo subset-level fixture with `policy` (YAML lines under `trafficPolicy:`) on its
+    /// DestinationRule.
+    fn with_traffic_policy(policy: &str) -> String {
+        let old = "spec:\n  host: rollouts-demo\n  subsets:";
+        assert!(ARGO_SUBSET.contains(old));
+        ARGO_SUBSET.replace(
+            old,
+            &format!("spec:\n  host: rollouts-demo\n  trafficPolicy:\n{policy}  subsets:"),
+        )
+    }
+
+    #[test]
+    fn a_destination_rules_consistent_hash_is_served_field_by_field() {
+        use crate::config::model::{RawConsistentHash, RawHashCookie, RawMaglev, RawRingHash};
+        let header = RawConsistentHash {
+            http_header_name: Some("x-user".into()),
+            ..Default::default()
+        };
+        for (lb, want, unsupported) in [
+            (
+                "{consistentHash: {httpHeaderName: x-user}, localityLbSetting: {enabled: true}, warmupDurationSecs: 30s}",
+                header.clone(),
+                vec![
+                    "spec.trafficPolicy.loadBalancer.localityLbSetting",
+                    "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+                ],
+            ),
+            (
+                "{consistentHash: {httpCookie: {name: u, path: /, ttl: 3600s, attributes: [{name: SameSite, value: Lax}]}, ringHash: {minimumRingSize: 2048}}}",
+                RawConsistentHash {
+                    http_cookie: Some(RawHashCookie {
+                        name: "u".into(),
+                        path: Some("/".into()),
+                        ttl: Some("3600s".into()),
+                    }),
+                    ring_hash: Some(RawRingHash {
+                        minimum_ring_size: Some(2048),
+                    }),
+                    ..Default::default()
+                },
+                vec!["spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes"],
+            ),
+            (
+                "{consistentHash: {useSourceIp: true, maglev: {tableSize: 251}, minimumRingSize: 64}}",
+                RawConsistentHash {
+                    use_source_ip: Some(true),
+                    maglev: Some(RawMaglev {
+                        table_size: Some(251),
+                    }),
+                    ..Default::default()
+                },
+                vec!["spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize"],
+            ),
+            (
+                "{consistentHash: {httpQueryParameterName: user, minimumRingSize: 64}}",
+                RawConsistentHash {
+                    http_query_parameter_name: Some("user".into()),
+                    ring_hash: Some(RawRingHash {
+                        minimum_ring_size: Some(64),
+                    }),
+                    ..Default::default()
+                },
+                vec![],
+            ),
+        ] {
+            let t = run(
+                &with_traffic_policy(&format!("    loadBalancer: {lb}\n")),
+                "istio-system/splitgate",
+            );
+            let policy = &t.services["rollouts-demo.shop"].policy;
+            assert_eq!(policy.consistent_hash.as_ref(), Some(&want), "{lb}");
+            assert_eq!(policy.load_balancer, None, "{lb}");
+            let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+            assert_eq!((dr.status, dr.message.as_str()), (Status::Applied, ""), "{lb}");
+            assert_eq!(dr.unsupported, unsupported, "{lb}");
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Applied, "{lb}: {}", vs.message);
+        }
+        // simple keeps its meaning; one that is not served is listed.
+        for (simple, want, unsupported) in [
+            ("LEAST_CONN", Some("least_request"), vec![]),
+            ("RANDOM", Some("random"), vec![]),
+            ("UNSPECIFIED", None, vec![]),
+            (
+                "PASSTHROUGH",
+                None,
+                vec!["spec.trafficPolicy.loadBalancer.simple"],
+            ),
+        ] {
+            let t = run(
+                &with_traffic_policy(&format!("    loadBalancer: {{simple: {simple}}}\n")),
+                "istio-system/splitgate",
+            );
+            let policy = &t.services["rollouts-demo.shop"].policy;
+            assert_eq!(policy.load_balancer.as_deref(), want, "{simple}");
+            assert_eq!(policy.consistent_hash, None);
+            let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+            assert_eq!(dr.unsupported, unsupported, "{simple}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_consistent_hash_rejects_its_destination_rule_with_the_fields_path() {
+        let spec = gateway("istio-system/splitgate");
+        for (lb, reason) in [
+            (
+                "{consistentHash: {httpHeaderName: x-user, useSourceIp: true}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash: names 2 keys (httpHeaderName, useSourceIp): set only one",
+            ),
+            (
+                "{consistentHash: {useSourceIp: false}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash: names no key to hash: set one of httpHeaderName, httpCookie, useSourceIp: true or httpQueryParameterName",
+            ),
+            (
+                "{simple: ROUND_ROBIN, consistentHash: {useSourceIp: true}}",
+                "spec.trafficPolicy.loadBalancer: sets both simple and consistentHash: choose one",
+            ),
+            (
+                "{consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number: a Maglev table needs a prime size, like 65537 (the default)",
+            ),
+            (
+                "{consistentHash: {useSourceIp: true, minimumRingSize: 0}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize: must be between 1 and 1048576, got 0",
+            ),
+            (
+                "{consistentHash: {useSourceIp: true, ringHash: {}, maglev: {}}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash: sets both ringHash and maglev: choose one",
+            ),
+            (
+                "{consistentHash: {httpCookie: {name: u, ttl: 1.5s}}}",
+                "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl: \"1.5s\" is not a whole number of seconds, which Max-Age counts",
+            ),
+        ] {
+            let cluster =
+                Cluster::from_yaml(&with_traffic_policy(&format!("    loadBalancer: {lb}\n")))
+                    .unwrap();
+            let t = translate(&cluster, &spec, &file(), &LastGood::new());
+            let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+            assert_eq!((dr.status, dr.message.as_str()), (Status::Rejected, reason), "{lb}");
+            assert_eq!(dr.served_generation, None);
+            // As with its other fields, a VirtualService that needs the rule is not served.
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Rejected, "{lb}");
+            let named = format!(
+                "spec.http[0].route[0].destination: DestinationRule shop/rollouts-demo-destrule: {reason}"
+            );
+            assert_eq!(vs.message, named, "{lb}");
+        }
     }
 
     /// The Argo host-level fixture with its primary rule's route replaced.

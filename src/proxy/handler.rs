@@ -355,6 +355,8 @@ async fn proxy(
         parts.headers.insert(header::HOST, host);
     }
     changes.request(&mut parts.headers);
+    // Read off the head as the upstream will get it, as Envoy hashes its request headers.
+    let affinity = subset.balancer.affinity(&parts, conn.client_ip.as_bytes());
     let body = IdleBody::new(body, conn.stream_idle);
     let body = if upgrade || rule.mirrors.is_empty() {
         UpstreamBody::Stream(body)
@@ -363,14 +365,20 @@ async fn proxy(
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
-    let sent = forward(subset, Request::from_parts(parts, body), retry, grpc);
+    let request = Request::from_parts(parts, body);
+    let sent = forward_hashed(subset, request, retry, grpc, affinity.hash);
     let (resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
         None => sent.await?,
     };
-    Ok((respond(resp, client_upgrade), exhausted))
+    let (mut head, body) = respond(resp, client_upgrade);
+    // A client given a hash cookie just now sends it back next time.
+    if let Some(cookie) = affinity.set_cookie {
+        head.headers.append(header::SET_COOKIE, cookie);
+    }
+    Ok(((head, body), exhausted))
 }
 
 /// Whether an upgrade the request asks for is passed through. `h2c` never is: the request is
@@ -441,20 +449,32 @@ fn answer_size(resp: &Response<ProxyBody>) -> u64 {
     head_size(resp.status(), resp.headers()) + resp.body().size_hint().exact().unwrap_or(0)
 }
 
-/// Sends to an endpoint of the subset. A connection that can't be made moves the request to
-/// the next endpoint (nothing was sent). An answer that `retry` retries (a 503, by default)
-/// sends it again to the next endpoint, up to its attempts, when the request body can be sent
-/// again (none, or held in memory) and the subset's retry budget allows. Also true when the
-/// last answer was one to retry but no retry was left (Envoy's `URX`). `grpc`: the request is
-/// gRPC, whose answers' `grpc-status` `retry_on` may name.
+/// [`forward_hashed`] without a key: the subset's `load_balancer` picks.
 pub(crate) async fn forward(
     subset: &Subset,
     req: Request<UpstreamBody>,
     retry: Option<&Retry>,
     grpc: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
+    forward_hashed(subset, req, retry, grpc, None).await
+}
+
+/// Sends to an endpoint of the subset: the key's when `hash` is given, else one the subset's
+/// `load_balancer` picks. A connection that can't be made moves the request to the next
+/// endpoint (nothing was sent). An answer that `retry` retries (a 503, by default) sends it
+/// again to the next endpoint, up to its attempts, when the request body can be sent again
+/// (none, or held in memory) and the subset's retry budget allows. Also true when the last
+/// answer was one to retry but no retry was left (Envoy's `URX`). `grpc`: the request is gRPC,
+/// whose answers' `grpc-status` `retry_on` may name.
+pub(crate) async fn forward_hashed(
+    subset: &Subset,
+    req: Request<UpstreamBody>,
+    retry: Option<&Retry>,
+    grpc: bool,
+    hash: Option<u64>,
+) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let endpoints = subset.balancer.endpoints();
-    let Some(first) = subset.balancer.pick_index(&mut rand::rng()) else {
+    let Some(mut order) = subset.balancer.order(hash, &mut rand::rng()) else {
         return Err(ProxyError::NoHealthyUpstream);
     };
     let circuit = &subset.circuit;
@@ -483,11 +503,8 @@ pub(crate) async fn forward(
     let mut connects = endpoints.len().min(MAX_CONNECT_ATTEMPTS);
     // Tries that could not connect.
     let mut tries_connecting = 0;
-    let mut next = first;
     loop {
-        next = usable(subset, next);
-        let endpoint = &endpoints[next % endpoints.len()];
-        next += 1;
+        let endpoint = &endpoints[subset.balancer.next(&mut order, |e| serves(subset, e))];
         let sent = endpoint.send(&mut head, body, circuit);
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, sent)
@@ -598,30 +615,23 @@ pub(crate) async fn forward(
     }
 }
 
-/// The first endpoint from index `from` on (modulo) that outlier detection has not ejected;
-/// `from` itself when it has ejected them all (panic: every endpoint serves).
-fn usable(subset: &Subset, from: usize) -> usize {
+/// Whether outlier detection lets `endpoint` take requests now (always, without it).
+fn serves(subset: &Subset, endpoint: &Endpoint) -> bool {
     if subset.outlier.is_none() {
-        return from;
+        return true;
     }
-    let endpoints = subset.balancer.endpoints();
-    (from..from + endpoints.len())
-        .find(|&i| {
-            let endpoint = &endpoints[i % endpoints.len()];
-            match endpoint.outlier().check() {
-                Standing::In => true,
-                Standing::Out => false,
-                Standing::Returned => {
-                    tracing::info!(
-                        endpoint = %endpoint.addr(),
-                        subset = %subset.name,
-                        "outlier detection: endpoint back in"
-                    );
-                    true
-                }
-            }
-        })
-        .unwrap_or(from)
+    match endpoint.outlier().check() {
+        Standing::In => true,
+        Standing::Out => false,
+        Standing::Returned => {
+            tracing::info!(
+                endpoint = %endpoint.addr(),
+                subset = %subset.name,
+                "outlier detection: endpoint back in"
+            );
+            true
+        }
+    }
 }
 
 /// Counts a try at `endpoint`, and ejects it when that makes too many failures in a row, it is

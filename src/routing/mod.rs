@@ -4,6 +4,7 @@ pub mod answer;
 pub mod cors;
 pub mod fault;
 pub mod header_ops;
+pub mod keys;
 pub mod matcher;
 pub mod retry;
 pub mod rewrite;

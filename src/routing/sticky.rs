@@ -12,8 +12,9 @@
 //! either in a cookie the gateway sets on the first answer ([`Source::Cookie`]), or as a hash
 //! of a key the client sends anyway, like a user id header ([`Source::Hash`]).
 
+use super::keys::{cookie, key_hash, query};
 use crate::split::{Split, Target};
-use http::header::{HeaderName, HeaderValue, COOKIE};
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use rand::Rng;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -146,76 +147,15 @@ fn key_of<'a>(req: &'a Parts, key: &Key) -> Option<&'a [u8]> {
     v.filter(|v| !v.is_empty())
 }
 
-/// The value of cookie `name`, from every `Cookie` field (HTTP/2 clients may send several).
-pub fn cookie<'a>(req: &'a Parts, name: &str) -> Option<&'a [u8]> {
-    req.headers.get_all(COOKIE).iter().find_map(|field| {
-        field.as_bytes().split(|&b| b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let (k, v) = split_once(pair, b'=')?;
-            (k.trim_ascii() == name.as_bytes()).then(|| v.trim_ascii())
-        })
-    })
-}
-
-/// The raw value of query parameter `name` (the first one).
-fn query<'a>(req: &'a Parts, name: &str) -> Option<&'a [u8]> {
-    req.uri
-        .query()?
-        .as_bytes()
-        .split(|&b| b == b'&')
-        .find_map(|pair| {
-            let (k, v) = split_once(pair, b'=').unwrap_or((pair, b""));
-            (k == name.as_bytes()).then_some(v)
-        })
-}
-
-fn split_once(bytes: &[u8], at: u8) -> Option<(&[u8], &[u8])> {
-    let i = bytes.iter().position(|&b| b == at)?;
-    Some((&bytes[..i], &bytes[i + 1..]))
-}
-
-/// A key's position: FNV-1a over its bytes, then a 64-bit finalizer so that every bit of the
-/// key reaches the high bits, scaled onto [`POSITIONS`]. Fixed here, never taken from the
-/// standard library (whose hasher may change between Rust versions), so that every replica
-/// and every version of the gateway places a key the same way.
+/// A key's position: its [`key_hash`] scaled onto [`POSITIONS`], so that every replica and
+/// every version of the gateway places a key the same way.
 pub fn position_of(key: &[u8]) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    ((u128::from(h) * u128::from(POSITIONS)) >> 64) as u32
+    ((u128::from(key_hash(key)) * u128::from(POSITIONS)) >> 64) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn req(uri: &str, headers: &[(&str, &str)]) -> Parts {
-        let mut b = http::Request::get(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
-
-    #[test]
-    fn cookies_and_query_parameters_are_found_by_exact_name() {
-        let r = req(
-            "/a?xid=1&id=42&id=43",
-            &[("cookie", "a=1; sg=17"), ("cookie", "sgx=9; other= 3 ")],
-        );
-        assert_eq!(cookie(&r, "sg"), Some(&b"17"[..]));
-        assert_eq!(cookie(&r, "other"), Some(&b"3"[..]));
-        assert_eq!(cookie(&r, "s"), None);
-        assert_eq!(query(&r, "id"), Some(&b"42"[..]));
-        assert_eq!(query(&r, "x"), None);
-    }
 
     #[test]
     fn new_clients_spread_evenly_over_the_positions() {

@@ -50,6 +50,8 @@ pub enum Behavior {
         status: u16,
         delay: Duration,
     },
+    /// Answers like `Status(503)` while the flag is set, like `Name` otherwise.
+    FailWhile(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// A running test upstream.
@@ -144,6 +146,13 @@ async fn answer(
         Behavior::Slow(d) => {
             tokio::time::sleep(d).await;
             named(200)
+        }
+        Behavior::FailWhile(failing) => {
+            named(if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                503
+            } else {
+                200
+            })
         }
         Behavior::FailEvery { k, status, delay } => {
             tokio::time::sleep(delay).await;
