@@ -703,7 +703,8 @@ kubernetes:
         assert!(gone.iter().all(|(_, from, _)| from == "b"), "{gone:?}");
         assert_eq!(gone.len(), three.values().filter(|by| *by == "b").count());
 
-        // An invalid consistentHash: the rule is rejected, naming the field.
+        // An invalid consistentHash: the rule is rejected, naming the field, and its last good
+        // generation keeps serving the VirtualService as before.
         kube.apply_yaml(&web_objects(&addrs, ", maglev: {tableSize: 1000}"));
         let s = wait_state(&app, "rule rejected", |s| {
             kube_object(s, "DestinationRule", "web").is_some_and(|o| o["status"] == "rejected")
@@ -712,9 +713,16 @@ kubernetes:
         let dr = kube_object(&s, "DestinationRule", "web").unwrap();
         assert_eq!(
             dr["message"],
-            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number: a Maglev table needs a prime size, like 65537 (the default)",
+            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number: a Maglev table needs a prime size, like 65537 (the default); generation 1 is still served",
             "{dr}"
         );
+        assert_eq!(dr["served_generation"], 1, "{dr}");
+        let vs = kube_object(&s, "VirtualService", "web").unwrap();
+        assert_eq!(vs["status"], "applied", "{vs}");
+        // (Applying the objects again brought pod b's slice back: all three serve, keyed as
+        // at first.)
+        let held = web_owners(&app, &keys).await;
+        assert!(held == three, "still served by the last good rule, keys where they were");
     })
     .await;
 }

@@ -246,7 +246,13 @@ impl Applier {
             &self.last_good,
         );
         self.last_good = translation.last_good.clone();
-        self.recipes = Some(translation.recipes.clone());
+        // While a DestinationRule is held at an earlier version, the current objects cannot
+        // be read piecemeal (a subset's labels would come from the rule as it is now): every
+        // event translates in full until it is mended.
+        self.recipes = translation
+            .held
+            .is_empty()
+            .then(|| translation.recipes.clone());
         self.served = translation.served.clone();
         publish_generations(control, &translation);
         let external = external(translation, self.last_event, error);
@@ -304,7 +310,9 @@ impl Applier {
                 own.object_generation
                     .get_or_create(&labels)
                     .set(status.meta.generation);
-                self.last_good.insert(key, (status.meta.generation, spec));
+                self.last_good
+                    .virtual_services
+                    .insert(key, (status.meta.generation, spec));
             }
             applied = Some(Applied::Routes(generation));
         }

@@ -63,8 +63,57 @@ pub struct ObjectStatus {
     pub served_generation: Option<i64>,
 }
 
-/// The last version of each VirtualService that was served.
-pub type LastGood = BTreeMap<Key, (i64, VirtualServiceSpec)>;
+/// The last version of each VirtualService that was served, and of each DestinationRule such a
+/// version drew on: what serves while a newer version is bad.
+#[derive(Debug, Clone, Default)]
+pub struct LastGood {
+    /// VirtualServices: generation and spec.
+    pub virtual_services: BTreeMap<Key, (i64, VirtualServiceSpec)>,
+    /// DestinationRules: generation and spec.
+    pub destination_rules: BTreeMap<Key, (i64, DestinationRuleSpec)>,
+}
+
+impl LastGood {
+    /// Nothing served yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The cluster with each DestinationRule a served VirtualService drew on as it was then;
+/// made once per translation, and only when a VirtualService fails without it.
+struct Earlier(std::cell::OnceCell<Cluster>);
+
+impl Earlier {
+    fn get<'a>(&'a self, cluster: &Cluster, last_good: &LastGood) -> &'a Cluster {
+        self.0.get_or_init(|| {
+            let mut c = cluster.clone();
+            for (key, (generation, spec)) in &last_good.destination_rules {
+                if let Some(o) = c.destination_rules.get_mut(key) {
+                    o.spec = Ok(spec.clone());
+                    o.meta.generation = *generation;
+                }
+            }
+            c
+        })
+    }
+}
+
+/// Records the DestinationRules `rules` (as `cluster` has them) as last good, except those
+/// held at an earlier version.
+fn keep_rules(out: &mut Translation, cluster: &Cluster, rules: &BTreeSet<Key>) {
+    for key in rules {
+        if out.held.contains_key(key) {
+            continue;
+        }
+        if let Some(Ok(spec)) = cluster.destination_rules.get(key).map(|o| &o.spec) {
+            let generation = cluster.destination_rules[key].meta.generation;
+            out.last_good
+                .destination_rules
+                .insert(key.clone(), (generation, spec.clone()));
+        }
+    }
+}
 
 /// The config that the objects make.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +131,9 @@ pub struct Translation {
     pub recipes: BTreeMap<(String, String), Recipe>,
     /// What each VirtualService served at its current generation draws on.
     pub served: BTreeMap<Key, Served>,
+    /// DestinationRules served at an earlier generation because their current one breaks a
+    /// VirtualService that draws on them: the generation served, and why.
+    pub held: BTreeMap<Key, (i64, String)>,
 }
 
 /// What a served VirtualService draws on. A new version that draws on the same (same hosts,
@@ -182,6 +234,7 @@ pub fn translate(
         })
         .collect();
     let mut used_rules: BTreeSet<Key> = BTreeSet::new();
+    let earlier = Earlier(std::cell::OnceCell::new());
     let mut ordered: Vec<&Object<VirtualServiceSpec>> = cluster.virtual_services.values().collect();
     ordered.sort_by(|a, b| {
         (&a.meta.created, &a.meta.namespace, &a.meta.name).cmp(&(
@@ -211,7 +264,7 @@ pub fn translate(
                 .iter()
                 .any(|g| names_gateway(g, &vs.meta.namespace, spec)),
             // An unreadable spec may have been bound: its last version decides.
-            Err(_) => last_good.contains_key(&key),
+            Err(_) => last_good.virtual_services.contains_key(&key),
         };
         if !bound {
             out.objects.push(status(
@@ -226,10 +279,14 @@ pub fn translate(
         }
         let attempt =
             |s: &VirtualServiceSpec| route_for(cluster, spec, file, &vs.meta, s, &claimed);
+        let earlier = &earlier;
         let now = vs.spec.clone().and_then(|s| attempt(&s).map(|t| (t, s)));
         let (served, status) = match now {
             Ok((t, s)) => {
-                out.last_good.insert(key.clone(), (vs.meta.generation, s));
+                keep_rules(&mut out, cluster, &t.rules_used);
+                out.last_good
+                    .virtual_services
+                    .insert(key.clone(), (vs.meta.generation, s));
                 out.served.insert(
                     key.clone(),
                     Served {
@@ -243,21 +300,42 @@ pub fn translate(
                     status(Status::Applied, String::new(), Some(vs.meta.generation)),
                 )
             }
-            Err(why) => match last_good.get(&key) {
-                Some((generation, old)) => match attempt(old) {
-                    Ok(t) => {
+            Err(why) => {
+                // What still serves: this version with the DestinationRules as they were when
+                // it last served (a rule change broke it), else the last good version with the
+                // rules as they are, else with the rules as they were.
+                let with_earlier = |s: &VirtualServiceSpec| {
+                    let c = earlier.get(cluster, last_good);
+                    route_for(c, spec, file, &vs.meta, s, &claimed)
+                };
+                let old = last_good.virtual_services.get(&key);
+                let this = vs.spec.as_ref().ok();
+                let fallback = this
+                    .filter(|_| !last_good.destination_rules.is_empty())
+                    .and_then(|s| Some((with_earlier(s).ok()?, vs.meta.generation, s.clone())))
+                    .or_else(|| {
+                        let (generation, old) = old?;
+                        let t = attempt(old).or_else(|_| with_earlier(old)).ok()?;
+                        Some((t, *generation, old.clone()))
+                    });
+                match fallback {
+                    Some((t, generation, s)) => {
+                        hold_rules(&mut out, cluster, last_good, &t.rules_used, &key, &why);
+                        keep_rules(&mut out, cluster, &t.rules_used);
                         out.last_good
-                            .insert(key.clone(), (*generation, old.clone()));
-                        let message = format!("{why}; generation {generation} is still served");
-                        (
-                            Some(t),
-                            status(Status::Rejected, message, Some(*generation)),
-                        )
+                            .virtual_services
+                            .insert(key.clone(), (generation, s));
+                        let served = if generation == vs.meta.generation {
+                            status(Status::Applied, String::new(), Some(generation))
+                        } else {
+                            let message = format!("{why}; generation {generation} is still served");
+                            status(Status::Rejected, message, Some(generation))
+                        };
+                        (Some(t), served)
                     }
-                    Err(_) => (None, status(Status::Rejected, why, None)),
-                },
-                None => (None, status(Status::Rejected, why, None)),
-            },
+                    None => (None, status(Status::Rejected, why, None)),
+                }
+            }
         };
         out.objects.push(status);
         if let Some(t) = served {
@@ -283,6 +361,27 @@ pub fn translate(
         let problem = dr.spec.as_ref().ok().and_then(|s| {
             load_balancer_problem(s.traffic_policy.as_ref()?.load_balancer.as_ref()?)
         });
+        if let Some((generation, why)) = out.held.get(&key) {
+            // Its own problem when it has one, else the VirtualService it breaks.
+            let own = match &dr.spec {
+                Err(e) => Some(e.clone()),
+                Ok(_) => problem.clone(),
+            };
+            let cause = own.unwrap_or_else(|| format!("this generation breaks {why}"));
+            out.objects.push(ObjectStatus {
+                kind: "DestinationRule",
+                meta: dr.meta.clone(),
+                status: Status::Rejected,
+                message: format!("{cause}; generation {generation} is still served"),
+                unsupported: dr
+                    .spec
+                    .as_ref()
+                    .map(|s| s.unsupported())
+                    .unwrap_or_default(),
+                served_generation: Some(*generation),
+            });
+            continue;
+        }
         let (status, message) = match &dr.spec {
             Err(e) => (Status::Rejected, e.clone()),
             Ok(_) if problem.is_some() => (Status::Rejected, problem.unwrap_or_default()),
@@ -309,6 +408,37 @@ pub fn translate(
         (a.kind, &a.meta.namespace, &a.meta.name).cmp(&(b.kind, &b.meta.namespace, &b.meta.name))
     });
     out
+}
+
+/// Marks as held the DestinationRules of `rules` whose current version differs from the one
+/// last served (VirtualService `vs` needed the earlier one: `why`), keeping that one.
+fn hold_rules(
+    out: &mut Translation,
+    cluster: &Cluster,
+    last_good: &LastGood,
+    rules: &BTreeSet<Key>,
+    vs: &Key,
+    why: &str,
+) {
+    for rule in rules {
+        let Some((generation, then)) = last_good.destination_rules.get(rule) else {
+            continue;
+        };
+        let changed = match cluster.destination_rules.get(rule).map(|o| &o.spec) {
+            Some(Ok(now)) => now != then,
+            Some(Err(_)) => true,
+            None => false,
+        };
+        if changed {
+            out.last_good
+                .destination_rules
+                .insert(rule.clone(), (*generation, then.clone()));
+            out.held.entry(rule.clone()).or_insert((
+                *generation,
+                format!("VirtualService {}/{}: {why}", vs.0, vs.1),
+            ));
+        }
+    }
 }
 
 /// Whether `gateway`, as written in a VirtualService of namespace `vs_ns`, names ours:
@@ -1574,6 +1704,84 @@ mod tests {
             assert!(vs.message.contains(reason), "{:?} lacks {reason:?}", vs.message);
             assert_eq!(vs.served_generation, Some(4), "the last good version serves");
         }
+    }
+
+    #[test]
+    fn a_destination_rule_that_breaks_its_virtual_service_is_held_at_its_last_good_version() {
+        let spec = gateway("istio-system/splitgate");
+        let first = translate(
+            &Cluster::from_yaml(ARGO_SUBSET).unwrap(),
+            &spec,
+            &file(),
+            &LastGood::new(),
+        );
+        assert_eq!(
+            status(&first, "VirtualService", "rollouts-demo-vsvc").status,
+            Status::Applied
+        );
+        let dr_spec = "spec:\n  host: rollouts-demo\n  subsets:";
+        assert!(ARGO_SUBSET.contains(dr_spec));
+        let stable = "    - name: stable\n      labels: {rollouts-pod-template-hash: 7bf84f9696}\n";
+        assert!(ARGO_SUBSET.contains(stable));
+        for (change, reason) in [
+            (
+                ARGO_SUBSET.replace(
+                    dr_spec,
+                    "spec:\n  host: rollouts-demo\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 1000}}}}\n  subsets:",
+                ),
+                "tableSize",
+            ),
+            (
+                ARGO_SUBSET.replace(stable, ""),
+                "this generation breaks VirtualService shop/rollouts-demo-vsvc: ",
+            ),
+            (
+                ARGO_SUBSET.replace(dr_spec, "spec:\n  host: rollouts-demo\n  subsets: 7\n  unused:"),
+                "",
+            ),
+        ] {
+            let changed = change.replace("generation: 7", "generation: 8");
+            assert_ne!(changed, ARGO_SUBSET);
+            let t = translate(&Cluster::from_yaml(&changed).unwrap(), &spec, &file(), &first.last_good);
+            let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+            assert_eq!(vs.status, Status::Applied, "{reason}: {}", vs.message);
+            assert_eq!(vs.served_generation, Some(9), "{reason}");
+            let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+            assert_eq!(dr.status, Status::Rejected, "{reason}");
+            assert_eq!(dr.served_generation, Some(7), "{reason}");
+            assert!(
+                dr.message.contains(reason)
+                    && dr.message.ends_with("generation 7 is still served"),
+                "{}",
+                dr.message
+            );
+            // Served as before: the split and both subsets' endpoints.
+            assert_eq!(t.routes, first.routes, "{reason}");
+            assert_eq!(t.services, first.services, "{reason}");
+            assert_eq!(t.held.len(), 1);
+            // Held again on the next event, from what this translation kept.
+            let again = translate(&Cluster::from_yaml(&changed).unwrap(), &spec, &file(), &t.last_good);
+            assert_eq!(again.routes, first.routes, "{reason}: held on the next event too");
+            // Mended, the new version serves and nothing is held.
+            let mended = ARGO_SUBSET.replace("generation: 7", "generation: 9");
+            let t = translate(&Cluster::from_yaml(&mended).unwrap(), &spec, &file(), &again.last_good);
+            let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+            assert_eq!((dr.status, dr.served_generation), (Status::Applied, Some(9)));
+            assert!(t.held.is_empty());
+        }
+        // With nothing served before, a bad rule leaves nothing to hold.
+        let bad = ARGO_SUBSET.replace(stable, "");
+        let t = translate(
+            &Cluster::from_yaml(&bad).unwrap(),
+            &spec,
+            &file(),
+            &LastGood::new(),
+        );
+        assert_eq!(
+            status(&t, "VirtualService", "rollouts-demo-vsvc").status,
+            Status::Rejected
+        );
+        assert!(t.routes.is_empty());
     }
 
     #[test]
