@@ -6,16 +6,14 @@
 mod common;
 
 use common::fake_kube::FakeKube;
+use common::kube::*;
 use common::*;
-use serde_json::Value;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Whole-test bound: a hang fails the test instead of blocking the run.
 const LIMIT: Duration = Duration::from_secs(90);
-/// How long a change may take to be served before a wait fails.
-const CONVERGE: Duration = Duration::from_secs(20);
 
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f)
@@ -100,60 +98,6 @@ async fn argo_cluster(canary_weight: u32) -> (Upstream, Upstream, FakeKube, i64)
     (stable, canary, kube, g)
 }
 
-/// A gateway config in Kubernetes mode against `kube`.
-fn kube_config(kube: &FakeKube, dir: &std::path::Path) -> String {
-    let kubeconfig = kube.write_kubeconfig(dir);
-    format!(
-        "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]
-kubernetes:
-  gateway: istio-system/splitgate
-  kubeconfig: {}
-",
-        kubeconfig.display()
-    )
-}
-
-async fn state(app: &TestApp) -> Value {
-    let a = get(&http1_client(), &app.admin_url("/v1/state"), &[]).await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    serde_json::from_str(&a.body).unwrap()
-}
-
-/// The `/v1/state` entry of one object.
-fn object<'a>(state: &'a Value, kind: &str, ns: &str, name: &str) -> Option<&'a Value> {
-    state["kubernetes"]["objects"]
-        .as_array()?
-        .iter()
-        .find(|o| o["kind"] == kind && o["namespace"] == ns && o["name"] == name)
-}
-
-/// Waits until `check` holds of `/v1/state`; the last state otherwise, in the panic.
-async fn wait_state(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    loop {
-        let s = state(app).await;
-        if check(&s) {
-            return s;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "{what}: not within {CONVERGE:?}; state: {:#}",
-                s["kubernetes"]
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the VirtualService's generation `g` is served.
-async fn wait_served(app: &TestApp, name: &str, g: i64) -> Value {
-    wait_state(app, &format!("generation {g} of {name} served"), |s| {
-        object(s, "VirtualService", "shop", name)
-            .is_some_and(|o| o["served_generation"] == g && o["generation"] == g)
-    })
-    .await
-}
-
 /// Sends `n` requests for `host`; how many each subset answered.
 async fn shares(app: &TestApp, host: &str, n: usize) -> (usize, usize) {
     let client = http1_client();
@@ -168,12 +112,6 @@ async fn shares(app: &TestApp, host: &str, n: usize) -> (usize, usize) {
         }
     }
     (stable, canary)
-}
-
-fn generation_of(applied: &[Value]) -> i64 {
-    applied.last().unwrap()["metadata"]["generation"]
-        .as_i64()
-        .unwrap()
 }
 
 /// One metric line's value from the metrics port.

@@ -27,20 +27,25 @@ impl Spelling {
         if self == Spelling::Snake || !field.contains('_') {
             return Cow::Borrowed(field);
         }
-        let mut out = String::with_capacity(field.len());
-        let mut upper = false;
-        for c in field.chars() {
-            match c {
-                '_' => upper = true,
-                c if upper => {
-                    out.push(c.to_ascii_uppercase());
-                    upper = false;
-                }
-                c => out.push(c),
-            }
-        }
-        Cow::Owned(out)
+        Cow::Owned(camel_case(field))
     }
+}
+
+/// A config field path in the Istio API's spelling: `allow_origins[0]` → `allowOrigins[0]`.
+pub fn camel_case(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut upper = false;
+    for c in path.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A problem: the field's path below `consistent_hash` (empty: the block itself) and what is

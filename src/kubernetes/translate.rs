@@ -704,7 +704,7 @@ fn cors_policy(at: &str, c: &CorsPolicy) -> Result<RawCorsPolicy, String> {
     crate::config::cors::cors_policy(&raw).map_err(|errs| {
         errs.iter()
             .map(|(field, message)| {
-                let mut field = camel_case(field);
+                let mut field = hashing::camel_case(field);
                 if deprecated {
                     field = field.replacen("allowOrigins", "allowOrigin", 1);
                 }
@@ -714,23 +714,6 @@ fn cors_policy(at: &str, c: &CorsPolicy) -> Result<RawCorsPolicy, String> {
             .join("; ")
     })?;
     Ok(raw)
-}
-
-/// A config field path in the Istio API's spelling: `allow_origins[0]` → `allowOrigins[0]`.
-fn camel_case(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut upper = false;
-    for c in path.chars() {
-        match c {
-            '_' => upper = true,
-            c if upper => {
-                out.push(c.to_ascii_uppercase());
-                upper = false;
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn match_block(m: &HttpMatch) -> Result<RawMatchBlock, String> {
