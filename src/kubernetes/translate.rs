@@ -310,17 +310,26 @@ pub fn translate(
                 };
                 let old = last_good.virtual_services.get(&key);
                 let this = vs.spec.as_ref().ok();
+                // The bool: served with the rules as they were (which are then held).
                 let fallback = this
                     .filter(|_| !last_good.destination_rules.is_empty())
-                    .and_then(|s| Some((with_earlier(s).ok()?, vs.meta.generation, s.clone())))
+                    .and_then(|s| {
+                        let t = with_earlier(s).ok()?;
+                        Some((t, true, vs.meta.generation, s.clone()))
+                    })
                     .or_else(|| {
                         let (generation, old) = old?;
-                        let t = attempt(old).or_else(|_| with_earlier(old)).ok()?;
-                        Some((t, *generation, old.clone()))
+                        let (t, earlier) = match attempt(old) {
+                            Ok(t) => (t, false),
+                            Err(_) => (with_earlier(old).ok()?, true),
+                        };
+                        Some((t, earlier, *generation, old.clone()))
                     });
                 match fallback {
-                    Some((t, generation, s)) => {
-                        hold_rules(&mut out, cluster, last_good, &t.rules_used, &key, &why);
+                    Some((t, used_earlier, generation, s)) => {
+                        if used_earlier {
+                            hold_rules(&mut out, cluster, last_good, &t.rules_used, &key, &why);
+                        }
                         keep_rules(&mut out, cluster, &t.rules_used);
                         out.last_good
                             .virtual_services
@@ -1752,6 +1761,43 @@ mod tests {
             assert_eq!((dr.status, dr.served_generation), (Status::Applied, Some(9)));
             assert!(t.held.is_empty());
         }
+        // A VirtualService rejected for its own fault, while its rule changes for the good
+        // (Argo Rollouts relabels a subset): the old VirtualService serves on the new rule,
+        // which is applied, not held.
+        let relabelled = ARGO_SUBSET
+            .replace(
+                "    - name: stable\n      labels: {rollouts-pod-template-hash: 7bf84f9696}",
+                "    - name: stable\n      labels: {rollouts-pod-template-hash: 5d4c7b9b4c}",
+            )
+            .replace("generation: 7", "generation: 8")
+            .replace("weight: 70", "weight: -70")
+            .replace("generation: 9", "generation: 10");
+        assert!(relabelled.contains("weight: -70"), "the fixture's weight");
+        let t = translate(
+            &Cluster::from_yaml(&relabelled).unwrap(),
+            &spec,
+            &file(),
+            &first.last_good,
+        );
+        let vs = status(&t, "VirtualService", "rollouts-demo-vsvc");
+        assert_eq!(
+            (vs.status, vs.served_generation),
+            (Status::Rejected, Some(9))
+        );
+        let dr = status(&t, "DestinationRule", "rollouts-demo-destrule");
+        assert_eq!(
+            (dr.status, dr.served_generation),
+            (Status::Applied, Some(8)),
+            "{}",
+            dr.message
+        );
+        assert!(t.held.is_empty());
+        assert_eq!(
+            t.services["rollouts-demo.shop"].subsets["stable"].endpoints,
+            ["10.1.0.21:8080"],
+            "the new labels serve"
+        );
+
         // With nothing served before, a bad rule leaves nothing to hold.
         let bad = ARGO_SUBSET.replace(stable, "");
         let t = translate(
