@@ -82,8 +82,10 @@ fn check(parts: &Parts) {
     match router.find(parts) {
         Some(m) => {
             assert!(
-                m.rule.matches(parts, authority),
-                "the picked rule does not match"
+                m.rule.matched(parts, authority).is_some_and(|b| b.is_some()
+                    == !m.rule.matches.is_empty()
+                    && b.is_none_or(|b| b.matches(parts, authority))),
+                "the picked rule (or its block) does not match"
             );
             assert_eq!(
                 route.map(|r| r.index),
@@ -94,7 +96,7 @@ fn check(parts: &Parts) {
         None => {
             if let Some(r) = route {
                 assert!(
-                    !r.rules.iter().any(|rule| rule.matches(parts, authority)),
+                    !r.rules.iter().any(|rule| rule.matched(parts, authority).is_some()),
                     "a matching rule was skipped"
                 );
             }

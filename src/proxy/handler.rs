@@ -13,7 +13,7 @@ use crate::routing::fault::Abort;
 use crate::routing::header_ops::Headers;
 use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
-use crate::routing::{request_authority, Route, Rule};
+use crate::routing::{request_authority, MatchBlock, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
 use crate::upstream::h1::Io;
 use crate::upstream::outlier::{Outcome, OutlierPolicy, Standing};
@@ -164,6 +164,7 @@ pub async fn handle(
     let choice = Choice {
         route: hit.route,
         rule: hit.rule,
+        block: hit.block,
         subset,
         changes,
         grpc,
@@ -279,6 +280,8 @@ fn local_answer(
 struct Choice<'a> {
     route: &'a Route,
     rule: &'a Rule,
+    /// The rule's block that matched, whose path condition a prefix rewrite replaces.
+    block: Option<&'a MatchBlock>,
     subset: &'a Subset,
     changes: HeaderChanges<'a>,
     /// A gRPC request.
@@ -330,6 +333,7 @@ async fn proxy(
     let Choice {
         route,
         rule,
+        block,
         subset,
         changes,
         grpc,
@@ -345,7 +349,7 @@ async fn proxy(
     };
     // The rewrite looks at the request as it matched, before it is prepared for the upstream.
     let authority = rule.rewrite.as_deref().map(|rw| {
-        if let Some(uri) = rw.path(&rule.matches, &parts, request_authority(&parts)) {
+        if let Some(uri) = rw.path(block, &parts) {
             parts.uri = uri;
         }
         rw.authority.clone()

@@ -59,21 +59,14 @@ pub fn replacement(istio: &str) -> String {
 }
 
 impl Rewrite {
-    /// The path the upstream gets for a request that `blocks` (the rule's conditions) took, or
-    /// `None` when the path stays. Call before the head is changed for the upstream, since the
-    /// prefix that matched is looked up again.
-    pub fn path(
-        &self,
-        blocks: &[MatchBlock],
-        parts: &Parts,
-        authority: Option<&str>,
-    ) -> Option<Uri> {
+    /// The path the upstream gets for a request whose rule matched by block `matched` (none:
+    /// a rule without conditions), or `None` when the path stays.
+    pub fn path(&self, matched: Option<&MatchBlock>, parts: &Parts) -> Option<Uri> {
         let uri = self.uri.as_ref()?;
         let path = parts.uri.path();
         let new_path = match uri {
             UriRewrite::Prefix(to) => {
-                let block = blocks.iter().find(|b| b.matches(parts, authority));
-                let matched = match block.and_then(|b| b.uri.as_ref()) {
+                let matched = match matched.and_then(|b| b.uri.as_ref()) {
                     Some(StringMatch::Prefix(p)) => p.len(),
                     Some(_) => path.len(),
                     None => usize::from(path.starts_with('/')),
@@ -125,8 +118,8 @@ mod tests {
 
     #[test]
     fn a_prefix_match_loses_only_its_prefix_and_keeps_the_query() {
-        let blocks = [block(Some(StringMatch::Prefix("/api/".into())))];
-        let uri = prefix("/v2/").path(&blocks, &parts("/api/users?id=7"), None);
+        let b = block(Some(StringMatch::Prefix("/api/".into())));
+        let uri = prefix("/v2/").path(Some(&b), &parts("/api/users?id=7"));
         assert_eq!(uri.unwrap(), "/v2/users?id=7");
     }
 
@@ -137,13 +130,16 @@ mod tests {
             block(Some(StringMatch::Exact("/exact".into()))),
         ];
         let rw = prefix("/new");
-        assert_eq!(rw.path(&blocks, &parts("/old/a"), None).unwrap(), "/newa");
-        assert_eq!(rw.path(&blocks, &parts("/exact"), None).unwrap(), "/new");
+        assert_eq!(
+            rw.path(Some(&blocks[0]), &parts("/old/a")).unwrap(),
+            "/newa"
+        );
+        assert_eq!(rw.path(Some(&blocks[1]), &parts("/exact")).unwrap(), "/new");
     }
 
     #[test]
     fn no_path_condition_replaces_the_leading_slash_as_istio_does() {
-        let uri = prefix("/v2/").path(&[], &parts("/users"), None);
+        let uri = prefix("/v2/").path(None, &parts("/users"));
         assert_eq!(uri.unwrap(), "/v2/users");
     }
 
@@ -157,7 +153,7 @@ mod tests {
             authority: None,
         };
         assert_eq!(
-            rw.path(&[], &parts("/a/x/y/z?q=1"), None).unwrap(),
+            rw.path(None, &parts("/a/x/y/z?q=1")).unwrap(),
             "/b/y/z/x?q=1"
         );
         assert_eq!(replacement(r"$5 \\ \12"), r"$$5 \ ${12}");
@@ -169,6 +165,6 @@ mod tests {
             uri: None,
             authority: Some(HeaderValue::from_static("x")),
         };
-        assert!(rw.path(&[], &parts("/a"), None).is_none());
+        assert!(rw.path(None, &parts("/a")).is_none());
     }
 }

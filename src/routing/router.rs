@@ -94,9 +94,16 @@ impl Mirror {
 }
 
 impl Rule {
-    /// Whether this rule takes the request.
-    pub fn matches(&self, req: &Parts, authority: Option<&str>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|b| b.matches(req, authority))
+    /// Whether this rule takes the request: `Some` with the first block that matched, or
+    /// `Some(None)` for a rule without blocks; `None` when it does not.
+    pub fn matched(&self, req: &Parts, authority: Option<&str>) -> Option<Option<&MatchBlock>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches
+            .iter()
+            .find(|b| b.matches(req, authority))
+            .map(Some)
     }
 }
 
@@ -107,6 +114,8 @@ pub struct RouteMatch<'a> {
     pub route: &'a Route,
     /// The first rule of it that matched.
     pub rule: &'a Rule,
+    /// The rule's first block that matched (none when it has no blocks).
+    pub block: Option<&'a MatchBlock>,
 }
 
 /// Hosts are tried most specific first: exact, then the longest `*.suffix`, then `*`.
@@ -191,8 +200,11 @@ impl Router {
     pub fn find<'a>(&'a self, req: &Parts) -> Option<RouteMatch<'a>> {
         let authority = request_authority(req);
         let route = self.route_for_host(authority)?;
-        let rule = route.rules.iter().find(|r| r.matches(req, authority))?;
-        Some(RouteMatch { route, rule })
+        let (rule, block) = route
+            .rules
+            .iter()
+            .find_map(|r| Some((&**r, r.matched(req, authority)?)))?;
+        Some(RouteMatch { route, rule, block })
     }
 }
 
