@@ -592,23 +592,7 @@ spec:
 "
     );
     for (k, a) in addrs.iter().enumerate() {
-        out.push_str(&format!(
-            "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-{k}
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{{name: http, port: {port}, protocol: TCP}}]
-endpoints:
-  - addresses: [\"{ip}\"]
-    conditions: {{ready: true}}
----
-",
-            ip = a.ip(),
-            port = a.port(),
-        ));
+        out.push_str(&common::kube::endpoint_slice("web", k, *a, "{ready: true}"));
     }
     out
 }

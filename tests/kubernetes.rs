@@ -431,25 +431,12 @@ spec:
         let how = down.filter(|(i, _)| *i == k).map(|(_, how)| how);
         let gone = how.is_some();
         let terminating = how == Some(Out::Terminating);
-        out.push_str(&format!(
-            "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-{k}
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports: [{{name: http, port: {port}, protocol: TCP}}]
-endpoints:
-  - addresses: [\"{ip}\"]
-    conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}
----
-",
-            ip = a.ip(),
-            port = a.port(),
-            ready = !gone,
-            serving = how != Some(Out::NotReady),
-        ));
+        let conditions = format!(
+            "{{ready: {}, serving: {}, terminating: {terminating}}}",
+            !gone,
+            how != Some(Out::NotReady)
+        );
+        out.push_str(&endpoint_slice("web", k, *a, &conditions));
     }
     out
 }

@@ -127,3 +127,25 @@ pub fn generation_of(applied: &[Value]) -> i64 {
         .as_i64()
         .unwrap()
 }
+
+/// EndpointSlice `{service}-{k}` of Service `service` in `shop`: one endpoint at `addr` (its
+/// port the slice's), with `conditions` (YAML flow, like `{ready: true}`).
+pub fn endpoint_slice(service: &str, k: usize, addr: SocketAddr, conditions: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-{k}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}, protocol: TCP}}]
+endpoints:
+  - addresses: [\"{ip}\"]
+    conditions: {conditions}
+---
+",
+        ip = addr.ip(),
+        port = addr.port(),
+    )
+}
