@@ -13,6 +13,7 @@ pub mod control;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http1;
 pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;

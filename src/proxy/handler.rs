@@ -6,6 +6,7 @@ use super::flags::Flags;
 use super::headers::{self, ConnInfo};
 use super::idle::IdleBody;
 use super::mirror;
+use crate::http1::{OnUpgrade, RequestBody};
 use crate::metrics::istio::Sample;
 use crate::routing::answer::Answer;
 use crate::routing::cors::Verdict;
@@ -21,9 +22,6 @@ use crate::upstream::{Endpoint, PooledBody, SendError, UpstreamBody, UpstreamPro
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -36,7 +34,7 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub async fn handle(
     shared: &SharedRuntime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let rt = shared.load_full();
@@ -327,7 +325,7 @@ async fn proxy(
     rt: &Arc<Runtime>,
     conn: &ConnInfo,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     choice: Choice<'_>,
 ) -> Result<((http::response::Parts, PooledBody), bool), ProxyError> {
     let Choice {
@@ -693,16 +691,19 @@ fn respond(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (websocket and the like).
-/// `early` holds what the upstream sent right behind its 101 head.
+/// `early` holds what the upstream sent right behind its 101 head; the client's early bytes
+/// come with its connection.
 async fn tunnel(client: OnUpgrade, (mut upstream, early): (Io, Bytes)) {
-    let Ok(client) = client.await else {
+    let Some(mut client) = client.wait().await else {
         return;
     };
-    let mut client = TokioIo::new(client);
-    if !early.is_empty() && client.write_all(&early).await.is_err() {
+    if !client.early.is_empty() && upstream.write_all(&client.early).await.is_err() {
         return;
     }
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if !early.is_empty() && client.io.write_all(&early).await.is_err() {
+        return;
+    }
+    let result = tokio::io::copy_bidirectional(&mut client.io, &mut upstream).await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }

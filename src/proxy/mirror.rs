@@ -4,6 +4,7 @@
 use super::error::ProxyError;
 use super::handler::forward;
 use super::idle::IdleBody;
+use crate::http1::RequestBody;
 use crate::metrics::hub::ResultLabel;
 use crate::routing::Mirror;
 use crate::runtime::Runtime;
@@ -14,7 +15,6 @@ use http::request::Parts;
 use http::{header, HeaderValue, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 /// copy's. Bodies of unknown length or above `MIRROR_BODY_LIMIT` are not copied.
 pub async fn tee(
     parts: &Parts,
-    body: IdleBody<Incoming>,
+    body: IdleBody<RequestBody>,
 ) -> Result<(UpstreamBody, Option<UpstreamBody>), ProxyError> {
     if body.is_end_stream() {
         return Ok((
@@ -61,7 +61,7 @@ pub async fn copy(
     rt: &Arc<Runtime>,
     mirrors: &[Mirror],
     parts: &Parts,
-    body: IdleBody<Incoming>,
+    body: IdleBody<RequestBody>,
 ) -> Result<UpstreamBody, ProxyError> {
     let first = {
         let mut rng = rand::rng();

@@ -106,8 +106,10 @@ impl Http {
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
+pub enum Proto {
+    /// HTTP/1.x.
     Http1,
+    /// HTTP/2 with prior knowledge (h2c, or h2 by ALPN).
     Http2,
 }
 
@@ -414,13 +416,66 @@ fn is_http2_flood(e: &hyper::Error) -> bool {
     false
 }
 
-/// Serves one accepted connection until it ends. `deadline` bounds the wait for the first
-/// bytes (and, on TLS listeners, was the handshake's). On shutdown, lets its current requests
-/// finish. While `drain` says the gateway drains, each answer asks the client to go
-/// (`Connection: close`, or GOAWAY on HTTP/2).
+/// Serves one accepted connection with hyper (HTTP/1.1 or HTTP/2) until it ends; see
+/// [`serve_detected`].
 pub async fn serve<I, F, Fut, B>(
     mut io: I,
     deadline: Instant,
+    http: &Http,
+    metrics: Option<&SelfMetrics>,
+    stop: &mut watch::Receiver<bool>,
+    drain: Option<watch::Receiver<bool>>,
+    handler: F,
+) -> Conduct
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (proto, buf) = match detect_before(&mut io, deadline, metrics, stop).await {
+        Ok(found) => found,
+        Err(conduct) => return conduct,
+    };
+    serve_detected(io, proto, buf, http, metrics, stop, drain, handler).await
+}
+
+/// Reads until the first bytes tell the protocol, before `deadline` (which, on TLS listeners,
+/// was the handshake's too); returns it with the bytes read, or how the connection ended.
+pub async fn detect_before<I: AsyncRead + Unpin>(
+    io: &mut I,
+    deadline: Instant,
+    metrics: Option<&SelfMetrics>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(Proto, BytesMut), Conduct> {
+    let mut buf = BytesMut::with_capacity(512);
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, detect(io, &mut buf)) => match r {
+            Ok(Ok(Some(p))) => Ok((p, buf)),
+            Ok(Ok(None) | Err(_)) => Err(Conduct::Clean),
+            Err(_) => {
+                if let Some(m) = metrics {
+                    m.closed_connections(Cut::FirstByte.label()).inc();
+                }
+                tracing::debug!("no request before the first-byte deadline; closing");
+                Err(Conduct::Offence)
+            }
+        },
+        _ = stop.changed() => Err(Conduct::Clean),
+    }
+}
+
+/// Serves a connection whose protocol is known, with hyper, until it ends; `buf` holds the
+/// bytes read to find it. On shutdown, lets its current requests finish. While `drain` says
+/// the gateway drains, each answer asks the client to go (`Connection: close`, or GOAWAY on
+/// HTTP/2).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_detected<I, F, Fut, B>(
+    io: I,
+    proto: Proto,
+    buf: BytesMut,
     http: &Http,
     metrics: Option<&SelfMetrics>,
     stop: &mut watch::Receiver<bool>,
@@ -439,19 +494,6 @@ where
         if let Some(m) = metrics {
             m.closed_connections(cut.label()).inc();
         }
-    };
-    let mut buf = BytesMut::with_capacity(512);
-    let proto = tokio::select! {
-        r = tokio::time::timeout_at(deadline, detect(&mut io, &mut buf)) => match r {
-            Ok(Ok(Some(p))) => p,
-            Ok(Ok(None) | Err(_)) => return Conduct::Clean,
-            Err(_) => {
-                count(Cut::FirstByte);
-                tracing::debug!("no request before the first-byte deadline; closing");
-                return Conduct::Offence;
-            }
-        },
-        _ = stop.changed() => return Conduct::Clean,
     };
     let limits = http.limits;
     let state = Arc::new(ConnState::new(proto, &limits));

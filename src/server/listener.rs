@@ -2,10 +2,11 @@
 //! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
 use super::accept::Acceptor;
-use super::conn::{Conduct, Cut, Http};
+use super::conn::{detect_before, serve_detected, Conduct, Cut, Http, Proto};
 use super::limits::{derived_max_connections, raise_descriptor_limit};
 use super::offenders::Offenders;
 use crate::config::Config;
+use crate::http1::RequestBody;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::SharedRuntime;
 use crate::tls::{self, CertStore};
@@ -316,9 +317,10 @@ async fn serve_tls(
     }
 }
 
-/// Serves one proxy connection until it ends.
+/// Serves one proxy connection until it ends: HTTP/1.1 with the gateway's own server, HTTP/2
+/// with hyper's.
 async fn serve<I>(
-    io: I,
+    mut io: I,
     deadline: Instant,
     http: &Http,
     runtime: SharedRuntime,
@@ -330,9 +332,25 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let own = runtime.load().hub.own.clone();
-    let handler = move |req| {
-        let (runtime, conn) = (runtime.clone(), conn.clone());
-        async move { proxy::handle(&runtime, &conn, req).await }
+    let (proto, buf) = match detect_before(&mut io, deadline, Some(&own), stop).await {
+        Ok(found) => found,
+        Err(conduct) => return conduct,
     };
-    super::conn::serve(io, deadline, http, Some(&own), stop, Some(drain), handler).await
+    match proto {
+        Proto::Http1 => {
+            let handler = |req| proxy::handle(&runtime, &conn, req);
+            // Boxed: a waiting connection then holds no room for a request's future.
+            let handler = |req| Box::pin(handler(req));
+            let limits = *http.limits();
+            super::h1::serve(io, buf, limits, Some(&own), stop, Some(drain), handler).await
+        }
+        Proto::Http2 => {
+            let handler = move |req: http::Request<hyper::body::Incoming>| {
+                let (runtime, conn) = (runtime.clone(), conn.clone());
+                let req = req.map(RequestBody::http2);
+                async move { proxy::handle(&runtime, &conn, req).await }
+            };
+            serve_detected(io, proto, buf, http, Some(&own), stop, Some(drain), handler).await
+        }
+    }
 }

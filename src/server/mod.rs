@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod conn;
 pub mod endpoint;
+pub mod h1;
 pub mod limits;
 pub mod listener;
 pub mod offenders;

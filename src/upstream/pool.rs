@@ -9,6 +9,7 @@
 
 use super::circuit::{Circuit, Held};
 use super::h1;
+use crate::http1::RequestBody;
 use crate::proxy::idle::IdleBody;
 use crate::tls::UpstreamTls;
 use bytes::Bytes;
@@ -609,7 +610,7 @@ impl Endpoint {
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// Streamed from the client as it arrives, under the stream idle timeout.
-    Stream(IdleBody<Incoming>),
+    Stream(IdleBody<RequestBody>),
     /// Held in memory; `None` once sent.
     Buffered(Option<Bytes>),
 }
