@@ -2,8 +2,9 @@
 //! parsers and header rules the library keeps private, exactly as the gateway calls them, and
 //! check what must hold whatever the input. Not for any other use.
 
+use crate::http1::head::{self, BodyFraming, HeadLimits};
 use crate::proxy::headers::{check_request, is_upgrade, prepare_request, ConnInfo};
-use crate::upstream::h1::{self, Framing, ReqFraming, Step};
+use crate::upstream::h1::{self, Chunk, Framing, ReqFraming, Step};
 use bytes::BytesMut;
 use http::request::Parts;
 use http::{HeaderValue, Version};
@@ -12,23 +13,11 @@ use http::{HeaderValue, Version};
 /// header rules see, as the listener's HTTP/1 server hands them over; `None` when the bytes
 /// hold no complete, valid head.
 pub fn request_parts(bytes: &[u8]) -> Option<Parts> {
-    let mut fields = [httparse::EMPTY_HEADER; 100];
-    let mut req = httparse::Request::new(&mut fields);
-    let httparse::Status::Complete(_) = req.parse(bytes).ok()? else {
-        return None;
-    };
-    let version = match req.version? {
-        0 => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut builder = http::Request::builder()
-        .method(req.method?)
-        .uri(req.path?)
-        .version(version);
-    for f in req.headers.iter() {
-        builder = builder.header(f.name, f.value);
-    }
-    builder.body(()).ok().map(|r| r.into_parts().0)
+    let limits = &HEAD_LIMITS[0];
+    head::parse(&mut BytesMut::from(bytes), limits)
+        .ok()
+        .flatten()
+        .map(|h| h.parts)
 }
 
 /// A request head through the gateway's header rules (`check_request`, then `prepare_request`)
@@ -86,5 +75,143 @@ pub fn response(bytes: &[u8]) {
         while let Ok(Step::Next(Framing::Chunked(next), _)) = h1::chunk_step(&mut buf, state) {
             state = next;
         }
+    }
+}
+
+/// Limits the fuzz targets parse heads under: the listener's defaults, and small ones that
+/// inputs reach.
+const HEAD_LIMITS: [HeadLimits; 2] = [
+    HeadLimits {
+        max_bytes: 60 * 1024,
+        max_fields: 100,
+    },
+    HeadLimits {
+        max_bytes: 64,
+        max_fields: 3,
+    },
+];
+
+/// The decision on a request head, to compare however its bytes arrived: refused (how), not
+/// complete, or taken (with its length, framing, keep-alive and parts).
+fn head_decision(buf: &mut BytesMut, limits: &HeadLimits) -> String {
+    let before = buf.len();
+    match head::parse(buf, limits) {
+        Err(e) => format!("refused {e:?}"),
+        Ok(None) => "partial".to_string(),
+        Ok(Some(h)) => {
+            let used = before - buf.len();
+            assert!(
+                used > 0 && used <= limits.max_bytes,
+                "a head of {used} bytes taken"
+            );
+            assert!(h.parts.headers.len() <= limits.max_fields);
+            if h.body == BodyFraming::Chunked {
+                assert!(
+                    !h.parts.headers.contains_key(http::header::CONTENT_LENGTH),
+                    "content-length kept beside chunked"
+                );
+            }
+            if h.parts.version == Version::HTTP_10 {
+                assert!(
+                    !h.parts
+                        .headers
+                        .contains_key(http::header::TRANSFER_ENCODING),
+                    "transfer-encoding taken in HTTP/1.0"
+                );
+            }
+            format!(
+                "head {used} {:?} {} {} {} {:?}",
+                h.body, h.keep_alive, h.expect_continue, h.wants_upgrade, h.parts
+            )
+        }
+    }
+}
+
+/// A client's bytes through the listener's request head parser, whole and in two pieces (the
+/// split point from the first byte), under each of [`HEAD_LIMITS`]. Panics if the parser
+/// panics, takes more than a head, or decides differently for the pieces. A parse that waits
+/// (`partial`) on the first piece is given the rest, as the listener does.
+pub fn server_head(bytes: &[u8]) {
+    for limits in &HEAD_LIMITS {
+        let whole = head_decision(&mut BytesMut::from(bytes), limits);
+        let at = bytes
+            .first()
+            .map_or(0, |&b| usize::from(b))
+            .min(bytes.len());
+        let mut buf = BytesMut::from(&bytes[..at]);
+        let first = head_decision(&mut buf, limits);
+        if first != "partial" {
+            // Decided on less: it must be the decision on the whole, unless the whole was
+            // refused for its size (the first piece may have been short enough).
+            if first.starts_with("head") {
+                assert_eq!(first, whole, "a head decided early differs");
+            }
+            continue;
+        }
+        buf.extend_from_slice(&bytes[at..]);
+        let second = head_decision(&mut buf, limits);
+        assert_eq!(second, whole, "pieces decide differently");
+    }
+}
+
+/// What the chunked decoder makes of `pieces`, fed one after another as a connection reads
+/// them: the data, the trailers' count, and how it ended.
+fn dechunk(pieces: &[&[u8]]) -> (Vec<u8>, usize, String) {
+    let mut buf = BytesMut::new();
+    let mut state = Chunk::Size;
+    let mut data = Vec::new();
+    let mut trailers = 0;
+    let mut fed = 0;
+    loop {
+        match h1::chunk_step(&mut buf, state) {
+            Ok(Step::Next(Framing::Chunked(next), frame)) => {
+                state = next;
+                if let Some(d) = frame.and_then(|f| f.into_data().ok()) {
+                    data.extend_from_slice(&d);
+                }
+            }
+            Ok(Step::Next(end, frame)) => {
+                if let Some(t) = frame.and_then(|f| f.into_trailers().ok()) {
+                    trailers = t.len();
+                }
+                let unfed: usize = pieces[fed..].iter().map(|p| p.len()).sum();
+                let left = buf.len() + unfed;
+                return (data, trailers, format!("ended {end:?}, {left} left"));
+            }
+            Ok(Step::NeedMore) => match pieces.get(fed) {
+                Some(p) => {
+                    buf.extend_from_slice(p);
+                    fed += 1;
+                }
+                None => return (data, trailers, "needs more".to_string()),
+            },
+            Err(e) => return (data, trailers, format!("refused: {e}")),
+        }
+    }
+}
+
+/// Bytes as a chunked request body, through the decoder the listener reads bodies with: whole,
+/// and in pieces (cut where the input's bytes say). Panics if it panics, yields more data than
+/// it was given, or decodes the pieces otherwise than the whole.
+pub fn chunked_body(bytes: &[u8]) {
+    let whole = dechunk(&[bytes]);
+    assert!(whole.0.len() <= bytes.len(), "more data out than in");
+    let mut pieces = Vec::new();
+    let mut rest = bytes;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let len = (usize::from(bytes[i % bytes.len()]) % 7 + 1).min(rest.len());
+        let (piece, after) = rest.split_at(len);
+        pieces.push(piece);
+        rest = after;
+        i += 1;
+    }
+    let split = dechunk(&pieces);
+    // The whole was fed at once, so data a refusal cut short may differ in how much came
+    // before it; the outcome and, when it ends well, everything else must agree.
+    assert_eq!(whole.2, split.2, "pieces end otherwise than the whole");
+    if !whole.2.starts_with("refused") {
+        assert_eq!(whole.0, split.0, "pieces decode other data");
+        assert_eq!(whole.1, split.1, "pieces decode other trailers");
     }
 }

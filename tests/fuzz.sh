@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes splitgate for SECONDS per target (default 60): the config loader (config_load), the
-# router (route_match), and the gateway's own HTTP/1 head handling (request_head). Installs
+# router (route_match), the header rules and the upstream side's HTTP/1 parsing (request_head),
+# and the listener's own HTTP/1.1 server: its request head parser (h1_head) and its chunked
+# request body decoder (h1_chunked). Installs
 # cargo-fuzz when it is missing. Runs every target, then fails if any crashed, naming the target
 # and the file that holds the crashing input.
 #   tests/fuzz.sh 600                                         # ten minutes per target
@@ -8,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(config_load route_match request_head)
+targets=(config_load route_match request_head h1_head h1_chunked)
 
 # cargo fuzz passes nightly-only flags (sanitizers, coverage); this lets stable rustc take them.
 export RUSTC_BOOTSTRAP=1

@@ -953,7 +953,9 @@ pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error
     let bad = |why| Err(Error::BadBody(why));
     match state {
         Chunk::Size => {
-            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+            // Bounded whether the line arrives whole or a byte at a time.
+            let window = &buf[..buf.len().min(MAX_CHUNK_LINE + 1)];
+            let Some(end) = window.iter().position(|&b| b == b'\n') else {
                 if buf.len() > MAX_CHUNK_LINE {
                     return bad("chunk-size line too long");
                 }
@@ -1007,7 +1009,8 @@ pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error
         Chunk::Trailers => {
             let mut storage = [httparse::EMPTY_HEADER; MAX_TRAILERS];
             let (len, fields) = match httparse::parse_headers(buf, &mut storage) {
-                Ok(httparse::Status::Complete(done)) => done,
+                // Bounded whether the section arrives whole or in pieces.
+                Ok(httparse::Status::Complete(done)) if done.0 <= MAX_HEAD => done,
                 Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {
                     return Ok(Step::NeedMore)
                 }
