@@ -32,11 +32,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
-/// Bytes read into the stack while no buffer is held; the buffer then made holds at least
-/// [`FIRST_BUFFER`].
+/// Bytes a head is read with into the stack while no buffer has room; the buffer then made
+/// holds at least [`FIRST_BUFFER`].
 const STACK_READ: usize = 2048;
-/// Size of the read buffer made for a new request.
-const FIRST_BUFFER: usize = 4096;
+/// Least size of the read buffer made for a new head: most heads fit, and an allocation this
+/// small is quick.
+const FIRST_BUFFER: usize = 512;
 /// Least free room in the read buffer before a read of body bytes.
 const READ_ROOM: usize = 8 * 1024;
 /// Answer body chunks up to this size are copied next to the head or their framing (one
@@ -72,24 +73,27 @@ impl<I> Shared<I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Inner<I> {
-    /// Reads more bytes into `rbuf`: `Ok(0)` at the end of the stream. With no buffer held,
-    /// reads into the stack first and makes a buffer only for bytes that came.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads more bytes into `rbuf`: `Ok(0)` at the end of the stream. A body is read with
+    /// room for [`READ_ROOM`] bytes at least. A head is read into the stack first when nothing
+    /// is buffered, and a buffer is made (or the one held is used) only for bytes that came, so
+    /// a waiting connection holds none and a small head costs a small buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, body: bool) -> Poll<io::Result<usize>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        if self.rbuf.capacity() == 0 {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if !body && self.rbuf.is_empty() && spare < STACK_READ {
             let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
             let mut read = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(io).poll_read(cx, &mut read))?;
             let got = read.filled();
-            if !got.is_empty() {
+            if got.len() > spare {
                 self.rbuf = BytesMut::with_capacity(FIRST_BUFFER.max(got.len()));
-                self.rbuf.extend_from_slice(got);
             }
+            self.rbuf.extend_from_slice(got);
             return Poll::Ready(Ok(got.len()));
         }
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+        if spare < 1024 || (body && spare < READ_ROOM) {
             self.rbuf.reserve(READ_ROOM);
         }
         poll_read_buf(Pin::new(io), cx, &mut self.rbuf)
@@ -148,7 +152,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Inner<I> {
                 },
                 _ => {}
             }
-            match ready!(self.poll_fill(cx)) {
+            match ready!(self.poll_fill(cx, true)) {
                 Ok(0) => {
                     let e = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -361,6 +365,9 @@ where
         let (parts, mut body) = resp.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let known = body.size_hint().exact();
+        // Room for the head and a small body, so the buffer is made once.
+        let small_body = known.filter(|&n| n <= COPY_LIMIT as u64).unwrap_or(0) as usize;
+        wbuf.reserve(128 + parts.headers.len() * 48 + small_body);
         let (framing, mut keep) =
             encode::head(&mut wbuf, asked, parts.status, &parts.headers, known);
         drop(parts);
@@ -429,7 +436,7 @@ fn poll_head<I: AsyncRead + AsyncWrite + Unpin>(
                 }
                 inner.scanned = inner.rbuf.len();
             }
-            match inner.poll_fill(cx) {
+            match inner.poll_fill(cx, false) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Next::Gone),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => break,
@@ -469,7 +476,7 @@ fn poll_gone<I: AsyncRead + AsyncWrite + Unpin>(
     if reading || !inner.rbuf.is_empty() || inner.io.is_none() {
         return Poll::Pending;
     }
-    match ready!(inner.poll_fill(cx)) {
+    match ready!(inner.poll_fill(cx, false)) {
         Ok(0) | Err(_) => Poll::Ready(()),
         // A pipelined request: kept for after this answer, and no more is read meanwhile.
         Ok(_) => Poll::Pending,

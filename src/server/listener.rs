@@ -345,10 +345,12 @@ where
             super::h1::serve(io, buf, limits, Some(&own), stop, Some(drain), handler).await
         }
         Proto::Http2 => {
+            // Boxed: hyper spawns each stream as a task, and moving a stream's whole future
+            // into it cost two copies of several KiB per request.
             let handler = move |req: http::Request<hyper::body::Incoming>| {
                 let (runtime, conn) = (runtime.clone(), conn.clone());
                 let req = req.map(RequestBody::http2);
-                async move { proxy::handle(&runtime, &conn, req).await }
+                Box::pin(async move { proxy::handle(&runtime, &conn, req).await })
             };
             serve_detected(io, proto, buf, http, Some(&own), stop, Some(drain), handler).await
         }
