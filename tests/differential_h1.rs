@@ -392,7 +392,7 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], plan: Plan) -> (Vec<u8>, WireE
     let (mut rd, mut wr) = stream.into_split();
     let (seen_tx, mut seen_rx) = watch::channel(Vec::<u8>::new());
     let seen = seen_tx.subscribe();
-    // Every plan's writes are over well within CONTINUE_WAIT.
+    // Every plan has written all it writes within CONTINUE_WAIT of the start.
     let deadline = Instant::now() + CONTINUE_WAIT + BOUND;
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
