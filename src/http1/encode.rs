@@ -31,6 +31,9 @@ pub struct Asked {
     pub version: Version,
     /// A HEAD request: the answer's head only.
     pub head: bool,
+    /// A CONNECT request: a 2xx answer is a head alone, and the connection then closes (the
+    /// server makes no tunnel; RFC 9110 §9.3.6 has no length in such an answer).
+    pub connect: bool,
     /// Whether the connection may go on after this answer, as far as the request goes.
     pub keep_alive: bool,
 }
@@ -59,6 +62,13 @@ pub fn head(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The switch's own fields (Connection, Upgrade) go as they are; no body follows.
         fields(dst, headers, |_| true);
+        dst.extend_from_slice(b"\r\n");
+        return (Framing::None, false);
+    }
+    if asked.connect && status.is_success() {
+        fields(dst, headers, |n| {
+            !matches!(*n, header::CONTENT_LENGTH | header::TRANSFER_ENCODING)
+        });
         dst.extend_from_slice(b"\r\n");
         return (Framing::None, false);
     }
@@ -128,6 +138,7 @@ pub fn refusal(dst: &mut Vec<u8>, status: StatusCode) {
     let asked = Asked {
         version: Version::HTTP_11,
         head: false,
+        connect: false,
         keep_alive: false,
     };
     head(dst, asked, status, &HeaderMap::new(), Some(0));
@@ -266,6 +277,7 @@ mod tests {
         Asked {
             version,
             head: false,
+            connect: false,
             keep_alive,
         }
     }
@@ -335,6 +347,26 @@ mod tests {
         );
         assert_eq!(got, (Framing::Length(0), true));
         assert!(text(&dst).contains("connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn a_2xx_to_connect_is_a_head_alone_and_closes() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        let connect = Asked {
+            connect: true,
+            ..asked(Version::HTTP_11, true)
+        };
+        let mut dst = Vec::new();
+        assert_eq!(
+            head(&mut dst, connect, StatusCode::OK, &h, Some(3)),
+            (Framing::None, false)
+        );
+        assert_eq!(text(&dst), "HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n");
+        let mut dst = Vec::new();
+        let refused = head(&mut dst, connect, StatusCode::FORBIDDEN, &h, Some(3));
+        assert_eq!(refused, (Framing::Length(3), true));
     }
 
     #[test]

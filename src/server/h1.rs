@@ -322,6 +322,7 @@ where
         let asked = Asked {
             version: parts.version,
             head: parts.method == Method::HEAD,
+            connect: parts.method == Method::CONNECT,
             keep_alive,
         };
         let trailers_ok = parts

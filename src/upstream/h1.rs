@@ -27,15 +27,16 @@ use tokio_util::io::poll_read_buf;
 pub const MAX_HEAD: usize = u16::MAX as usize;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 128;
-/// Most fields in a trailer section.
-const MAX_TRAILERS: usize = 32;
+/// Most fields in a trailer section: the listeners' default field limit, as Envoy applies
+/// `max_headers_count` to trailers.
+const MAX_TRAILERS: usize = 100;
 /// Least free room in the read buffer before a read.
 const READ_ROOM: usize = 8 * 1024;
 /// Request body chunks up to this size are copied next to their framing (one write); larger
 /// ones are written from their own buffer.
 const COPY_LIMIT: usize = 16 * 1024;
-/// Longest chunk-size line (size and extensions).
-const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Longest chunk-size line (size and extensions): hyper's bound on a body's extensions.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 
 /// A connection's byte stream: plain TCP or TLS.
 #[derive(Debug)]
@@ -965,7 +966,10 @@ pub(crate) fn chunk_step(buf: &mut BytesMut, state: Chunk) -> Result<Step, Error
                 return bad("chunk-size line without CRLF");
             };
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-            if digits == 0 || digits > 15 {
+            // Any number of digits (RFC 9112 §7.1); the value is what is bounded, to 15
+            // significant hex digits (a size that needs 60 bits is more than anyone sends).
+            let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+            if digits == 0 || digits - zeros > 15 {
                 return bad("bad chunk size");
             }
             let rest = &line[digits..];
