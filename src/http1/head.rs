@@ -81,99 +81,85 @@ impl HeadError {
     }
 }
 
-/// Where a field lies in the head: name start and end, value start and end.
-type Span = (u32, u32, u32, u32);
-
 /// Parses the request head at the start of `buf`. `Ok(None)`: not all there yet (and still
 /// under the limit). On success the head's bytes are taken off `buf`; field values and the
 /// target share them rather than being copied.
 pub fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Result<Option<RequestHead>, HeadError> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
-    let mut stack_spans = [(0u32, 0u32, 0u32, 0u32); STACK_FIELDS];
     let mut heap;
-    let mut heap_spans;
-    let (fields, spans) = if limits.max_fields <= STACK_FIELDS {
-        (
-            &mut stack[..limits.max_fields],
-            &mut stack_spans[..limits.max_fields],
-        )
+    let fields = if limits.max_fields <= STACK_FIELDS {
+        &mut stack[..limits.max_fields]
     } else {
         heap = Vec::with_capacity(limits.max_fields);
         heap.resize_with(limits.max_fields, MaybeUninit::uninit);
-        heap_spans = vec![(0u32, 0u32, 0u32, 0u32); limits.max_fields];
-        (&mut heap[..], &mut heap_spans[..])
+        &mut heap[..]
     };
-    let malformed = |why| Err(HeadError::Malformed(why));
+    // The bytes are frozen for the parse, so that the target and the field values can share
+    // them; a head that is not whole gets them back as they were, without a copy.
+    let frozen = std::mem::take(buf).freeze();
     let mut req = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
-    let base = buf.as_ptr() as usize;
-    let (len, method, target, version, count) =
-        match config.parse_request_with_uninit_headers(&mut req, &buf[..], fields) {
-            Ok(httparse::Status::Complete(len)) => {
-                if len > limits.max_bytes {
-                    return Err(HeadError::TooLarge);
+    let parsed = config.parse_request_with_uninit_headers(&mut req, &frozen[..], fields);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
+        other => {
+            let refused = match other {
+                Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
+                Ok(httparse::Status::Partial) if frozen.len() >= limits.max_bytes => {
+                    Err(HeadError::TooLarge)
                 }
-                let target = req.path.expect("a complete head has a target");
-                if target.len() > MAX_TARGET {
-                    return Err(HeadError::TargetTooLong);
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+                Err(httparse::Error::Version) => Err(HeadError::Malformed("bad version")),
+                Err(httparse::Error::Token) if req.method.is_none() => {
+                    Err(HeadError::Malformed("bad method"))
                 }
-                let method = req.method.expect("a complete head has a method");
-                let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-                    return malformed("bad method");
-                };
-                let at = target.as_ptr() as usize - base;
-                let version = match req.version {
-                    Some(1) => Version::HTTP_11,
-                    _ => Version::HTTP_10,
-                };
-                for (span, f) in spans.iter_mut().zip(req.headers.iter()) {
-                    let name = f.name.as_ptr() as usize - base;
-                    let value = f.value.as_ptr() as usize - base;
-                    *span = (
-                        name as u32,
-                        (name + f.name.len()) as u32,
-                        value as u32,
-                        (value + f.value.len()) as u32,
-                    );
-                }
-                (
-                    len,
-                    method,
-                    (at, at + target.len()),
-                    version,
-                    req.headers.len(),
-                )
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= limits.max_bytes {
-                    return Err(HeadError::TooLarge);
-                }
-                return Ok(None);
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(httparse::Error::Version) => return malformed("bad version"),
-            Err(httparse::Error::Token) if req.method.is_none() => return malformed("bad method"),
-            Err(httparse::Error::Token) => return malformed("bad request target"),
-            Err(_) => return malformed("bad header field"),
-        };
-    let head = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
-        return malformed("bad request target");
+                Err(httparse::Error::Token) => Err(HeadError::Malformed("bad request target")),
+                Err(_) => Err(HeadError::Malformed("bad header field")),
+            };
+            *buf = frozen
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            return refused;
+        }
     };
-    build(&head, &spans[..count], method, uri, version)
+    let target = req.path.expect("a complete head has a target");
+    let method = req.method.expect("a complete head has a method");
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let head = if target.len() > MAX_TARGET {
+        Err(HeadError::TargetTooLong)
+    } else {
+        match (
+            Method::from_bytes(method.as_bytes()),
+            Uri::from_maybe_shared(frozen.slice_ref(target.as_bytes())),
+        ) {
+            (Err(_), _) => Err(HeadError::Malformed("bad method")),
+            (_, Err(_)) => Err(HeadError::Malformed("bad request target")),
+            (Ok(method), Ok(uri)) => build(&frozen, req.headers, method, uri, version),
+        }
+    };
+    // What follows the head (a body, a pipelined request) is read on from a buffer of its own.
+    *buf = match frozen.get(len..) {
+        Some(rest) if !rest.is_empty() => BytesMut::from(rest),
+        _ => BytesMut::new(),
+    };
+    head
 }
 
-/// The parts and framing of a head whose fields lie at `spans` in `head`.
+/// The parts and framing of a head whose `fields` lie in `head`.
 fn build(
     head: &Bytes,
-    spans: &[Span],
+    fields: &[httparse::Header<'_>],
     method: Method,
     uri: Uri,
     version: Version,
 ) -> Result<Option<RequestHead>, HeadError> {
     let malformed = |why| Err(HeadError::Malformed(why));
     let http11 = version == Version::HTTP_11;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut body = BodyFraming::Empty;
     let mut keep_alive = http11;
     let mut said_close = false;
@@ -181,11 +167,11 @@ fn build(
     let (mut has_length, mut has_te, mut te_chunked) = (false, false, false);
     let mut expect_continue = false;
     let mut wants_upgrade = false;
-    for &(n0, n1, v0, v1) in spans {
-        let Ok(name) = HeaderName::from_bytes(&head[n0 as usize..n1 as usize]) else {
+    for f in fields {
+        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
             return malformed("bad header name");
         };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize)) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(f.value)) else {
             return malformed("bad header value");
         };
         match name {
