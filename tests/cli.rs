@@ -272,8 +272,16 @@ fn validate(file: &Path) -> Finished {
 
 /// A loopback address that was free a moment ago (bound to port 0, then released).
 fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound");
-    l.local_addr().unwrap()
+    free_addrs::<1>()[0]
+}
+
+/// `N` distinct free loopback addresses: all bound at once, then released, so that no two are
+/// the same port (one released and bound again would be).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 /// Whether something accepts TCP connections on `addr`.
@@ -336,6 +344,7 @@ async fn wait_until_serving(p: &mut Proc, addr: SocketAddr) {
 fn config(listen: SocketAddr, stable: SocketAddr, canary: SocketAddr) -> String {
     // The admin, readiness and metrics addresses are set to free loopback ports too, so no test
     // depends on a fixed port being free.
+    let [admin, readiness, metrics] = free_addrs();
     common::fill(
         r#"listeners:
   - name: http
@@ -375,9 +384,9 @@ routes:
 "#,
         &[
             ("listen", listen.to_string()),
-            ("admin", free_addr().to_string()),
-            ("readiness", free_addr().to_string()),
-            ("metrics", free_addr().to_string()),
+            ("admin", admin.to_string()),
+            ("readiness", readiness.to_string()),
+            ("metrics", metrics.to_string()),
             ("stable", stable.to_string()),
             ("canary", canary.to_string()),
         ],
