@@ -25,6 +25,7 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -283,8 +284,7 @@ where
     };
     let sleep = tokio::time::sleep_until(clock.armed);
     tokio::pin!(sleep);
-    let mut wbuf: Vec<u8> = Vec::new();
-    let mut stopping = false;
+    let stopping = AtomicBool::new(false);
     loop {
         let next = tokio::select! {
             biased;
@@ -306,6 +306,7 @@ where
             }
             Next::Refused(e) => {
                 tracing::debug!(error = %e, "request head refused");
+                let mut wbuf = Vec::with_capacity(128);
                 encode::refusal(&mut wbuf, e.status());
                 let _ = write_out(&shared, &mut wbuf, &[]).await;
                 shutdown(&shared).await;
@@ -347,63 +348,110 @@ where
                 _ => RequestBody::http1(shared.clone()),
             }
         };
-        let answer = handler(Request::from_parts(parts, body));
-        tokio::pin!(answer);
-        let resp = loop {
+        let exchange = exchange(
+            &shared,
+            handler(Request::from_parts(parts, body)),
+            Exchange {
+                asked,
+                trailers_ok,
+                handover,
+                drain: drain.as_ref(),
+                stopping: &stopping,
+            },
+        );
+        // Boxed: a connection waiting for its next request then holds no room for one.
+        let mut exchange = Box::pin(exchange);
+        let keep = loop {
             tokio::select! {
                 biased;
-                resp = answer.as_mut() => break resp,
-                // The client left before its answer: the handler is dropped (counted `DC`).
+                done = exchange.as_mut() => break done,
+                // The client left before its answer was out: the exchange is dropped (its
+                // request counted `DC`).
                 () = poll_fn(|cx| poll_gone(&shared, cx)) => return Conduct::Clean,
-                _ = stop.changed(), if !stopping => stopping = true,
+                _ = stop.changed(), if !stopping.load(Ordering::Relaxed) => {
+                    stopping.store(true, Ordering::Relaxed);
+                }
             }
         };
-        let draining = drain.as_ref().is_some_and(|d| *d.borrow());
-        let asked = Asked {
-            keep_alive: asked.keep_alive && !draining && !stopping,
-            ..asked
+        drop(exchange);
+        let keep = match keep {
+            Done::Switched => return Conduct::Clean,
+            Done::Answered(keep) => keep && !stopping.load(Ordering::Relaxed),
         };
-        let (parts, mut body) = resp.into_parts();
-        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let known = body.size_hint().exact();
-        // Room for the head and a small body, so the buffer is made once.
-        let small_body = known.filter(|&n| n <= COPY_LIMIT as u64).unwrap_or(0) as usize;
-        wbuf.reserve(128 + parts.headers.len() * 48 + small_body);
-        let (framing, mut keep) =
-            encode::head(&mut wbuf, asked, parts.status, &parts.headers, known);
-        drop(parts);
-        if switching {
-            // The connection is the upgraded protocol's from here: handed over when the
-            // request asked for the switch, else closed.
-            drop(body);
-            let written = write_out(&shared, &mut wbuf, &[]).await.is_ok();
-            match handover {
-                Some(handover) if written => hand_over(&shared, handover),
-                _ => shutdown(&shared).await,
-            }
-            return Conduct::Clean;
-        }
-        let sent = send_body(&shared, &mut wbuf, &mut body, framing, trailers_ok).await;
-        drop(body);
-        keep &= sent && framing != Out::Close && !stopping;
-        if keep {
+        let keep = keep && {
             let mut inner = shared.lock();
-            keep = !inner.broken && inner.skip_buffered_body();
-            if keep {
-                // Nothing buffered: let the buffers go while the connection waits.
+            let clean = !inner.broken && inner.skip_buffered_body();
+            if clean {
+                // Nothing buffered: let the buffer go while the connection waits.
                 if inner.rbuf.is_empty() {
                     inner.rbuf = BytesMut::new();
                 }
                 inner.scanned = 0;
             }
-        }
+            clean
+        };
         if !keep {
             shutdown(&shared).await;
             return Conduct::Clean;
         }
-        wbuf = Vec::new();
         clock.quiet_since = Instant::now();
     }
+}
+
+/// What a request's exchange is given besides its answer.
+struct Exchange<'a> {
+    asked: Asked,
+    trailers_ok: bool,
+    handover: Option<Handover>,
+    drain: Option<&'a watch::Receiver<bool>>,
+    /// Set when the gateway stops while the exchange runs: the connection closes after it.
+    stopping: &'a AtomicBool,
+}
+
+/// How an exchange ended.
+enum Done {
+    /// Answered; whether the connection may carry another request, as far as the answer goes.
+    Answered(bool),
+    /// Switched protocols: the connection is handed over or closed.
+    Switched,
+}
+
+/// Waits for the handler's answer and writes it.
+async fn exchange<I, Fut, B>(shared: &Shared<I>, answer: Fut, x: Exchange<'_>) -> Done
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let resp = answer.await;
+    let draining = x.drain.is_some_and(|d| *d.borrow());
+    let stopping = x.stopping.load(Ordering::Relaxed);
+    let asked = Asked {
+        keep_alive: x.asked.keep_alive && !draining && !stopping,
+        ..x.asked
+    };
+    let (parts, mut body) = resp.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let known = body.size_hint().exact();
+    // Room for the head and a small body, so the buffer is made once.
+    let small_body = known.filter(|&n| n <= COPY_LIMIT as u64).unwrap_or(0) as usize;
+    let mut wbuf = Vec::with_capacity(128 + parts.headers.len() * 48 + small_body);
+    let (framing, keep) = encode::head(&mut wbuf, asked, parts.status, &parts.headers, known);
+    drop(parts);
+    if switching {
+        // The connection is the upgraded protocol's from here: handed over when the request
+        // asked for the switch, else closed.
+        drop(body);
+        let written = write_out(shared, &mut wbuf, &[]).await.is_ok();
+        match x.handover {
+            Some(handover) if written => hand_over(shared, handover),
+            _ => shutdown(shared).await,
+        }
+        return Done::Switched;
+    }
+    let sent = send_body(shared, &mut wbuf, &mut body, framing, x.trailers_ok).await;
+    Done::Answered(keep && sent && framing != Out::Close)
 }
 
 /// Reads until a whole head is buffered, the client leaves, or a deadline passes.
