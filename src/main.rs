@@ -8,12 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// mimalloc rather than the system allocator: a request allocates header maps, shared byte
-/// buffers and its boxed future, and glibc's malloc took 2.6k instructions per request for them
-/// (BENCHMARKS.md, issue 17).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "splitgate",

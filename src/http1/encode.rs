@@ -83,7 +83,7 @@ pub fn head(
         match *name {
             header::TRANSFER_ENCODING => continue,
             header::CONTENT_LENGTH => {
-                let Some(n) = digits(value.as_bytes()) else {
+                let Some(n) = super::head::digits(value.as_bytes()) else {
                     continue;
                 };
                 if declared.is_some() || status == StatusCode::NO_CONTENT {
@@ -194,19 +194,6 @@ fn decimal(dst: &mut Vec<u8>, mut n: u64) {
         }
     }
     dst.extend_from_slice(&digits[at..]);
-}
-
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 thread_local! {

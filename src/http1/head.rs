@@ -261,7 +261,7 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
 }
 
 /// A `Content-Length` value: ASCII digits only, no sign, no list, no overflow.
-fn digits(value: &[u8]) -> Option<u64> {
+pub(crate) fn digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }
