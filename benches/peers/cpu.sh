@@ -23,9 +23,14 @@ for t in wrk h2load nginx haproxy taskset curl; do command -v $t >/dev/null || {
 hz=$(getconf CLK_TCK)
 tmp=$(mktemp -d /tmp/cpu.XXXXXX)
 pids=()
-cg=/sys/fs/cgroup/cpu-sh-$$
-if [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir -p $cg && echo "$((quota * 1000)) 100000" > $cg/cpu.max; then :; else
-  echo "warning: no writable cgroup v2; running without a CPU quota"; cg=""; fi
+cg=""
+if [ -d /sys/fs/cgroup/cpu ] && [ -w /sys/fs/cgroup/cpu ]; then            # cgroup v1
+  cg=/sys/fs/cgroup/cpu/cpu-sh-$$; mkdir -p $cg
+  echo 100000 > $cg/cpu.cfs_period_us; echo $((quota * 1000)) > $cg/cpu.cfs_quota_us
+elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then                       # cgroup v2
+  cg=/sys/fs/cgroup/cpu-sh-$$; mkdir -p $cg && echo "$((quota * 1000)) 100000" > $cg/cpu.max || cg=""
+fi
+[ -n "$cg" ] || echo "warning: no writable cgroup; running without a CPU quota (the load generator may be the limit)"
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "$cg" ] && rmdir "$cg" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 sed "s#/tmp/lab-upstreams#$tmp/upstreams#g" "$peers/nginx-upstreams.conf" > "$tmp/upstreams.conf"
