@@ -431,7 +431,7 @@ where
         keep_alive: x.asked.keep_alive && !draining && !stopping,
         ..x.asked
     };
-    let (parts, mut body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let known = body.size_hint().exact();
     // Room for the head and a small body, so the buffer is made once.
@@ -450,7 +450,7 @@ where
         }
         return Done::Switched;
     }
-    let sent = send_body(shared, &mut wbuf, &mut body, framing, x.trailers_ok).await;
+    let sent = send_body(shared, &mut wbuf, body, framing, x.trailers_ok).await;
     Done::Answered(keep && sent && framing != Out::Close)
 }
 
@@ -573,7 +573,7 @@ async fn write_out<I: AsyncRead + AsyncWrite + Unpin>(
 async fn send_body<I, B>(
     shared: &Shared<I>,
     wbuf: &mut Vec<u8>,
-    body: &mut B,
+    mut body: B,
     framing: Out,
     trailers_ok: bool,
 ) -> bool
@@ -594,7 +594,7 @@ where
             let polled = if wbuf.is_empty() {
                 Poll::Pending
             } else {
-                poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+                poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
             };
             let frame = match polled {
                 Poll::Ready(frame) => frame,
@@ -602,7 +602,7 @@ where
                     if !wbuf.is_empty() && write_out(shared, wbuf, &[]).await.is_err() {
                         return false;
                     }
-                    poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
             };
             match frame {
@@ -663,6 +663,9 @@ where
     }
     // A body that goes on past its declared length leaves the connection to close.
     let whole = !matches!(framing, Out::Length(_)) || body.is_end_stream();
+    // Done with before the last write, so that what it holds (the upstream connection's place,
+    // the request's count) is let go before the client can see the answer's end.
+    drop(body);
     write_out(shared, wbuf, &[]).await.is_ok() && whole
 }
 
