@@ -285,12 +285,17 @@ where
     let sleep = tokio::time::sleep_until(clock.armed);
     tokio::pin!(sleep);
     let stopping = AtomicBool::new(false);
+    // One wait for the shutdown for the connection's life: made anew for each request, it
+    // registered with the listener's shared channel, under its lock, twice per request, and the
+    // workers contended for that lock (BENCHMARKS.md, issue 17).
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
             biased;
             next = poll_fn(|cx| poll_head(&shared, cx, &head_limits, &limits, &mut clock, sleep.as_mut())) => next,
             // A connection between requests, or part-way through a head, closes at once.
-            _ = stop.changed() => return Conduct::Clean,
+            _ = &mut stopped => return Conduct::Clean,
         };
         let head = match next {
             Next::Head(head) => head,
@@ -368,7 +373,7 @@ where
                 // The client left before its answer was out: the exchange is dropped (its
                 // request counted `DC`).
                 () = poll_fn(|cx| poll_gone(&shared, cx)) => return Conduct::Clean,
-                _ = stop.changed(), if !stopping.load(Ordering::Relaxed) => {
+                _ = &mut stopped, if !stopping.load(Ordering::Relaxed) => {
                     stopping.store(true, Ordering::Relaxed);
                 }
             }
