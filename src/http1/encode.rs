@@ -287,53 +287,33 @@ mod tests {
     fn framing_is_chosen_by_length_then_version() {
         let mut h = HeaderMap::new();
         h.insert("date", HeaderValue::from_static("x"));
-        let mut dst = Vec::new();
-        let got = head(
-            &mut dst,
-            asked(Version::HTTP_11, true),
-            StatusCode::OK,
-            &h,
-            Some(5),
-        );
+        // The head written for an OK answer to a request of `version`, and what it decided.
+        let ok = |version, keep_alive, known| {
+            let mut dst = Vec::new();
+            let got = head(
+                &mut dst,
+                asked(version, keep_alive),
+                StatusCode::OK,
+                &h,
+                known,
+            );
+            (text(&dst), got)
+        };
+        let (t, got) = ok(Version::HTTP_11, true, Some(5));
         assert_eq!(got, (Framing::Length(5), true));
-        assert_eq!(
-            text(&dst),
-            "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 5\r\n\r\n"
-        );
-        dst.clear();
-        let got = head(
-            &mut dst,
-            asked(Version::HTTP_11, false),
-            StatusCode::OK,
-            &h,
-            None,
-        );
+        assert_eq!(t, "HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 5\r\n\r\n");
+        let (t, got) = ok(Version::HTTP_11, false, None);
         assert_eq!(got, (Framing::Chunked, false));
-        assert!(text(&dst).contains("transfer-encoding: chunked\r\nconnection: close\r\n"));
-        dst.clear();
-        let got = head(
-            &mut dst,
-            asked(Version::HTTP_10, true),
-            StatusCode::OK,
-            &h,
-            None,
-        );
-        assert_eq!(got, (Framing::Close, false));
         assert!(
-            text(&dst).starts_with("HTTP/1.0 200 OK\r\n"),
-            "{}",
-            text(&dst)
+            t.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
+            "{t}"
         );
-        dst.clear();
-        let got = head(
-            &mut dst,
-            asked(Version::HTTP_10, true),
-            StatusCode::OK,
-            &h,
-            Some(0),
-        );
+        let (t, got) = ok(Version::HTTP_10, true, None);
+        assert_eq!(got, (Framing::Close, false));
+        assert!(t.starts_with("HTTP/1.0 200 OK\r\n"), "{t}");
+        let (t, got) = ok(Version::HTTP_10, true, Some(0));
         assert_eq!(got, (Framing::Length(0), true));
-        assert!(text(&dst).contains("connection: keep-alive\r\n"));
+        assert!(t.contains("connection: keep-alive\r\n"), "{t}");
     }
 
     #[test]

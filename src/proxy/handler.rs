@@ -391,11 +391,7 @@ fn allowed_upgrade(parts: &mut http::request::Parts, route: &Route) -> Result<bo
     let Some(value) = parts.headers.get(header::UPGRADE) else {
         return Ok(false);
     };
-    let h2c = value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    if h2c {
+    if crate::http1::head::has_token(value.as_bytes(), b"h2c") {
         parts.headers.remove(header::UPGRADE);
         parts.headers.remove("http2-settings");
         return Ok(false);

@@ -62,9 +62,7 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .any(|v| crate::http1::head::has_token(v.as_bytes(), token.as_bytes()))
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
