@@ -253,10 +253,16 @@ pub async fn spawn_ws_echo() -> SocketAddr {
     addr
 }
 
-/// An address on which nothing listens (bound, then closed).
+/// An address on which nothing listens, and nothing will while the tests run.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    // Bound but never listening, and kept so until the process ends: a connection is refused,
+    // and a test running alongside cannot bind a server to the port (a listener bound and
+    // dropped here let that happen, and that test's server then got this one's requests).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Replaces `{key}` placeholders in a config template.
