@@ -55,16 +55,13 @@ pub fn spawn(
     path: PathBuf,
     stop: watch::Receiver<bool>,
 ) -> notify::Result<()> {
-    let file = path.clone();
     watch_files(vec![path], POLL, stop, move || {
         let control = control.clone();
-        let changed = super::file_hash(&file).is_some_and(|h| h != control.file_hash());
         async move {
-            // Skip content already loaded, whoever loaded it (this watcher or `POST /v1/reload`).
-            // A rejected file is logged, counted and shown in /v1/state by `reload` itself.
-            if changed {
-                let _ = control.reload(None).await;
-            }
+            // Skips content already loaded, whoever loaded it (this watcher or `POST
+            // /v1/reload`), checked under the reload's own lock. A rejected file is logged,
+            // counted and shown in /v1/state by the reload itself.
+            let _ = control.reload_if_changed().await;
         }
     })
 }

@@ -542,6 +542,22 @@ impl Control {
     /// Re-reads the config file and applies it with the overlay on top. A file that fails to
     /// parse or validate changes nothing.
     pub async fn reload(&self, if_match: Option<u64>) -> Result<ReloadOutcome, ChangeError> {
+        let outcome = self.reload_file(if_match, false).await?;
+        Ok(outcome.expect("a reload not asked to skip an unchanged file makes one"))
+    }
+
+    /// [`Control::reload`], when the file's bytes differ from the ones read last (the file
+    /// watcher's call); `None` when they do not. Compared under the lock that a reload holds, so
+    /// an edit that `POST /v1/reload` loaded meanwhile is not loaded a second time.
+    pub async fn reload_if_changed(&self) -> Result<Option<ReloadOutcome>, ChangeError> {
+        self.reload_file(None, true).await
+    }
+
+    async fn reload_file(
+        &self,
+        if_match: Option<u64>,
+        if_changed: bool,
+    ) -> Result<Option<ReloadOutcome>, ChangeError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ChangeError::Invalid {
                 field: "config".into(),
@@ -550,6 +566,14 @@ impl Control {
         };
         let mut st = self.state.lock().await;
         self.check_generation(if_match)?;
+        if if_changed {
+            let file = path.clone();
+            let now = off_thread(move || config::file_hash(&file)).await;
+            // An unreadable file is left for the next change or poll.
+            if now.is_none_or(|h| h == self.file_hash()) {
+                return Ok(None);
+            }
+        }
         let started = Instant::now();
         let (external, overlay, file) = (st.external.clone(), st.overlay.clone(), path.clone());
         let (hash, result) = off_thread(move || {
@@ -598,11 +622,11 @@ impl Control {
                     .filter(|d| d.generation == generation)
                     .cloned()
                     .collect();
-                Ok(ReloadOutcome {
+                Ok(Some(ReloadOutcome {
                     generation,
                     dropped,
                     restart_required,
-                })
+                }))
             }
             Err(errors) => {
                 let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
