@@ -64,7 +64,24 @@ pub fn request_head(bytes: &[u8]) {
 pub fn response(bytes: &[u8]) {
     for head_request in [false, true] {
         let mut buf = BytesMut::from(bytes);
-        let Ok(Some((head, framing))) = h1::buffered_head(&mut buf, head_request) else {
+        let mapped = h1::buffered_head(&mut buf, head_request, false);
+        // Kept as they came, the fields passed on are the header map's.
+        let mut again = BytesMut::from(bytes);
+        match (&mapped, h1::buffered_head(&mut again, head_request, true)) {
+            (Ok(Some((m, mf))), Ok(Some((k, kf)))) => {
+                assert_eq!(*mf, kf, "the framing differs");
+                assert_eq!(buf.len(), again.len(), "the heads' lengths differ");
+                if let Err(e) = h1::same_fields(m, &k) {
+                    panic!("the fields kept differ from the header map's: {e}");
+                }
+            }
+            (m, k) => assert_eq!(
+                format!("{m:?}"),
+                format!("{k:?}"),
+                "one parse took the head"
+            ),
+        }
+        let Ok(Some((head, framing))) = mapped else {
             continue;
         };
         let _ = h1::keep_alive(&head);

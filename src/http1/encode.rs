@@ -5,6 +5,7 @@
 //! `Transfer-Encoding` from the answer is never passed on; `Connection` is, and `close` is added
 //! when the connection will not carry another request.
 
+use super::Fields;
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use std::cell::RefCell;
@@ -39,13 +40,15 @@ pub struct Asked {
 }
 
 /// Writes the status line and fields of an answer to `dst`, with the body's length when
-/// `known` (from the body itself). Returns the body's framing and whether the connection may
-/// carry another request after it.
+/// `known` (from the body itself). `raw`: an upstream's fields as text, written before
+/// `headers`. Returns the body's framing and whether the connection may carry another
+/// request after it.
 pub fn head(
     dst: &mut Vec<u8>,
     asked: Asked,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&Fields>,
     known: Option<u64>,
 ) -> (Framing, bool) {
     let http10 = asked.version == Version::HTTP_10;
@@ -61,14 +64,22 @@ pub fn head(
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The switch's own fields (Connection, Upgrade) go as they are; no body follows.
+        if let Some(raw) = raw {
+            dst.extend_from_slice(raw.text());
+        }
         fields(dst, headers, |_| true);
         dst.extend_from_slice(b"\r\n");
         return (Framing::None, false);
     }
     if asked.connect && status.is_success() {
-        fields(dst, headers, |n| {
-            !matches!(*n, header::CONTENT_LENGTH | header::TRANSFER_ENCODING)
-        });
+        let framing =
+            |n: &[u8]| matches!(Kind::of(n), Kind::ContentLength | Kind::TransferEncoding);
+        for (name, value) in raw.into_iter().flat_map(Fields::iter) {
+            if !framing(name) {
+                field(dst, name, value);
+            }
+        }
+        fields(dst, headers, |n| !framing(n.as_str().as_bytes()));
         dst.extend_from_slice(b"\r\n");
         return (Framing::None, false);
     }
@@ -79,10 +90,16 @@ pub fn head(
     let mut declared: Option<u64> = None;
     let mut said_close = false;
     let mut dated = false;
+    if let Some(raw) = raw {
+        // Written as they are: what framing needs was read off them as they were made.
+        dst.extend_from_slice(raw.text());
+        declared = raw.length();
+        dated = raw.dated();
+    }
     for (name, value) in headers {
-        match *name {
-            header::TRANSFER_ENCODING => continue,
-            header::CONTENT_LENGTH => {
+        match Kind::of(name.as_str().as_bytes()) {
+            Kind::TransferEncoding => continue,
+            Kind::ContentLength => {
                 let Some(n) = super::head::digits(value.as_bytes()) else {
                     continue;
                 };
@@ -91,12 +108,12 @@ pub fn head(
                 }
                 declared = Some(n);
             }
-            header::CONNECTION if super::head::has_token(value.as_bytes(), b"close") => {
+            Kind::Connection if super::head::has_token(value.as_bytes(), b"close") => {
                 said_close = true;
                 keep_alive = false;
             }
-            header::DATE => dated = true,
-            _ => {}
+            Kind::Date => dated = true,
+            Kind::Connection | Kind::Other => {}
         }
         field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -141,7 +158,7 @@ pub fn refusal(dst: &mut Vec<u8>, status: StatusCode) {
         connect: false,
         keep_alive: false,
     };
-    head(dst, asked, status, &HeaderMap::new(), Some(0));
+    head(dst, asked, status, &HeaderMap::new(), None, Some(0));
 }
 
 /// `100 Continue`, sent when the handler first reads a body the client holds back for it.
@@ -170,6 +187,29 @@ fn fields(dst: &mut Vec<u8>, headers: &HeaderMap, keep: impl Fn(&header::HeaderN
     for (name, value) in headers {
         if keep(name) {
             field(dst, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// The fields whose names the head writer reads, in any case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    TransferEncoding,
+    ContentLength,
+    Connection,
+    Date,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            17 if is("transfer-encoding") => Kind::TransferEncoding,
+            14 if is("content-length") => Kind::ContentLength,
+            10 if is("connection") => Kind::Connection,
+            4 if is("date") => Kind::Date,
+            _ => Kind::Other,
         }
     }
 }
@@ -295,6 +335,7 @@ mod tests {
                 asked(version, keep_alive),
                 StatusCode::OK,
                 &h,
+                None,
                 known,
             );
             (text(&dst), got)
@@ -327,12 +368,12 @@ mod tests {
         };
         let mut dst = Vec::new();
         assert_eq!(
-            head(&mut dst, connect, StatusCode::OK, &h, Some(3)),
+            head(&mut dst, connect, StatusCode::OK, &h, None, Some(3)),
             (Framing::None, false)
         );
         assert_eq!(text(&dst), "HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n");
         let mut dst = Vec::new();
-        let refused = head(&mut dst, connect, StatusCode::FORBIDDEN, &h, Some(3));
+        let refused = head(&mut dst, connect, StatusCode::FORBIDDEN, &h, None, Some(3));
         assert_eq!(refused, (Framing::Length(3), true));
     }
 
@@ -347,6 +388,7 @@ mod tests {
             asked(Version::HTTP_11, true),
             StatusCode::NOT_FOUND,
             &h,
+            None,
             None,
         );
         assert_eq!(got, (Framing::Length(3), true));
@@ -363,8 +405,46 @@ mod tests {
             ..asked(Version::HTTP_11, true)
         };
         assert_eq!(
-            head(&mut dst, head_req, StatusCode::OK, &h, None).0,
+            head(&mut dst, head_req, StatusCode::OK, &h, None, None).0,
             Framing::None
+        );
+    }
+
+    #[test]
+    fn fields_as_text_go_first_and_frame_the_body() {
+        let raw = Fields::new(
+            bytes::Bytes::from_static(
+                b"content-type: text/plain\r\ncontent-length: 3\r\ndate: x\r\n",
+            ),
+            Some(3),
+            true,
+        );
+        let mut added = HeaderMap::new();
+        added.insert("set-cookie", HeaderValue::from_static("a=1"));
+        let mut dst = Vec::new();
+        let got = head(
+            &mut dst,
+            asked(Version::HTTP_11, true),
+            StatusCode::OK,
+            &added,
+            Some(&raw),
+            None,
+        );
+        assert_eq!(got, (Framing::Length(3), true));
+        assert_eq!(
+            text(&dst),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\ndate: x\r\n\
+             set-cookie: a=1\r\n\r\n"
+        );
+        let connect = Asked {
+            connect: true,
+            ..asked(Version::HTTP_11, true)
+        };
+        let mut dst = Vec::new();
+        head(&mut dst, connect, StatusCode::OK, &added, Some(&raw), None);
+        assert_eq!(
+            text(&dst),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ndate: x\r\nset-cookie: a=1\r\n\r\n"
         );
     }
 }

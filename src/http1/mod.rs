@@ -5,8 +5,10 @@
 
 pub mod body;
 pub mod encode;
+pub mod fields;
 pub mod head;
 pub mod upgrade;
 
 pub use body::RequestBody;
+pub use fields::Fields;
 pub use upgrade::OnUpgrade;

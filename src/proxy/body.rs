@@ -3,6 +3,7 @@
 
 use super::flags::Flags;
 use super::idle::{is_stream_idle, IdleBody};
+use crate::http1::fields::{Fields, WithFields};
 use crate::metrics::analysis::{now_secs, Window};
 use crate::metrics::istio::{grpc_status_label, DestinationMetrics, Sample};
 use crate::upstream::{h1, BoxError, PooledBody};
@@ -129,6 +130,17 @@ impl ProxyBody {
     fn finish(&mut self, flags: Flags) {
         if let Some(r) = self.recorder.take() {
             r.finish(flags);
+        }
+    }
+}
+
+/// An upstream answer's fields as they came, when they were kept so: the response's own header
+/// map holds only what the gateway adds then, and the server writes these before it.
+impl WithFields for ProxyBody {
+    fn fields(&self) -> Option<&Fields> {
+        match &self.kind {
+            Kind::Upstream(b) => b.get_ref().fields(),
+            Kind::Fixed(_) => None,
         }
     }
 }

@@ -30,11 +30,15 @@ use tokio::io::AsyncWriteExt;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Serves one request against the runtime that is live when it arrives; it keeps that snapshot
-/// to the end, whatever is swapped in meanwhile.
+/// to the end, whatever is swapped in meanwhile. `raw_answers`: the server writes an upstream
+/// answer's fields as they came ([`ProxyBody::fields`]) before the response's own headers, as
+/// the gateway's HTTP/1.1 server does; an answer the gateway does not change is then passed on
+/// without a header map.
 pub async fn handle(
     shared: &SharedRuntime,
     conn: &ConnInfo,
     req: Request<RequestBody>,
+    raw_answers: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let rt = shared.load_full();
@@ -166,6 +170,8 @@ pub async fn handle(
         subset,
         changes,
         grpc,
+        // gRPC answers are read (`grpc-status`) on the way.
+        raw: raw_answers && cors.is_none() && !grpc && !changes.changes_response(),
     };
     let result = proxy(&rt, conn, parts, body, choice).await;
     let recorder = pending.0.take();
@@ -182,9 +188,12 @@ pub async fn handle(
             {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
+            let fields = body.fields();
             let recorder = recorder.map(|r| Recorder {
                 code: parts.status.as_u16(),
-                response_bytes: head_size(parts.status, &parts.headers),
+                response_bytes: head_size(parts.status, &parts.headers)
+                    + fields.map_or(0, |f| f.text().len() as u64),
+                // An answer kept as text is never gRPC's.
                 grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
                 done_flags: if exhausted {
                     injected.with(Flags::URX)
@@ -284,6 +293,9 @@ struct Choice<'a> {
     changes: HeaderChanges<'a>,
     /// A gRPC request.
     grpc: bool,
+    /// The answer goes to the client as it came but for fields added: an HTTP/1.1 upstream's
+    /// fields may stay out of a header map.
+    raw: bool,
 }
 
 /// The header changes of the destination picked and of its rule: the destination's first,
@@ -306,6 +318,14 @@ impl HeaderChanges<'_> {
         for c in [self.destination, self.rule].into_iter().flatten() {
             c.response.apply(h);
         }
+    }
+
+    /// Whether any rule changes the answer's headers.
+    fn changes_response(&self) -> bool {
+        [self.destination, self.rule]
+            .into_iter()
+            .flatten()
+            .any(|c| !c.response.is_empty())
     }
 }
 
@@ -335,6 +355,7 @@ async fn proxy(
         subset,
         changes,
         grpc,
+        raw,
     } = choice;
     let upgrade = headers::is_upgrade(&parts) && allowed_upgrade(&mut parts, route)?;
     if upgrade && subset.protocol == UpstreamProtocol::Http2 {
@@ -368,7 +389,7 @@ async fn proxy(
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
     let request = Request::from_parts(parts, body);
-    let sent = forward_hashed(subset, request, retry, grpc, affinity.hash);
+    let sent = forward_hashed(subset, request, retry, grpc, affinity.hash, raw && !upgrade);
     let (resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
@@ -454,7 +475,7 @@ pub(crate) async fn forward(
     retry: Option<&Retry>,
     grpc: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
-    forward_hashed(subset, req, retry, grpc, None).await
+    forward_hashed(subset, req, retry, grpc, None, false).await
 }
 
 /// Sends to an endpoint of the subset: the key's when `hash` is given, else one the subset's
@@ -463,13 +484,15 @@ pub(crate) async fn forward(
 /// again to the next endpoint, up to its attempts, when the request body can be sent again
 /// (none, or held in memory) and the subset's retry budget allows. Also true when the last
 /// answer was one to retry but no retry was left (Envoy's `URX`). `grpc`: the request is gRPC,
-/// whose answers' `grpc-status` `retry_on` may name.
+/// whose answers' `grpc-status` `retry_on` may name (it must not be `raw` then). `raw`: the
+/// answer's fields may stay out of its header map ([`PooledBody::fields`]).
 pub(crate) async fn forward_hashed(
     subset: &Subset,
     req: Request<UpstreamBody>,
     retry: Option<&Retry>,
     grpc: bool,
     hash: Option<u64>,
+    raw: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let endpoints = subset.balancer.endpoints();
     let Some(mut order) = subset.balancer.order(hash, &mut rand::rng()) else {
@@ -503,7 +526,7 @@ pub(crate) async fn forward_hashed(
     let mut tries_connecting = 0;
     loop {
         let endpoint = &endpoints[subset.balancer.next(&mut order, |e| serves(subset, e))];
-        let sent = endpoint.send(&mut head, body, circuit);
+        let sent = endpoint.send(&mut head, body, circuit, raw);
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, sent)
                 .await

@@ -81,6 +81,11 @@ pub struct IdleBody<B> {
 }
 
 impl<B> IdleBody<B> {
+    /// The body under the timeout.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
     /// `inner`, cut off after `limit` without progress.
     pub fn new(inner: B, limit: Option<Duration>) -> Self {
         IdleBody {

@@ -13,6 +13,7 @@ use super::conn::{Conduct, Cut};
 use super::limits::Limits;
 use crate::http1::body::{BoxError, Source};
 use crate::http1::encode::{self, Asked, Framing as Out};
+use crate::http1::fields::WithFields;
 use crate::http1::head::{self, BodyFraming, HeadError, HeadLimits, RequestHead};
 use crate::http1::upgrade::{Handover, OnUpgrade, Upgraded};
 use crate::http1::RequestBody;
@@ -253,7 +254,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + WithFields + Unpin,
     B::Error: Into<BoxError>,
 {
     let count = |cut: Cut| {
@@ -426,7 +427,7 @@ async fn exchange<I, Fut, B>(shared: &Shared<I>, answer: Fut, x: Exchange<'_>) -
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + WithFields + Unpin,
     B::Error: Into<BoxError>,
 {
     let resp = answer.await;
@@ -441,8 +442,10 @@ where
     let known = body.size_hint().exact();
     // Room for the head and a small body, so the buffer is made once.
     let small_body = known.filter(|&n| n <= COPY_LIMIT as u64).unwrap_or(0) as usize;
-    let mut wbuf = Vec::with_capacity(128 + parts.headers.len() * 48 + small_body);
-    let (framing, keep) = encode::head(&mut wbuf, asked, parts.status, &parts.headers, known);
+    let raw = body.fields();
+    let raw_len = raw.map_or(0, |f| f.text().len());
+    let mut wbuf = Vec::with_capacity(128 + raw_len + parts.headers.len() * 48 + small_body);
+    let (framing, keep) = encode::head(&mut wbuf, asked, parts.status, &parts.headers, raw, known);
     drop(parts);
     if switching {
         // The connection is the upgraded protocol's from here: handed over when the request
@@ -584,7 +587,7 @@ async fn send_body<I, B>(
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + WithFields + Unpin,
     B::Error: Into<BoxError>,
 {
     // Bytes the framing still allows (a declared length).

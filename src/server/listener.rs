@@ -338,7 +338,7 @@ where
     };
     match proto {
         Proto::Http1 => {
-            let handler = |req| proxy::handle(&runtime, &conn, req);
+            let handler = |req| proxy::handle(&runtime, &conn, req, true);
             let limits = *http.limits();
             super::h1::serve(io, buf, limits, Some(&own), stop, Some(drain), handler).await
         }
@@ -348,7 +348,7 @@ where
             let handler = move |req: http::Request<hyper::body::Incoming>| {
                 let (runtime, conn) = (runtime.clone(), conn.clone());
                 let req = req.map(RequestBody::http2);
-                Box::pin(async move { proxy::handle(&runtime, &conn, req).await })
+                Box::pin(async move { proxy::handle(&runtime, &conn, req, false).await })
             };
             // Boxed: an HTTP/1.1 connection then holds no room for hyper's HTTP/2 connection.
             let h2 = serve_detected(io, proto, buf, http, Some(&own), stop, Some(drain), handler);

@@ -11,6 +11,7 @@
 
 use super::pool::UpstreamBody;
 use super::BoxError;
+use crate::http1::Fields;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -345,6 +346,8 @@ pub(crate) struct Head {
     /// The fields passed on. `connection`, `keep-alive` and `transfer-encoding` describe this
     /// connection only and are read into the fields below instead (a 101 keeps them all).
     headers: HeaderMap,
+    /// The fields as they came, when they are passed on without `headers` (which is empty).
+    fields: Option<Fields>,
     /// `connection: close`.
     close: bool,
     /// `connection: keep-alive` (HTTP/1.0).
@@ -403,13 +406,23 @@ pub struct Exchange {
     retry: Option<UpstreamBody>,
     /// The request asks for a protocol upgrade: only then may the answer be a 101.
     upgrade: bool,
+    /// The answer's fields may stay as they came (see [`ResponseBody::fields`]).
+    raw: bool,
 }
 
 impl Exchange {
     /// Starts a request on `conn` (nothing is written before [`Exchange::response`] is polled).
     /// `reused` tells whether the connection carried an exchange before: its failure may then
-    /// be retried.
-    pub fn new(mut conn: Conn, head: &request::Parts, body: UpstreamBody, reused: bool) -> Self {
+    /// be retried. `raw`: the answer's fields may be kept as they came instead of in its header
+    /// map, which is then empty (see [`ResponseBody::fields`]); asked by an answer that goes to
+    /// an HTTP/1.1 client unchanged.
+    pub fn new(
+        mut conn: Conn,
+        head: &request::Parts,
+        body: UpstreamBody,
+        reused: bool,
+        raw: bool,
+    ) -> Self {
         let retry = if reused && head.method.is_idempotent() {
             body.replay()
         } else {
@@ -433,6 +446,7 @@ impl Exchange {
             write_error: None,
             retry,
             upgrade: head.headers.contains_key(header::UPGRADE),
+            raw,
         }
     }
 
@@ -457,9 +471,21 @@ impl Exchange {
             // The upstream may have answered before it stopped reading: read on.
             Err(e) => {
                 self.write_error = Some(e);
-                ready!(poll_head(conn, self.head_request, &mut self.got_bytes, cx))
+                ready!(poll_head(
+                    conn,
+                    self.head_request,
+                    self.raw,
+                    &mut self.got_bytes,
+                    cx
+                ))
             }
-            Ok(()) => ready!(poll_head(conn, self.head_request, &mut self.got_bytes, cx)),
+            Ok(()) => ready!(poll_head(
+                conn,
+                self.head_request,
+                self.raw,
+                &mut self.got_bytes,
+                cx
+            )),
         };
         let mut conn = self.conn.take().expect("checked above");
         let (head_in, framing) = match polled {
@@ -498,6 +524,7 @@ impl Exchange {
             framing,
             keep_alive,
             upgrade: parts.status == StatusCode::SWITCHING_PROTOCOLS,
+            fields: head_in.fields,
         };
         Poll::Ready(Ok((parts, body)))
     }
@@ -516,6 +543,7 @@ impl Exchange {
             write_error: None,
             retry: None,
             upgrade: self.upgrade,
+            raw: false,
         })
     }
 
@@ -534,11 +562,12 @@ impl Exchange {
 fn poll_head(
     conn: &mut Conn,
     head_request: bool,
+    raw: bool,
     got_bytes: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(Head, Framing), Error>> {
     loop {
-        if let Some(found) = buffered_head(&mut conn.rbuf, head_request)? {
+        if let Some(found) = buffered_head(&mut conn.rbuf, head_request, raw)? {
             return Poll::Ready(Ok(found));
         }
         if conn.rbuf.capacity() - conn.rbuf.len() < READ_ROOM {
@@ -557,9 +586,10 @@ fn poll_head(
 pub(crate) fn buffered_head(
     buf: &mut BytesMut,
     head_request: bool,
+    raw: bool,
 ) -> Result<Option<(Head, Framing)>, Error> {
     while !buf.is_empty() {
-        let Some(head) = parse_head(buf)? else {
+        let Some(head) = parse_head(buf, raw)? else {
             if buf.len() > MAX_HEAD {
                 return Err(Error::Malformed("response head larger than 64 KiB"));
             }
@@ -621,7 +651,8 @@ pub(crate) fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: Req
 }
 
 /// Parses a response head at the start of `buf` and consumes it; `None` if it is not all there.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+/// `raw`: the fields may be kept as they came (see [`Exchange::new`]).
+fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     // Header slots are left uninitialised and spans are 16-bit: clearing 128 full-size slots
     // per response cost more than parsing it.
     let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -658,65 +689,91 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         *span = (ns, ne, vs, ve);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let (mut close, mut keep_alive, mut chunked, mut length) = (false, false, None, None);
     let mut idle_timeout = None;
     // `connection` naming other fields: it stays, for the hop-by-hop rules to remove those.
     let mut names_fields = false;
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    // A hop-by-hop field that only the header map's rules take out.
+    let mut other_hop = false;
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    for (kind, &(ns, ne, vs, ve)) in kinds.iter_mut().zip(&spans[..count]) {
         let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| Error::Malformed("bad header name"))?;
         let raw = &head[vs..ve];
-        let hop = if name == header::CONNECTION {
-            for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
-                    names_fields = true;
+        *kind = Kind::of(&head[ns..ne]);
+        match kind {
+            Kind::Connection => {
+                for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                        names_fields = true;
+                    }
                 }
             }
-            true
-        } else if name == header::TRANSFER_ENCODING {
-            // Only chunked is decoded here. Another coding (gzip, say) would reach the client
-            // as bytes nothing labels, since transfer-encoding is not passed on (HTTP/2 has
-            // none): refused as Envoy refuses it.
-            let mut codings = raw
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty());
-            if !codings.all(|c| c.eq_ignore_ascii_case(b"chunked")) {
-                return Err(Error::Malformed("a transfer-coding other than chunked"));
+            Kind::TransferEncoding => {
+                // Only chunked is decoded here. Another coding (gzip, say) would reach the
+                // client as bytes nothing labels, since transfer-encoding is not passed on
+                // (HTTP/2 has none): refused as Envoy refuses it.
+                let mut codings = raw
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty());
+                if !codings.all(|c| c.eq_ignore_ascii_case(b"chunked")) {
+                    return Err(Error::Malformed("a transfer-coding other than chunked"));
+                }
+                chunked = Some(true);
             }
-            chunked = Some(true);
-            true
-        } else if name == header::CONTENT_LENGTH {
-            let n = parse_length(raw).ok_or(Error::Malformed("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Malformed("conflicting content-length"));
+            Kind::ContentLength => {
+                let n = parse_length(raw).ok_or(Error::Malformed("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Malformed("conflicting content-length"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
-            false
-        } else if name.as_str() == "keep-alive" {
-            idle_timeout = keep_alive_timeout(raw).or(idle_timeout);
-            true
-        } else {
-            false
-        };
+            Kind::KeepAlive => idle_timeout = keep_alive_timeout(raw).or(idle_timeout),
+            Kind::OtherHop => other_hop = true,
+            Kind::Date | Kind::Other => {}
+        }
+    }
+    // Passed on as text when nothing but the connection's own fields must go: no header map
+    // is built.
+    if raw && !switching && !names_fields && !other_hop {
+        return Ok(Some(Head {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            fields: Some(fields_text(&head, &spans[..count], &kinds, status, chunked)),
+            close,
+            keep_alive,
+            chunked,
+            length,
+            idle_timeout,
+        }));
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for (kind, &(ns, ne, vs, ve)) in kinds.iter().zip(&spans[..count]) {
+        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+        // `connection`, `keep-alive` and `transfer-encoding` were read above (a 101 keeps them).
+        let hop = matches!(
+            kind,
+            Kind::Connection | Kind::KeepAlive | Kind::TransferEncoding
+        );
         if hop && !switching {
             continue;
         }
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| Error::Malformed("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| Error::Malformed("bad header value"))?;
         headers.append(name, value);
     }
     if names_fields && !switching {
-        for &(ns, ne, vs, ve) in &spans[..count] {
-            let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
-            if head[ns..ne].eq_ignore_ascii_case(b"connection") {
+        for (kind, &(_, _, vs, ve)) in kinds.iter().zip(&spans[..count]) {
+            if *kind == Kind::Connection {
+                let [vs, ve]: [usize; 2] = [vs.into(), ve.into()];
                 if let Ok(v) = HeaderValue::from_maybe_shared(head.slice(vs..ve)) {
                     headers.append(header::CONNECTION, v);
                 }
@@ -731,12 +788,83 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         status,
         version,
         headers,
+        fields: None,
         close,
         keep_alive,
         chunked,
         length,
         idle_timeout,
     }))
+}
+
+/// The fields of a head to pass on, as HTTP/1.1 text: all but the connection's own, and but a
+/// `content-length` beside chunked, after another, or on a 204 (which has no body to measure).
+fn fields_text(
+    head: &Bytes,
+    spans: &[(u16, u16, u16, u16)],
+    kinds: &[Kind],
+    status: StatusCode,
+    chunked: Option<bool>,
+) -> Fields {
+    let mut text = BytesMut::with_capacity(head.len() + 2 * spans.len());
+    let (mut length, mut dated) = (None, false);
+    for (kind, &(ns, ne, vs, ve)) in kinds.iter().zip(spans) {
+        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+        match kind {
+            Kind::Connection | Kind::KeepAlive | Kind::TransferEncoding => continue,
+            Kind::ContentLength => {
+                if chunked.is_some() || length.is_some() || status == StatusCode::NO_CONTENT {
+                    continue;
+                }
+                length = parse_length(&head[vs..ve]);
+            }
+            Kind::Date => dated = true,
+            Kind::OtherHop | Kind::Other => {}
+        }
+        let at = text.len();
+        // Most lines are `name: value` CRLF already: one copy.
+        if head.get(ne..vs) == Some(b": ") && head.get(ve..ve + 2) == Some(b"\r\n") {
+            text.extend_from_slice(&head[ns..ve + 2]);
+        } else {
+            text.extend_from_slice(&head[ns..ne]);
+            text.extend_from_slice(b": ");
+            text.extend_from_slice(&head[vs..ve]);
+            text.extend_from_slice(b"\r\n");
+        }
+        text[at..at + (ne - ns)].make_ascii_lowercase();
+    }
+    Fields::new(text.freeze(), length, dated)
+}
+
+/// What a response field means to the parser, by its name.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Connection,
+    KeepAlive,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    /// Hop-by-hop, but not read here: `proxy-connection`, `te`, `upgrade`, `proxy-authenticate`.
+    OtherHop,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            2 if is("te") => Kind::OtherHop,
+            4 if is("date") => Kind::Date,
+            7 if is("upgrade") => Kind::OtherHop,
+            10 if is("connection") => Kind::Connection,
+            10 if is("keep-alive") => Kind::KeepAlive,
+            14 if is("content-length") => Kind::ContentLength,
+            16 if is("proxy-connection") => Kind::OtherHop,
+            17 if is("transfer-encoding") => Kind::TransferEncoding,
+            18 if is("proxy-authenticate") => Kind::OtherHop,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// The `timeout=N` parameter of a `keep-alive` field (RFC 2068 §19.7.1.1): the seconds the
@@ -800,6 +928,53 @@ pub(crate) fn keep_alive(head: &Head) -> bool {
     keep && !head.close && !suspect && !chunked_in_10 && head.idle_timeout != Some(0)
 }
 
+/// Checks that a head parsed with its fields kept as they came (`kept`) says what the same bytes
+/// parsed into a header map (`mapped`) say, when it kept them: the fields passed on, by name in
+/// their order, and the framing. For tests and fuzzing.
+pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
+    let Some(fields) = &kept.fields else {
+        return (mapped.headers == kept.headers)
+            .then_some(())
+            .ok_or_else(|| format!("{:?} against {:?}", kept.headers, mapped.headers));
+    };
+    let mut raw: Vec<(String, &[u8])> = fields
+        .iter()
+        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v))
+        .collect();
+    // A header map gives a name's values together, in their order.
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    // What the client is sent of the map: a 204's length is not, nor a repeated one.
+    let mut lengths = 0;
+    let mut map: Vec<(String, &[u8])> = mapped
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            let length = *n == header::CONTENT_LENGTH;
+            lengths += usize::from(length);
+            !length || (lengths == 1 && mapped.status != StatusCode::NO_CONTENT)
+        })
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes()))
+        .collect();
+    map.sort_by(|a, b| a.0.cmp(&b.0));
+    let same = raw == map
+        && kept.headers.is_empty()
+        && (
+            kept.status,
+            kept.close,
+            kept.keep_alive,
+            kept.chunked,
+            kept.length,
+        ) == (
+            mapped.status,
+            mapped.close,
+            mapped.keep_alive,
+            mapped.chunked,
+            mapped.length,
+        );
+    same.then_some(())
+        .ok_or_else(|| format!("kept {raw:?}, mapped {map:?}"))
+}
+
 /// A response body read from the upstream connection, which it owns until the end.
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -808,9 +983,17 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     upgrade: bool,
+    /// The head's fields as they came, when the exchange asked for them so.
+    fields: Option<Fields>,
 }
 
 impl ResponseBody {
+    /// The response head's fields, when they were kept as they came: the response's header map
+    /// is empty then, and these are what goes to the client.
+    pub fn fields(&self) -> Option<&Fields> {
+        self.fields.as_ref()
+    }
+
     /// The connection, once the exchange has ended cleanly and it can carry another.
     pub fn take_reusable(&mut self) -> Option<Conn> {
         let clean = self.framing == Framing::Done
@@ -848,6 +1031,7 @@ impl ResponseBody {
             framing: std::mem::replace(&mut self.framing, Framing::Done),
             keep_alive: true,
             upgrade: false,
+            fields: None,
         })
     }
 
@@ -1132,7 +1316,7 @@ mod tests {
         let mut pieces = pieces.iter();
         let mut buf = BytesMut::new();
         let (head, mut framing) = loop {
-            if let Some(found) = buffered_head(&mut buf, false)? {
+            if let Some(found) = buffered_head(&mut buf, false, false)? {
                 break found;
             }
             buf.extend_from_slice(pieces.next().ok_or(Error::Closed)?);
@@ -1217,8 +1401,64 @@ mod tests {
         }
     }
 
+    /// The head in `raw`, parsed into a header map, after checking that it says the same with
+    /// its fields kept as they came.
     fn head(raw: &str) -> Result<Head, Error> {
-        parse_head(&mut BytesMut::from(raw.as_bytes()))?.ok_or(Error::Closed)
+        let mapped = parse_head(&mut BytesMut::from(raw.as_bytes()), false);
+        let kept = parse_head(&mut BytesMut::from(raw.as_bytes()), true);
+        match (&mapped, &kept) {
+            (Ok(Some(m)), Ok(Some(k))) => {
+                same_fields(m, k).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+            }
+            (m, k) => assert_eq!(format!("{m:?}"), format!("{k:?}"), "{raw:?}"),
+        }
+        mapped?.ok_or(Error::Closed)
+    }
+
+    #[test]
+    fn fields_stay_as_they_came_unless_a_header_map_must_take_some_out() {
+        let kept = |raw: &str| {
+            head(raw)
+                .map(|_| ())
+                .and_then(|()| parse_head(&mut BytesMut::from(raw.as_bytes()), true))
+        };
+        let plain = "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\n\
+                     Content-Length: 2\r\n\r\n";
+        let h = kept(plain).unwrap().unwrap();
+        assert!(h.fields.is_some() && h.headers.is_empty());
+        for other in [
+            "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nx-secret: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Connection: keep-alive\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTE: trailers\r\n\r\n",
+            "HTTP/1.1 407 Auth\r\nProxy-Authenticate: Basic\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n",
+        ] {
+            let h = kept(other).unwrap().unwrap();
+            assert!(h.fields.is_none() && !h.headers.is_empty(), "{other:?}");
+        }
+        // Chunked: a length beside it goes either way.
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
+                       X-A: 1\r\n\r\n";
+        let h = kept(chunked).unwrap().unwrap();
+        let f = h.fields.unwrap();
+        assert_eq!(
+            (f.text(), f.length(), f.dated()),
+            (&b"x-a: 1\r\n"[..], None, false)
+        );
+        let odd = "HTTP/1.1 204 No Content\r\nDate: x\r\nContent-Length: 0\r\nX-B:2 \r\n\
+                   X-C:\n\r\n";
+        let f = kept(odd).unwrap().unwrap().fields.unwrap();
+        assert_eq!(
+            (f.text(), f.length(), f.dated()),
+            (&b"date: x\r\nx-b: 2\r\nx-c: \r\n"[..], None, true)
+        );
+        let twice = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n";
+        let f = kept(twice).unwrap().unwrap().fields.unwrap();
+        assert_eq!(
+            (f.text(), f.length()),
+            (&b"content-length: 2\r\n"[..], Some(2))
+        );
     }
 
     #[test]
@@ -1304,12 +1544,12 @@ mod tests {
     #[test]
     fn heads_are_parsed_or_refused() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 503 Busy\r\nX-A: 1\r\nx-a: 2\r\n\r\nrest"[..]);
-        let h = parse_head(&mut buf).unwrap().unwrap();
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(h.status, 503);
         assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(&buf[..], b"rest");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, true).unwrap().is_none());
         assert_eq!(partial.len(), 25, "a partial head is left in place");
         for bad in [
             "SSH-2.0-OpenSSH_9.6\r\n\r\n",
@@ -1317,17 +1557,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             "HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\n\r\n",
         ] {
-            assert!(
-                parse_head(&mut BytesMut::from(bad.as_bytes())).is_err(),
-                "{bad:?}"
-            );
+            assert!(head(bad).is_err(), "{bad:?}");
         }
         let many: String = (0..200).map(|i| format!("x-{i}: v\r\n")).collect();
         let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
-        assert!(matches!(
-            parse_head(&mut BytesMut::from(raw.as_bytes())),
-            Err(Error::Malformed(_))
-        ));
+        assert!(matches!(head(&raw), Err(Error::Malformed(_))));
     }
 
     #[test]

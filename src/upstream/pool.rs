@@ -455,16 +455,18 @@ impl Endpoint {
     /// caller's for another try; HTTP/2 takes it (it is left empty) unless no connection could
     /// be made.
     /// `circuit` is the subset's, whose bounds on connections and waiting requests hold for
-    /// HTTP/1.1.
+    /// HTTP/1.1. `raw`: an HTTP/1.1 answer's fields may stay as they came, out of its header
+    /// map (see [`PooledBody::fields`]), for a caller that passes them on unchanged.
     pub async fn send(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
         body: UpstreamBody,
         circuit: &Arc<Circuit>,
+        raw: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(head, body, guard, circuit).await,
+            UpstreamProtocol::Http1 => self.send_h1(head, body, guard, circuit, raw).await,
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
             // room for it.
             UpstreamProtocol::Http2 => Box::pin(self.send_h2(head, body, guard)).await,
@@ -477,6 +479,7 @@ impl Endpoint {
         mut body: UpstreamBody,
         guard: InFlight,
         circuit: &Arc<Circuit>,
+        raw: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         // Set once a pooled connection turned out closed: the request goes once more, on a
         // new connection when one may be opened (the other idle ones are as old).
@@ -506,7 +509,7 @@ impl Endpoint {
             slot.served += 1;
             let mut pending = Pending {
                 ep: self,
-                exchange: h1::Exchange::new(conn, head, body, reused && !again),
+                exchange: h1::Exchange::new(conn, head, body, reused && !again, raw),
                 slot: Some(slot),
             };
             match pending.exchange.response().await {
@@ -741,6 +744,15 @@ impl PooledBody {
     /// Keeps `held` until the body is dropped.
     pub fn hold(&mut self, held: Held) {
         self.held = Some(held);
+    }
+
+    /// The response head's fields as they came from an HTTP/1.1 upstream, when the request
+    /// was sent with `raw` (see [`Endpoint::send`]): its header map is empty then.
+    pub fn fields(&self) -> Option<&crate::http1::Fields> {
+        match &self.inner {
+            Inner::H1(b) => b.fields(),
+            Inner::H2(_) => None,
+        }
     }
 
     /// After a `101 Switching Protocols`: the upstream connection's stream and the bytes

@@ -1,0 +1,94 @@
+//! A response head's fields as HTTP/1.1 text, so that an HTTP/1.1 upstream's answer can go to an
+//! HTTP/1.1 client without a header map being built and dropped for it.
+
+use bytes::Bytes;
+
+/// The fields of a response head to pass on, written once as HTTP/1.1 lines (`name: value`
+/// CRLF, names lowercased as a header map would have them), with what a server reads off them
+/// to frame the body.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    text: Bytes,
+    length: Option<u64>,
+    dated: bool,
+}
+
+impl Fields {
+    /// `text`: the lines, as described above. `length`: the `content-length` among them.
+    /// `dated`: a `date` is among them.
+    pub fn new(text: Bytes, length: Option<u64>, dated: bool) -> Self {
+        Fields {
+            text,
+            length,
+            dated,
+        }
+    }
+
+    /// The lines, ready to write.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// The `content-length` among them.
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether a `date` is among them.
+    pub fn dated(&self) -> bool {
+        self.dated
+    }
+
+    /// The fields, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.text
+            .split(|&b| b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\r")?.split_once_str(b": "))
+    }
+}
+
+/// A line's name and value either side of the first `: ` (names hold no space).
+trait SplitOnce {
+    fn split_once_str(&self, sep: &[u8]) -> Option<(&[u8], &[u8])>;
+}
+
+impl SplitOnce for [u8] {
+    fn split_once_str(&self, sep: &[u8]) -> Option<(&[u8], &[u8])> {
+        let at = self.windows(sep.len()).position(|w| w == sep)?;
+        Some((&self[..at], &self[at + sep.len()..]))
+    }
+}
+
+/// A response body that may carry its head's fields as text from an upstream.
+pub trait WithFields {
+    /// The fields, when the body has them: its response's header map then holds only the
+    /// fields added to them, written after them.
+    fn fields(&self) -> Option<&Fields>;
+}
+
+impl WithFields for http_body_util::Full<Bytes> {
+    fn fields(&self) -> Option<&Fields> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_back_as_fields() {
+        let f = Fields::new(
+            Bytes::from_static(b"content-type: text/plain\r\nx-a: b: c\r\nx-e: \r\n"),
+            None,
+            false,
+        );
+        let got: Vec<_> = f.iter().collect();
+        let want: [(&[u8], &[u8]); 3] = [
+            (b"content-type", b"text/plain"),
+            (b"x-a", b"b: c"),
+            (b"x-e", b""),
+        ];
+        assert_eq!(got, want);
+    }
+}
