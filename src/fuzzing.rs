@@ -65,7 +65,7 @@ pub fn response(bytes: &[u8]) {
     for head_request in [false, true] {
         let mut buf = BytesMut::from(bytes);
         let mapped = h1::buffered_head(&mut buf, head_request, false);
-        // Kept as they came, the fields passed on are the header map's.
+        // Kept as text, the fields passed on are the header map's.
         let mut again = BytesMut::from(bytes);
         match (&mapped, h1::buffered_head(&mut again, head_request, true)) {
             (Ok(Some((m, mf))), Ok(Some((k, kf)))) => {

@@ -5,7 +5,7 @@
 //! `Transfer-Encoding` from the answer is never passed on; `Connection` is, and `close` is added
 //! when the connection will not carry another request.
 
-use super::Fields;
+use super::fields::{FieldKind as Kind, Fields};
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 use std::cell::RefCell;
@@ -113,7 +113,7 @@ pub fn head(
                 keep_alive = false;
             }
             Kind::Date => dated = true,
-            Kind::Connection | Kind::Other => {}
+            _ => {}
         }
         field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -187,29 +187,6 @@ fn fields(dst: &mut Vec<u8>, headers: &HeaderMap, keep: impl Fn(&header::HeaderN
     for (name, value) in headers {
         if keep(name) {
             field(dst, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-}
-
-/// The fields whose names the head writer reads, in any case.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    TransferEncoding,
-    ContentLength,
-    Connection,
-    Date,
-    Other,
-}
-
-impl Kind {
-    fn of(name: &[u8]) -> Kind {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        match name.len() {
-            17 if is("transfer-encoding") => Kind::TransferEncoding,
-            14 if is("content-length") => Kind::ContentLength,
-            10 if is("connection") => Kind::Connection,
-            4 if is("date") => Kind::Date,
-            _ => Kind::Other,
         }
     }
 }

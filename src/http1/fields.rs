@@ -59,6 +59,44 @@ impl SplitOnce for [u8] {
     }
 }
 
+/// What a field means to the HTTP/1.1 code that reads heads, by its name in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// `connection`.
+    Connection,
+    /// `keep-alive`.
+    KeepAlive,
+    /// `transfer-encoding`.
+    TransferEncoding,
+    /// `content-length`.
+    ContentLength,
+    /// `date`.
+    Date,
+    /// The other hop-by-hop fields: `proxy-connection`, `te`, `upgrade`, `proxy-authenticate`.
+    OtherHop,
+    /// Any other field.
+    Other,
+}
+
+impl FieldKind {
+    /// The kind of the field named `name`.
+    pub fn of(name: &[u8]) -> FieldKind {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            2 if is("te") => FieldKind::OtherHop,
+            4 if is("date") => FieldKind::Date,
+            7 if is("upgrade") => FieldKind::OtherHop,
+            10 if is("connection") => FieldKind::Connection,
+            10 if is("keep-alive") => FieldKind::KeepAlive,
+            14 if is("content-length") => FieldKind::ContentLength,
+            16 if is("proxy-connection") => FieldKind::OtherHop,
+            17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+            18 if is("proxy-authenticate") => FieldKind::OtherHop,
+            _ => FieldKind::Other,
+        }
+    }
+}
+
 /// A response body that may carry its head's fields as text from an upstream.
 pub trait WithFields {
     /// The fields, when the body has them: its response's header map then holds only the

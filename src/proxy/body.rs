@@ -134,7 +134,7 @@ impl ProxyBody {
     }
 }
 
-/// An upstream answer's fields as they came, when they were kept so: the response's own header
+/// An upstream answer's fields as text, when they were kept so: the response's own header
 /// map holds only what the gateway adds then, and the server writes these before it.
 impl WithFields for ProxyBody {
     fn fields(&self) -> Option<&Fields> {

@@ -31,7 +31,7 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Serves one request against the runtime that is live when it arrives; it keeps that snapshot
 /// to the end, whatever is swapped in meanwhile. `raw_answers`: the server writes an upstream
-/// answer's fields as they came ([`ProxyBody::fields`]) before the response's own headers, as
+/// answer's fields as text ([`ProxyBody::fields`]) before the response's own headers, as
 /// the gateway's HTTP/1.1 server does; an answer the gateway does not change is then passed on
 /// without a header map.
 pub async fn handle(

@@ -11,7 +11,7 @@
 
 use super::pool::UpstreamBody;
 use super::BoxError;
-use crate::http1::Fields;
+use crate::http1::fields::{FieldKind as Kind, Fields};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -346,7 +346,7 @@ pub(crate) struct Head {
     /// The fields passed on. `connection`, `keep-alive` and `transfer-encoding` describe this
     /// connection only and are read into the fields below instead (a 101 keeps them all).
     headers: HeaderMap,
-    /// The fields as they came, when they are passed on without `headers` (which is empty).
+    /// The fields to pass on as text, when `headers` (then empty) is not built.
     fields: Option<Fields>,
     /// `connection: close`.
     close: bool,
@@ -406,14 +406,14 @@ pub struct Exchange {
     retry: Option<UpstreamBody>,
     /// The request asks for a protocol upgrade: only then may the answer be a 101.
     upgrade: bool,
-    /// The answer's fields may stay as they came (see [`ResponseBody::fields`]).
+    /// The answer's fields may be kept as text (see [`ResponseBody::fields`]).
     raw: bool,
 }
 
 impl Exchange {
     /// Starts a request on `conn` (nothing is written before [`Exchange::response`] is polled).
     /// `reused` tells whether the connection carried an exchange before: its failure may then
-    /// be retried. `raw`: the answer's fields may be kept as they came instead of in its header
+    /// be retried. `raw`: the answer's fields may be kept as text instead of in its header
     /// map, which is then empty (see [`ResponseBody::fields`]); asked by an answer that goes to
     /// an HTTP/1.1 client unchanged.
     pub fn new(
@@ -651,7 +651,7 @@ pub(crate) fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: Req
 }
 
 /// Parses a response head at the start of `buf` and consumes it; `None` if it is not all there.
-/// `raw`: the fields may be kept as they came (see [`Exchange::new`]).
+/// `raw`: the fields may be kept as text (see [`Exchange::new`]).
 fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     // Header slots are left uninitialised and spans are 16-bit: clearing 128 full-size slots
     // per response cost more than parsing it.
@@ -836,37 +836,6 @@ fn fields_text(
     Fields::new(text.freeze(), length, dated)
 }
 
-/// What a response field means to the parser, by its name.
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Connection,
-    KeepAlive,
-    TransferEncoding,
-    ContentLength,
-    Date,
-    /// Hop-by-hop, but not read here: `proxy-connection`, `te`, `upgrade`, `proxy-authenticate`.
-    OtherHop,
-    Other,
-}
-
-impl Kind {
-    fn of(name: &[u8]) -> Kind {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        match name.len() {
-            2 if is("te") => Kind::OtherHop,
-            4 if is("date") => Kind::Date,
-            7 if is("upgrade") => Kind::OtherHop,
-            10 if is("connection") => Kind::Connection,
-            10 if is("keep-alive") => Kind::KeepAlive,
-            14 if is("content-length") => Kind::ContentLength,
-            16 if is("proxy-connection") => Kind::OtherHop,
-            17 if is("transfer-encoding") => Kind::TransferEncoding,
-            18 if is("proxy-authenticate") => Kind::OtherHop,
-            _ => Kind::Other,
-        }
-    }
-}
-
 /// The `timeout=N` parameter of a `keep-alive` field (RFC 2068 §19.7.1.1): the seconds the
 /// upstream keeps an idle connection open.
 fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
@@ -928,7 +897,7 @@ pub(crate) fn keep_alive(head: &Head) -> bool {
     keep && !head.close && !suspect && !chunked_in_10 && head.idle_timeout != Some(0)
 }
 
-/// Checks that a head parsed with its fields kept as they came (`kept`) says what the same bytes
+/// Checks that a head parsed with its fields kept as text (`kept`) says what the same bytes
 /// parsed into a header map (`mapped`) say, when it kept them: the fields passed on, by name in
 /// their order, and the framing. For tests and fuzzing.
 pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
@@ -983,12 +952,12 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     upgrade: bool,
-    /// The head's fields as they came, when the exchange asked for them so.
+    /// The head's fields as text, when the exchange asked for them so.
     fields: Option<Fields>,
 }
 
 impl ResponseBody {
-    /// The response head's fields, when they were kept as they came: the response's header map
+    /// The response head's fields, when they were kept as text: the response's header map
     /// is empty then, and these are what goes to the client.
     pub fn fields(&self) -> Option<&Fields> {
         self.fields.as_ref()
@@ -1402,7 +1371,7 @@ mod tests {
     }
 
     /// The head in `raw`, parsed into a header map, after checking that it says the same with
-    /// its fields kept as they came.
+    /// its fields kept as text.
     fn head(raw: &str) -> Result<Head, Error> {
         let mapped = parse_head(&mut BytesMut::from(raw.as_bytes()), false);
         let kept = parse_head(&mut BytesMut::from(raw.as_bytes()), true);

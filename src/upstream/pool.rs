@@ -455,7 +455,7 @@ impl Endpoint {
     /// caller's for another try; HTTP/2 takes it (it is left empty) unless no connection could
     /// be made.
     /// `circuit` is the subset's, whose bounds on connections and waiting requests hold for
-    /// HTTP/1.1. `raw`: an HTTP/1.1 answer's fields may stay as they came, out of its header
+    /// HTTP/1.1. `raw`: an HTTP/1.1 answer's fields may be kept as text, out of its header
     /// map (see [`PooledBody::fields`]), for a caller that passes them on unchanged.
     pub async fn send(
         self: &Arc<Self>,
@@ -746,7 +746,7 @@ impl PooledBody {
         self.held = Some(held);
     }
 
-    /// The response head's fields as they came from an HTTP/1.1 upstream, when the request
+    /// The response head's fields as text, from an HTTP/1.1 upstream, when the request
     /// was sent with `raw` (see [`Endpoint::send`]): its header map is empty then.
     pub fn fields(&self) -> Option<&crate::http1::Fields> {
         match &self.inner {
