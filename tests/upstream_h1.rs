@@ -1546,6 +1546,38 @@ async fn hop_by_hop_response_headers_stay_with_the_upstream_connection() {
     .await;
 }
 
+/// An answer the gateway does not change goes to an HTTP/1.1 client as the upstream wrote it but
+/// for the connection's own fields: the same fields in the upstream's order, names lowercased,
+/// values without the spaces around them, and the connection kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_answer_keeps_its_fields_in_their_order() {
+    bounded(async {
+        let up = spawn_responder(|_| {
+            Act::Reply(
+                b"HTTP/1.1 200 OK\r\nServer: up\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\nX-Mid:  m \r\nset-cookie: b=2\r\nKeep-Alive: timeout=5\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
+                    .to_vec(),
+            )
+        })
+        .await;
+        let gw = gateway_to(up.addr).await;
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        let want = "HTTP/1.1 200 OK\r\nserver: up\r\nset-cookie: a=1\r\nx-mid: m\r\n\
+                    set-cookie: b=2\r\ndate: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 2\r\n\
+                    \r\nok";
+        for _ in 0..2 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: shop\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = vec![0; want.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), want);
+        }
+        assert_eq!(up.connections(), 1, "the upstream connection is kept");
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Beyond the list: transfer-encoding beside content-length
 // ---------------------------------------------------------------------------------------------
