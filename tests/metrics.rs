@@ -1132,6 +1132,39 @@ async fn counts_per_subset_match_what_each_upstream_received() {
     }
 }
 
+/// `grpc_response_status` is `""` for a request that is not gRPC, whatever its answer carries
+/// (here a `grpc-status` a response rule sets), as SPEC §metrics and Istio have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_has_no_grpc_status_whatever_its_answer_carries() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let canary = spawn_upstream("canary", Behavior::Name).await;
+    let app = spawn_app(&two_subset_config(
+        stable.addr,
+        canary.addr,
+        "      - name: primary
+        headers:
+          response: { set: { grpc-status: \"14\" } }
+        route:
+          - destination: { service: svc, subset: stable }
+",
+    ))
+    .await;
+    let a = call(&http1_client(), &app, "/", &[]).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.headers["grpc-status"], "14");
+    let exp = scrape(&app).await;
+    let with = |status: &str| {
+        exp.sum(
+            "istio_requests_total",
+            &[
+                ("request_protocol", "http"),
+                ("grpc_response_status", status),
+            ],
+        )
+    };
+    assert_eq!((with(""), with("14")), (1.0, 0.0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Buckets.
 // ---------------------------------------------------------------------------------------------

@@ -178,7 +178,11 @@ impl Body for ProxyBody {
                 if let Some(r) = &mut this.recorder {
                     if let Some(data) = frame.data_ref() {
                         r.response_bytes += data.len() as u64;
-                    } else if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+                    } else if let Some(status) = frame
+                        .trailers_ref()
+                        .filter(|_| r.protocol == "grpc")
+                        .and_then(grpc_status)
+                    {
                         r.grpc_status = status;
                     }
                 }

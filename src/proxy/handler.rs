@@ -193,8 +193,13 @@ pub async fn handle(
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers)
                     + fields.map_or(0, |f| f.text().len() as u64),
-                // An answer kept as text is never gRPC's.
-                grpc_status: body::grpc_status(&parts.headers).unwrap_or(""),
+                // `""` unless the request is gRPC, whatever the answer carries (an answer kept as
+                // text never is gRPC's).
+                grpc_status: if grpc {
+                    body::grpc_status(&parts.headers).unwrap_or("")
+                } else {
+                    ""
+                },
                 done_flags: if exhausted {
                     injected.with(Flags::URX)
                 } else {
