@@ -697,10 +697,16 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     // A hop-by-hop field that only the header map's rules take out.
     let mut other_hop = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
-    for (kind, &(ns, ne, vs, ve)) in kinds.iter_mut().zip(&spans[..count]) {
+    // Built in the same pass when the fields are not to be kept as text.
+    let mut map = (!raw).then(|| HeaderMap::with_capacity(count));
+    for (kind, &span) in kinds.iter_mut().zip(&spans[..count]) {
+        let (ns, ne, vs, ve) = span;
         let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
-        let raw = &head[vs..ve];
         *kind = Kind::of(&head[ns..ne]);
+        if let Some(map) = map.as_mut() {
+            append_field(map, &head, span, *kind, switching)?;
+        }
+        let raw = &head[vs..ve];
         match kind {
             Kind::Connection => {
                 for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -753,23 +759,17 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
             idle_timeout,
         }));
     }
-    let mut headers = HeaderMap::with_capacity(count);
-    for (kind, &(ns, ne, vs, ve)) in kinds.iter().zip(&spans[..count]) {
-        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
-        // `connection`, `keep-alive` and `transfer-encoding` were read above (a 101 keeps them).
-        let hop = matches!(
-            kind,
-            Kind::Connection | Kind::KeepAlive | Kind::TransferEncoding
-        );
-        if hop && !switching {
-            continue;
+    let mut headers = match map {
+        Some(map) => map,
+        // Asked as text, but only a header map's rules can take out what must go.
+        None => {
+            let mut map = HeaderMap::with_capacity(count);
+            for (kind, &span) in kinds.iter().zip(&spans[..count]) {
+                append_field(&mut map, &head, span, *kind, switching)?;
+            }
+            map
         }
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| Error::Malformed("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| Error::Malformed("bad header value"))?;
-        headers.append(name, value);
-    }
+    };
     if names_fields && !switching {
         for (kind, &(_, _, vs, ve)) in kinds.iter().zip(&spans[..count]) {
             if *kind == Kind::Connection {
@@ -795,6 +795,31 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
         length,
         idle_timeout,
     }))
+}
+
+/// Adds the field at `span` of `head` to `map`, unless it is the connection's own
+/// (`connection`, `keep-alive`, `transfer-encoding`, read into the head instead; a 101 keeps them).
+fn append_field(
+    map: &mut HeaderMap,
+    head: &Bytes,
+    (ns, ne, vs, ve): (u16, u16, u16, u16),
+    kind: Kind,
+    switching: bool,
+) -> Result<(), Error> {
+    let hop = matches!(
+        kind,
+        Kind::Connection | Kind::KeepAlive | Kind::TransferEncoding
+    );
+    if hop && !switching {
+        return Ok(());
+    }
+    let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+    let name =
+        HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Error::Malformed("bad header name"))?;
+    let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+        .map_err(|_| Error::Malformed("bad header value"))?;
+    map.append(name, value);
+    Ok(())
 }
 
 /// The fields of a head to pass on, as HTTP/1.1 text: all but the connection's own, and but a
