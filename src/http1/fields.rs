@@ -39,23 +39,13 @@ impl Fields {
         self.dated
     }
 
-    /// The fields, as (name, value).
+    /// The fields, as (name, value): each line split at its first colon (names hold none).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.text
-            .split(|&b| b == b'\n')
-            .filter_map(|line| line.strip_suffix(b"\r")?.split_once_str(b": "))
-    }
-}
-
-/// A line's name and value either side of the first `: ` (names hold no space).
-trait SplitOnce {
-    fn split_once_str(&self, sep: &[u8]) -> Option<(&[u8], &[u8])>;
-}
-
-impl SplitOnce for [u8] {
-    fn split_once_str(&self, sep: &[u8]) -> Option<(&[u8], &[u8])> {
-        let at = self.windows(sep.len()).position(|w| w == sep)?;
-        Some((&self[..at], &self[at + sep.len()..]))
+        self.text.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], line[colon + 1..].strip_prefix(b" ")?))
+        })
     }
 }
 
