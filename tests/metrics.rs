@@ -1132,8 +1132,9 @@ async fn counts_per_subset_match_what_each_upstream_received() {
     }
 }
 
-/// `grpc_response_status` is `""` for a request that is not gRPC, whatever its answer carries
-/// (here a `grpc-status` a response rule sets), as SPEC §metrics and Istio have it.
+/// `grpc_response_status` is `""` for a request that is not gRPC, whatever its answer carries:
+/// a `grpc-status` a response rule sets on an upstream's answer, or the gateway's own gRPC-form
+/// fault abort. As SPEC §metrics and Istio have it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_request_has_no_grpc_status_whatever_its_answer_carries() {
     let stable = spawn_upstream("stable", Behavior::Name).await;
@@ -1141,7 +1142,11 @@ async fn an_http_request_has_no_grpc_status_whatever_its_answer_carries() {
     let app = spawn_app(&two_subset_config(
         stable.addr,
         canary.addr,
-        "      - name: primary
+        "      - name: aborted
+        match: [ { uri: { prefix: /fault } } ]
+        fault: { abort: { grpc_status: UNAVAILABLE, percentage: 100 } }
+        route: [ { destination: { service: svc, subset: stable } } ]
+      - name: primary
         headers:
           response: { set: { grpc-status: \"14\" } }
         route:
@@ -1149,9 +1154,12 @@ async fn an_http_request_has_no_grpc_status_whatever_its_answer_carries() {
 ",
     ))
     .await;
-    let a = call(&http1_client(), &app, "/", &[]).await;
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    assert_eq!(a.headers["grpc-status"], "14");
+    let client = http1_client();
+    for path in ["/", "/fault"] {
+        let a = call(&client, &app, path, &[]).await;
+        assert_eq!(a.status, 200, "{path}: {:?}", a.body);
+        assert_eq!(a.headers["grpc-status"], "14", "{path}");
+    }
     let exp = scrape(&app).await;
     let with = |status: &str| {
         exp.sum(
@@ -1162,7 +1170,7 @@ async fn an_http_request_has_no_grpc_status_whatever_its_answer_carries() {
             ],
         )
     };
-    assert_eq!((with(""), with("14")), (1.0, 0.0));
+    assert_eq!((with(""), with("14")), (2.0, 0.0));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -98,8 +98,13 @@ fn body_failure(e: &(dyn std::error::Error + 'static)) -> Flags {
     Flags::UC
 }
 
-/// The `grpc-status` of a header block (trailers, or the headers of a trailers-only answer).
-pub fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
+/// The `grpc-status` of a header block (trailers, or the headers of a trailers-only answer)
+/// for a request of `protocol`: `None` unless it is `grpc`, whatever the block carries, since
+/// Istio's `grpc_response_status` is `""` for other requests.
+pub fn grpc_status(protocol: &str, headers: &http::HeaderMap) -> Option<&'static str> {
+    if protocol != "grpc" {
+        return None;
+    }
     headers
         .get("grpc-status")
         .map(|v| grpc_status_label(v.as_bytes()))
@@ -180,8 +185,7 @@ impl Body for ProxyBody {
                         r.response_bytes += data.len() as u64;
                     } else if let Some(status) = frame
                         .trailers_ref()
-                        .filter(|_| r.protocol == "grpc")
-                        .and_then(grpc_status)
+                        .and_then(|t| grpc_status(r.protocol, t))
                     {
                         r.grpc_status = status;
                     }

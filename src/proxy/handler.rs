@@ -58,7 +58,7 @@ pub async fn handle(
                 code: resp.status().as_u16(),
                 flags: flags.as_str(),
                 protocol,
-                grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
+                grpc_status: body::grpc_status(protocol, resp.headers()).unwrap_or(""),
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,
                 response_bytes: answer_size(resp),
@@ -155,7 +155,7 @@ pub async fn handle(
                 Recorder {
                     code: resp.status().as_u16(),
                     response_bytes: answer_size(&resp),
-                    grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
+                    grpc_status: body::grpc_status(protocol, resp.headers()).unwrap_or(""),
                     ..r
                 }
                 .finish(injected.with(Flags::FI));
@@ -193,13 +193,8 @@ pub async fn handle(
                 code: parts.status.as_u16(),
                 response_bytes: head_size(parts.status, &parts.headers)
                     + fields.map_or(0, |f| f.text().len() as u64),
-                // `""` unless the request is gRPC, whatever the answer carries (an answer kept as
-                // text never is gRPC's).
-                grpc_status: if grpc {
-                    body::grpc_status(&parts.headers).unwrap_or("")
-                } else {
-                    ""
-                },
+                // An answer kept as text is never a gRPC request's.
+                grpc_status: body::grpc_status(protocol, &parts.headers).unwrap_or(""),
                 done_flags: if exhausted {
                     injected.with(Flags::URX)
                 } else {
@@ -220,7 +215,7 @@ pub async fn handle(
                 Recorder {
                     code,
                     response_bytes,
-                    grpc_status: body::grpc_status(resp.headers()).unwrap_or(""),
+                    grpc_status: body::grpc_status(protocol, resp.headers()).unwrap_or(""),
                     ..r
                 }
                 .finish(e.flags().with(injected));
