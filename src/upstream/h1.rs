@@ -950,7 +950,14 @@ pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
         .map(|(n, v)| (n.as_str().to_string(), v.as_bytes()))
         .collect();
     map.sort_by(|a, b| a.0.cmp(&b.0));
+    // What the client's head writer reads off the map, it takes from the text's own account.
+    let length = map
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| crate::http1::head::digits(v));
+    let dated = mapped.headers.contains_key(header::DATE);
     let same = raw == map
+        && (fields.length(), fields.dated()) == (length, dated)
         && kept.headers.is_empty()
         && (
             kept.status,
@@ -965,8 +972,13 @@ pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
             mapped.chunked,
             mapped.length,
         );
-    same.then_some(())
-        .ok_or_else(|| format!("kept {raw:?}, mapped {map:?}"))
+    same.then_some(()).ok_or_else(|| {
+        let told = (fields.length(), fields.dated());
+        format!(
+            "kept {raw:?} {told:?}, mapped {map:?} {:?}",
+            (length, dated)
+        )
+    })
 }
 
 /// A response body read from the upstream connection, which it owns until the end.
