@@ -356,7 +356,8 @@ where
         };
         let exchange = exchange(
             &shared,
-            handler(Request::from_parts(parts, body)),
+            &handler,
+            Request::from_parts(parts, body),
             Exchange {
                 asked,
                 trailers_ok,
@@ -422,15 +423,23 @@ enum Done {
     Switched,
 }
 
-/// Waits for the handler's answer and writes it.
-async fn exchange<I, Fut, B>(shared: &Shared<I>, answer: Fut, x: Exchange<'_>) -> Done
+/// Has the handler answer the request, and writes the answer. The handler's future is made
+/// here rather than passed in: a future passed to an async fn is held twice in its state (as
+/// the argument, and again where it is awaited), and this one is the request's largest.
+async fn exchange<I, F, Fut, B>(
+    shared: &Shared<I>,
+    handler: &F,
+    req: Request<RequestBody>,
+    x: Exchange<'_>,
+) -> Done
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + WithFields + Unpin,
     B::Error: Into<BoxError>,
 {
-    let resp = answer.await;
+    let resp = handler(req).await;
     let draining = x.drain.is_some_and(|d| *d.borrow());
     let stopping = x.stopping.load(Ordering::Relaxed);
     let asked = Asked {
