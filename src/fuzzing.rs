@@ -3,8 +3,10 @@
 //! check what must hold whatever the input. Not for any other use.
 
 use crate::http1::head::{self, BodyFraming, HeadLimits};
-use crate::proxy::headers::{check_request, is_upgrade, prepare_request, ConnInfo};
-use crate::upstream::h1::{self, Chunk, Framing, ReqFraming, Step};
+use crate::proxy::headers::{
+    check_request, is_upgrade, prepare_request, prepare_request_kept, ConnInfo,
+};
+use crate::upstream::h1::{self, Added, Chunk, Framing, ReqFraming, Step};
 use bytes::BytesMut;
 use http::request::Parts;
 use http::{HeaderValue, Version};
@@ -23,6 +25,8 @@ pub fn request_parts(bytes: &[u8]) -> Option<Parts> {
 /// A request head through the gateway's header rules (`check_request`, then `prepare_request`)
 /// and into the head written upstream. Panics if that head does not parse back as one whole
 /// HTTP/1.1 request with the same target: what the gateway writes must never be ambiguous.
+/// Also panics if the forwarding fields kept out of the map (`prepare_request_kept`, written
+/// after it) give other bytes than those put into it: the two ways must not differ.
 pub fn request_head(bytes: &[u8]) {
     let Some(mut parts) = request_parts(bytes) else {
         return;
@@ -38,10 +42,20 @@ pub fn request_head(bytes: &[u8]) {
         local: None,
     };
     let upgrade = is_upgrade(&parts);
+    let mut kept = parts.clone();
     prepare_request(&mut parts, &conn, upgrade);
+    let forwarded = prepare_request_kept(&mut kept, &conn, upgrade);
     for framing in [ReqFraming::None, ReqFraming::Chunked, ReqFraming::Length(7)] {
         let mut out = Vec::new();
-        h1::encode_head(&mut out, &parts, framing);
+        h1::encode_head(&mut out, &parts, &Added::default(), framing);
+        let mut text = Vec::new();
+        h1::encode_head(&mut text, &kept, &forwarded.added(), framing);
+        // The request id is random: each way drew its own.
+        assert_eq!(
+            without_request_id(&out),
+            without_request_id(&text),
+            "the forwarding fields kept as text differ from the map's"
+        );
         let mut fields = [httparse::EMPTY_HEADER; 256];
         let mut back = httparse::Request::new(&mut fields);
         match back.parse(&out) {
@@ -56,6 +70,19 @@ pub fn request_head(bytes: &[u8]) {
             ),
         }
     }
+}
+
+/// A written head with each `x-request-id` value replaced by `*`.
+fn without_request_id(head: &[u8]) -> Vec<Vec<u8>> {
+    head.split(|&b| b == b'\n')
+        .map(|line| {
+            if line.starts_with(b"x-request-id: ") {
+                b"x-request-id: *".to_vec()
+            } else {
+                line.to_vec()
+            }
+        })
+        .collect()
 }
 
 /// An upstream's response bytes through the gateway's HTTP/1 client: the head (1xx skipped),

@@ -16,7 +16,7 @@ use crate::routing::retry::Retry;
 use crate::routing::router::strip_port;
 use crate::routing::{request_authority, MatchBlock, Route, Rule};
 use crate::runtime::{Runtime, SharedRuntime, Subset};
-use crate::upstream::h1::Io;
+use crate::upstream::h1::{Added, Io};
 use crate::upstream::outlier::{Outcome, OutlierPolicy, Standing};
 use crate::upstream::{Endpoint, PooledBody, SendError, UpstreamBody, UpstreamProtocol};
 use bytes::Bytes;
@@ -320,6 +320,14 @@ impl HeaderChanges<'_> {
         }
     }
 
+    /// Whether any rule changes the request's headers.
+    fn changes_request(&self) -> bool {
+        [self.destination, self.rule]
+            .into_iter()
+            .flatten()
+            .any(|c| !c.request.is_empty())
+    }
+
     /// Whether any rule changes the answer's headers.
     fn changes_response(&self) -> bool {
         [self.destination, self.rule]
@@ -373,9 +381,15 @@ async fn proxy(
         }
         rw.authority.clone()
     });
-    headers::prepare_request(&mut parts, conn, upgrade);
+    let mut forwarded = headers::prepare_request_kept(&mut parts, conn, upgrade);
     if let Some(host) = authority.flatten() {
         parts.headers.insert(header::HOST, host);
+    }
+    // A header rule, a hash policy on a header and a mirror see the head as the upstream gets
+    // it, forwarding fields included; otherwise those stay out of the map and are written as
+    // text after it.
+    if changes.changes_request() || subset.balancer.hashes_header() || !rule.mirrors.is_empty() {
+        std::mem::take(&mut forwarded).into_map(&mut parts.headers);
     }
     changes.request(&mut parts.headers);
     // Read off the head as the upstream will get it, as Envoy hashes its request headers.
@@ -389,7 +403,16 @@ async fn proxy(
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
     let request = Request::from_parts(parts, body);
-    let sent = forward_hashed(subset, request, retry, grpc, affinity.hash, raw && !upgrade);
+    let added = forwarded.added();
+    let sent = forward_hashed(
+        subset,
+        request,
+        &added,
+        retry,
+        grpc,
+        affinity.hash,
+        raw && !upgrade,
+    );
     let (resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
@@ -475,7 +498,7 @@ pub(crate) async fn forward(
     retry: Option<&Retry>,
     grpc: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
-    forward_hashed(subset, req, retry, grpc, None, false).await
+    forward_hashed(subset, req, &Added::default(), retry, grpc, None, false).await
 }
 
 /// Sends to an endpoint of the subset: the key's when `hash` is given, else one the subset's
@@ -485,10 +508,12 @@ pub(crate) async fn forward(
 /// (none, or held in memory) and the subset's retry budget allows. Also true when the last
 /// answer was one to retry but no retry was left (Envoy's `URX`). `grpc`: the request is gRPC,
 /// whose answers' `grpc-status` `retry_on` may name (it must not be `raw` then). `raw`: the
-/// answer's fields may stay out of its header map ([`PooledBody::fields`]).
+/// answer's fields may stay out of its header map ([`PooledBody::fields`]). `added`: fields
+/// the request gets besides its map's, on every try ([`headers::Forwarded`]).
 pub(crate) async fn forward_hashed(
     subset: &Subset,
     req: Request<UpstreamBody>,
+    added: &Added<'_>,
     retry: Option<&Retry>,
     grpc: bool,
     hash: Option<u64>,
@@ -526,7 +551,7 @@ pub(crate) async fn forward_hashed(
     let mut tries_connecting = 0;
     loop {
         let endpoint = &endpoints[subset.balancer.next(&mut order, |e| serves(subset, e))];
-        let sent = endpoint.send(&mut head, body, circuit, raw);
+        let sent = endpoint.send(&mut head, added, body, circuit, raw);
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, sent)
                 .await
@@ -578,7 +603,9 @@ pub(crate) async fn forward_hashed(
                     match sent {
                         Ok(resp) => {
                             tracing::debug!(status = %resp.status(), endpoint = %endpoint.addr(), "retrying on the next endpoint");
-                            discard(resp).await;
+                            // Boxed: rare, and every request's future would otherwise
+                            // reserve room for it.
+                            Box::pin(discard(resp)).await;
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, endpoint = %endpoint.addr(), "try failed; retrying on the next endpoint");

@@ -1,6 +1,7 @@
 //! Header rules for forwarding (SPEC §3): hop-by-hop headers, x-forwarded-*, x-request-id, Host.
 
 use super::error::ProxyError;
+use crate::upstream::h1::Added;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::Uri;
@@ -8,7 +9,7 @@ use http::{Method, Version};
 use rand::RngCore;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), dropped both ways.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -65,19 +66,53 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|v| crate::http1::head::has_token(v.as_bytes(), token.as_bytes()))
 }
 
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which hop-by-hop headers are there; most messages carry
-    // none, or only `Connection: keep-alive`, so only those are removed by hashed lookup.
-    let mut present = 0u8;
+/// Fields the request writer looks for once, in one pass over the names ([`scan`]): the
+/// hop-by-hop ones (bits 0 to 6, in [`HOP_BY_HOP`]'s order), then these.
+const EXPECT_BIT: u16 = 1 << 7;
+const FORWARDED_FOR_BIT: u16 = 1 << 8;
+const FORWARDED_PROTO_BIT: u16 = 1 << 9;
+const FORWARDED_HOST_BIT: u16 = 1 << 10;
+const REQUEST_ID_BIT: u16 = 1 << 11;
+const HOP_BY_HOP_COUNT: usize = 7;
+const HOP_BY_HOP_BITS: u16 = (1 << HOP_BY_HOP_COUNT) - 1;
+
+/// Which of [`HOP_BY_HOP`] and the forwarding fields `headers` holds, as bits: one pass over its
+/// names costs less than a hashed lookup for each.
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
     for k in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
+        } else if k == header::EXPECT {
+            present |= EXPECT_BIT;
+        } else if k == X_FORWARDED_FOR {
+            present |= FORWARDED_FOR_BIT;
+        } else if k == X_FORWARDED_PROTO {
+            present |= FORWARDED_PROTO_BIT;
+        } else if k == X_FORWARDED_HOST {
+            present |= FORWARDED_HOST_BIT;
+        } else if k == X_REQUEST_ID {
+            present |= REQUEST_ID_BIT;
         }
     }
-    if present == 0 {
-        return;
+    present
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let present = scan(headers);
+    strip_present(headers, present);
+}
+
+/// [`strip_hop_by_hop`] given what [`scan`] found. Whether it removed fields `Connection`
+/// named, which may have been any of the others `scan` looks for.
+fn strip_present(headers: &mut HeaderMap, present: u16) -> bool {
+    // Most messages carry no hop-by-hop field, or only `Connection: keep-alive`, so only those
+    // there are removed by hashed lookup.
+    if present & HOP_BY_HOP_BITS == 0 {
+        return false;
     }
+    let mut named_any = false;
     // Custom headers that Connection names are hop-by-hop too. Its usual tokens name no header.
     if present & 1 != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
@@ -98,7 +133,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
         for n in named {
-            headers.remove(n);
+            named_any |= headers.remove(n).is_some();
         }
     }
     for (i, h) in HOP_BY_HOP.iter().enumerate() {
@@ -107,6 +142,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(h);
     }
+    named_any
 }
 
 fn is_te_trailers(headers: &HeaderMap) -> bool {
@@ -231,12 +267,24 @@ fn is_reg_name(name: &[u8]) -> bool {
 
 /// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
 pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
+    prepare_request_kept(parts, conn, upgrade).into_map(&mut parts.headers);
+}
+
+/// [`prepare_request`], except that the forwarding fields the head did not have are returned
+/// rather than put into its header map: written after the head's own fields
+/// ([`Forwarded::added`]), they reach an HTTP/1.1 upstream as the same bytes, without the cost
+/// of four map inserts. Fields the client sent are replaced in the map, in place.
+pub fn prepare_request_kept(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) -> Forwarded {
     let upgrade_value = if upgrade {
         parts.headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    strip_hop_by_hop(&mut parts.headers);
+    let mut present = scan(&parts.headers);
+    if strip_present(&mut parts.headers, present) {
+        // `Connection` named fields away, perhaps one of the forwarding fields.
+        present = scan(&parts.headers);
+    }
     if let Some(u) = upgrade_value {
         parts
             .headers
@@ -244,7 +292,9 @@ pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
         parts.headers.insert(header::UPGRADE, u);
     }
     // The gateway answers 100-continue itself when it starts reading the body.
-    parts.headers.remove(header::EXPECT);
+    if present & EXPECT_BIT != 0 {
+        parts.headers.remove(header::EXPECT);
+    }
 
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts
@@ -256,24 +306,83 @@ pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
     }
     parts.version = Version::HTTP_11;
 
-    append_forwarded_for(&mut parts.headers, &conn.client_ip);
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    match parts.headers.get(header::HOST).cloned() {
-        Some(host) => {
-            parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    let headers = &mut parts.headers;
+    let mut added = Forwarded::default();
+    if present & FORWARDED_FOR_BIT != 0 {
+        append_forwarded_for(headers, &conn.client_ip);
+    } else {
+        added.for_ = Some(conn.client_ip.clone());
+    }
+    if present & FORWARDED_PROTO_BIT != 0 {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    } else {
+        added.proto = Some(conn.proto.clone());
+    }
+    match headers.get(header::HOST).cloned() {
+        Some(host) if present & FORWARDED_HOST_BIT != 0 => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
+        Some(host) => added.host = Some(host),
         // HTTP/1.0 without Host, routed by no name: the upstream hears HTTP/1.1, which needs
         // one (RFC 9112 §3.2), so it gets the authority the client reached, the listener's.
+        // The fields held so far go in first, so that the order is the map's either way.
         None => {
             if let Some(host) = conn.local.and_then(listener_authority) {
-                parts.headers.insert(header::HOST, host);
+                std::mem::take(&mut added).into_map(headers);
+                headers.insert(header::HOST, host);
             }
         }
     }
-    if !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(X_REQUEST_ID.clone(), new_request_id());
+    if present & REQUEST_ID_BIT == 0 {
+        added.request_id = Some(new_request_id_text());
+    }
+    added
+}
+
+/// The forwarding fields a request gets that its head did not have: `x-forwarded-for`,
+/// `x-forwarded-proto`, `x-forwarded-host` and `x-request-id`, in that order.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    for_: Option<HeaderValue>,
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    request_id: Option<[u8; 36]>,
+}
+
+impl Forwarded {
+    /// The fields as the HTTP/1.1 request writer takes them, after the head's own.
+    pub fn added(&self) -> Added<'_> {
+        let mut added = Added::default();
+        if let Some(v) = &self.for_ {
+            added.push(X_FORWARDED_FOR.as_str(), v.as_bytes());
+        }
+        if let Some(v) = &self.proto {
+            added.push(X_FORWARDED_PROTO.as_str(), v.as_bytes());
+        }
+        if let Some(v) = &self.host {
+            added.push(X_FORWARDED_HOST.as_str(), v.as_bytes());
+        }
+        if let Some(id) = &self.request_id {
+            added.push(X_REQUEST_ID.as_str(), id);
+        }
+        added
+    }
+
+    /// Puts the fields into the head's map, where a rule, a hash policy, a mirror or an
+    /// HTTP/2 upstream reads them; appended, as a map insert of a new name is.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        if let Some(v) = self.for_ {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Some(v) = self.proto {
+            headers.insert(X_FORWARDED_PROTO.clone(), v);
+        }
+        if let Some(v) = self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        if let Some(id) = self.request_id {
+            headers.insert(X_REQUEST_ID.clone(), request_id_value(&id));
+        }
     }
 }
 
@@ -301,6 +410,15 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
 
 /// A random UUID (version 4) as a header value.
 pub fn new_request_id() -> HeaderValue {
+    request_id_value(&new_request_id_text())
+}
+
+fn request_id_value(id: &[u8; 36]) -> HeaderValue {
+    HeaderValue::from_bytes(id).expect("hex and dashes are valid header bytes")
+}
+
+/// A random UUID (version 4) as text.
+fn new_request_id_text() -> [u8; 36] {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
@@ -317,7 +435,7 @@ pub fn new_request_id() -> HeaderValue {
         out[o + 1] = HEX[usize::from(b & 0xf)];
         o += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex and dashes are valid header bytes")
+    out
 }
 
 /// Rewrites an upstream response head for the client. A 101 keeps its upgrade headers.
@@ -331,6 +449,77 @@ pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::h1::{encode_head, ReqFraming};
+
+    /// The head written upstream both ways: forwarding fields put into the map, and kept out
+    /// of it as text; each `x-request-id` value drawn is masked.
+    fn written_both_ways(head: &[u8]) -> (String, String) {
+        let conn = ConnInfo {
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            ..conn()
+        };
+        let parts = crate::fuzzing::request_parts(head).expect("a valid head");
+        let (mut mapped, mut kept) = (parts.clone(), parts);
+        prepare_request(&mut mapped, &conn, false);
+        let forwarded = prepare_request_kept(&mut kept, &conn, false);
+        let mut out = [Vec::new(), Vec::new()];
+        encode_head(&mut out[0], &mapped, &Added::default(), ReqFraming::None);
+        encode_head(&mut out[1], &kept, &forwarded.added(), ReqFraming::None);
+        let [a, b] = out.map(|o| {
+            String::from_utf8(o)
+                .unwrap()
+                .lines()
+                .map(|l| match l.split_once(": ") {
+                    Some(("x-request-id", v)) if v.len() == 36 && v != "0" => "x-request-id: *",
+                    _ => l,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        (a, b)
+    }
+
+    #[test]
+    fn forwarding_fields_kept_as_text_are_the_bytes_the_map_gives() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\n\r\n",
+                "GET / HTTP/1.1\nhost: a\nuser-agent: t\nx-forwarded-for: 10.1.2.3\n\
+                 x-forwarded-proto: http\nx-forwarded-host: a\nx-request-id: *\n",
+            ),
+            // Sent by the client: replaced (the proto, the host) or kept (the id) in place.
+            (
+                b"GET / HTTP/1.1\r\nX-Forwarded-Proto: https\r\nHost: a\r\n\
+                  X-Request-Id: 0\r\nX-Forwarded-Host: b\r\nX-Forwarded-Host: c\r\n\
+                  X-Forwarded-For: 192.0.2.9\r\nExpect: 100-continue\r\n\r\n",
+                "GET / HTTP/1.1\nx-forwarded-proto: http\nhost: a\nx-request-id: 0\n\
+                 x-forwarded-host: a\nx-forwarded-for: 192.0.2.9, 10.1.2.3\n",
+            ),
+            // Named away by Connection: then added, as if never sent.
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-forwarded-for, X-Request-Id\r\n\
+                  X-Forwarded-For: 192.0.2.9\r\nx-request-id: 0\r\n\r\n",
+                "GET / HTTP/1.1\nhost: a\nx-forwarded-for: 10.1.2.3\n\
+                 x-forwarded-proto: http\nx-forwarded-host: a\nx-request-id: *\n",
+            ),
+            // HTTP/1.0 without Host gets the listener's, and no x-forwarded-host.
+            (
+                b"GET / HTTP/1.0\r\n\r\n",
+                "GET / HTTP/1.1\nx-forwarded-for: 10.1.2.3\nx-forwarded-proto: http\n\
+                 host: 127.0.0.1:8080\nx-request-id: *\n",
+            ),
+            (
+                b"GET / HTTP/1.0\r\nX-Forwarded-For: 192.0.2.9\r\n\r\n",
+                "GET / HTTP/1.1\nx-forwarded-for: 192.0.2.9, 10.1.2.3\n\
+                 x-forwarded-proto: http\nhost: 127.0.0.1:8080\nx-request-id: *\n",
+            ),
+        ];
+        for (head, want) in cases {
+            let (mapped, kept) = written_both_ways(head);
+            assert_eq!(mapped, want, "{}", String::from_utf8_lossy(head));
+            assert_eq!(kept, want, "{}", String::from_utf8_lossy(head));
+        }
+    }
 
     fn conn() -> ConnInfo {
         ConnInfo {

@@ -136,6 +136,14 @@ impl Balancer {
         Some(idx)
     }
 
+    /// Whether [`Balancer::affinity`] reads a request header, which must then be in the map
+    /// as the upstream will get it.
+    pub fn hashes_header(&self) -> bool {
+        self.hashing
+            .as_ref()
+            .is_some_and(|h| matches!(h.key, HashKey::Header(_)))
+    }
+
     /// The request's key and its hash, when the subset hashes (`client_ip`: the peer as
     /// text); nothing otherwise.
     pub fn affinity(&self, req: &Parts, client_ip: &[u8]) -> Affinity {

@@ -338,6 +338,39 @@ impl Writer {
     }
 }
 
+/// Fields the gateway adds to a request and keeps out of its header map, written after the
+/// map's own: a map insert costs more than the text (`proxy::headers::Forwarded`). At most four.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    fields: [(&'static str, &'a [u8]); 4],
+    len: usize,
+}
+
+impl<'a> Added<'a> {
+    /// Adds a field. `name` must be a lowercase field name and `value` a valid field value
+    /// (no CR, LF or NUL): nothing checks them on the way out.
+    pub(crate) fn push(&mut self, name: &'static str, value: &'a [u8]) {
+        debug_assert!(HeaderName::from_bytes(name.as_bytes()).is_ok_and(|n| n == name));
+        debug_assert!(HeaderValue::from_bytes(value).is_ok());
+        self.fields[self.len] = (name, value);
+        self.len += 1;
+    }
+
+    /// The fields, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields[..self.len].iter().map(|&(n, v)| (n, v))
+    }
+
+    /// Puts the fields into `headers`, for a request that is sent from its map (HTTP/2).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for &(name, value) in &self.fields[..self.len] {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+    }
+}
+
 /// A response head, parsed.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -419,6 +452,7 @@ impl Exchange {
     pub fn new(
         mut conn: Conn,
         head: &request::Parts,
+        added: &Added<'_>,
         body: UpstreamBody,
         reused: bool,
         raw: bool,
@@ -429,7 +463,7 @@ impl Exchange {
             None
         };
         let framing = request_framing(head, &body);
-        encode_head(&mut conn.wbuf, head, framing);
+        encode_head(&mut conn.wbuf, head, added, framing);
         let no_body = framing == ReqFraming::None;
         Exchange {
             conn: Some(conn),
@@ -620,17 +654,28 @@ fn request_framing(head: &request::Parts, body: &UpstreamBody) -> ReqFraming {
 
 /// Writes the request line and headers. Header names and values are valid by construction
 /// (the `http` crate admits no CR or LF), so nothing can be smuggled through them.
-pub(crate) fn encode_head(buf: &mut Vec<u8>, head: &request::Parts, framing: ReqFraming) {
+/// `added` follows the map's fields.
+pub(crate) fn encode_head(
+    buf: &mut Vec<u8>,
+    head: &request::Parts,
+    added: &Added<'_>,
+    framing: ReqFraming,
+) {
     buf.clear();
     buf.extend_from_slice(head.method.as_str().as_bytes());
     buf.push(b' ');
     let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
+    let fields = head
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .chain(added.iter());
+    for (name, value) in fields {
+        buf.extend_from_slice(name.as_bytes());
         buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(value);
         buf.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -1578,16 +1623,16 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut buf = Vec::new();
-        encode_head(&mut buf, &parts, ReqFraming::Chunked);
+        encode_head(&mut buf, &parts, &Added::default(), ReqFraming::Chunked);
         assert_eq!(
             String::from_utf8(buf.clone()).unwrap(),
             "POST /upload?x=1 HTTP/1.1\r\nhost: a.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        encode_head(&mut buf, &parts, ReqFraming::None);
+        encode_head(&mut buf, &parts, &Added::default(), ReqFraming::None);
         assert!(String::from_utf8(buf.clone())
             .unwrap()
             .ends_with("content-length: 0\r\n\r\n"));
-        encode_head(&mut buf, &parts, ReqFraming::Length(7));
+        encode_head(&mut buf, &parts, &Added::default(), ReqFraming::Length(7));
         assert!(String::from_utf8(buf)
             .unwrap()
             .ends_with("content-length: 7\r\n\r\n"));

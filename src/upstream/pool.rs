@@ -460,22 +460,27 @@ impl Endpoint {
     pub async fn send(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
+        added: &h1::Added<'_>,
         body: UpstreamBody,
         circuit: &Arc<Circuit>,
         raw: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(head, body, guard, circuit, raw).await,
+            UpstreamProtocol::Http1 => self.send_h1(head, added, body, guard, circuit, raw).await,
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
             // room for it.
-            UpstreamProtocol::Http2 => Box::pin(self.send_h2(head, body, guard)).await,
+            UpstreamProtocol::Http2 => {
+                added.insert_into(&mut head.headers);
+                Box::pin(self.send_h2(head, body, guard)).await
+            }
         }
     }
 
     async fn send_h1(
         self: &Arc<Self>,
         head: &http::request::Parts,
+        added: &h1::Added<'_>,
         mut body: UpstreamBody,
         guard: InFlight,
         circuit: &Arc<Circuit>,
@@ -509,7 +514,7 @@ impl Endpoint {
             slot.served += 1;
             let mut pending = Pending {
                 ep: self,
-                exchange: h1::Exchange::new(conn, head, body, reused && !again, raw),
+                exchange: h1::Exchange::new(conn, head, added, body, reused && !again, raw),
                 slot: Some(slot),
             };
             match pending.exchange.response().await {
