@@ -3,6 +3,7 @@
 //! check what must hold whatever the input. Not for any other use.
 
 use crate::http1::head::{self, BodyFraming, HeadLimits};
+use crate::http1::scan::{self, Scan};
 use crate::proxy::headers::{
     check_request, is_upgrade, prepare_request, prepare_request_kept, ConnInfo,
 };
@@ -89,6 +90,7 @@ fn without_request_id(head: &[u8]) -> Vec<Vec<u8>> {
 /// its framing and keep-alive decision, then the body as far as the bytes go. Chunked bodies
 /// run through the same decoder the gateway streams with.
 pub fn response(bytes: &[u8]) {
+    quick_read_agrees(bytes);
     for head_request in [false, true] {
         let mut buf = BytesMut::from(bytes);
         let mapped = h1::buffered_head(&mut buf, head_request, false);
@@ -119,6 +121,39 @@ pub fn response(bytes: &[u8]) {
         while let Ok(Step::Next(Framing::Chunked(next), _)) = h1::chunk_step(&mut buf, state) {
             state = next;
         }
+    }
+}
+
+/// Panics unless a head the quick response reader takes is one httparse reads the same way:
+/// same length, version, status and fields, at the same places.
+fn quick_read_agrees(bytes: &[u8]) {
+    let mut spans = [(0, 0, 0, 0); 128];
+    let Scan::Complete {
+        len,
+        minor,
+        code,
+        count,
+    } = scan::response_head(bytes, &mut spans)
+    else {
+        return;
+    };
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut read = httparse::Response::new(&mut fields);
+    let Ok(httparse::Status::Complete(n)) = read.parse(bytes) else {
+        panic!("httparse does not take a head the quick reader took");
+    };
+    assert_eq!(
+        (n, read.version, read.code, read.headers.len()),
+        (len, Some(minor), Some(code), count),
+        "the quick reader read the head otherwise"
+    );
+    let base = bytes.as_ptr() as usize;
+    for (h, &(ns, ne, vs, ve)) in read.headers.iter().zip(&spans) {
+        let at = h.name.as_ptr() as usize - base;
+        let value_at = h.value.as_ptr() as usize - base;
+        let theirs = (at, at + h.name.len(), value_at, value_at + h.value.len());
+        let ours = (ns.into(), ne.into(), vs.into(), ve.into());
+        assert_eq!(theirs, ours, "a field was read at another place");
     }
 }
 

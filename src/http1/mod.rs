@@ -7,6 +7,7 @@ pub mod body;
 pub mod encode;
 pub mod fields;
 pub mod head;
+pub mod scan;
 pub mod upgrade;
 
 pub use body::RequestBody;

@@ -12,6 +12,7 @@
 use super::pool::UpstreamBody;
 use super::BoxError;
 use crate::http1::fields::{FieldKind as Kind, Fields};
+use crate::http1::scan::{self, Scan, Span};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, request, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -698,41 +699,25 @@ pub(crate) fn encode_head(
 /// Parses a response head at the start of `buf` and consumes it; `None` if it is not all there.
 /// `raw`: the fields may be kept as text (see [`Exchange::new`]).
 fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
-    // Header slots are left uninitialised and spans are 16-bit: clearing 128 full-size slots
-    // per response cost more than parsing it.
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let config = httparse::ParserConfig::default();
-    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut storage) {
-        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-            return Err(Error::Malformed("response head larger than 64 KiB"))
-        }
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::Malformed("more than 128 header fields"))
-        }
-        Err(_) => return Err(Error::Malformed("not an HTTP/1.x response")),
+    // The usual head is read by the quick reader; any other by httparse.
+    let (len, minor, code, count) = match scan::response_head(buf, &mut spans) {
+        Scan::Complete {
+            len,
+            minor,
+            code,
+            count,
+        } => (len, minor, code, count),
+        Scan::Unsure => match httparse_head(buf, &mut spans)? {
+            Some(read) => read,
+            None => return Ok(None),
+        },
     };
-    let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Malformed("bad status code"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
+    let version = match minor {
+        0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let base = buf.as_ptr() as usize;
-    let count = parsed.headers.len();
-    // Every offset is within the head, so below 64 KiB.
-    let offset = |p: *const u8, len: usize| {
-        let start = p as usize - base;
-        (start as u16, (start + len) as u16)
-    };
-    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let (ns, ne) = offset(h.name.as_ptr(), h.name.len());
-        let (vs, ve) = offset(h.value.as_ptr(), h.value.len());
-        *span = (ns, ne, vs, ve);
-    }
     let head = buf.split_to(len).freeze();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let (mut close, mut keep_alive, mut chunked, mut length) = (false, false, None, None);
@@ -840,6 +825,45 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
         length,
         idle_timeout,
     }))
+}
+
+/// Reads a response head with httparse: its length, HTTP/1 minor version, status code and
+/// number of fields (their spans in `spans`); `None` if it is not all there.
+fn httparse_head(buf: &[u8], spans: &mut [Span]) -> Result<Option<(usize, u8, u16, usize)>, Error> {
+    // Header slots are left uninitialised and spans are 16-bit: clearing 128 full-size slots
+    // per response cost more than parsing it.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut storage) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(Error::Malformed("response head larger than 64 KiB"))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Malformed("more than 128 header fields"))
+        }
+        Err(_) => return Err(Error::Malformed("not an HTTP/1.x response")),
+    };
+    let base = buf.as_ptr() as usize;
+    // Every offset is within the head, so below 64 KiB.
+    let offset = |p: *const u8, len: usize| {
+        let start = p as usize - base;
+        (start as u16, (start + len) as u16)
+    };
+    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let (ns, ne) = offset(h.name.as_ptr(), h.name.len());
+        let (vs, ve) = offset(h.value.as_ptr(), h.value.len());
+        *span = (ns, ne, vs, ve);
+    }
+    let minor = parsed.version.unwrap_or(1);
+    Ok(Some((
+        len,
+        minor,
+        parsed.code.unwrap_or(0),
+        parsed.headers.len(),
+    )))
 }
 
 /// Adds the field at `span` of `head` to `map`, unless it is the connection's own

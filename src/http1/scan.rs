@@ -1,0 +1,236 @@
+//! A quick reader for the response heads upstreams usually send: `HTTP/1.1` or `HTTP/1.0`, a
+//! three-digit status, a reason of visible ASCII, fields of token names and visible-ASCII
+//! values, every line ended by CRLF. It answers only for heads of that shape, which httparse
+//! reads the same way (the `request_head` fuzz target and the tests here compare the two on
+//! every input); anything else, a head cut short included, is left to httparse (`Unsure`),
+//! which accepts or refuses it as before. Spans are 16-bit: a head is at most 64 KiB.
+
+/// Where one field lies in the head: name start and end, value start and end (the value
+/// without the blanks around it).
+pub type Span = (u16, u16, u16, u16);
+
+/// What [`response_head`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// A whole head of the usual shape.
+    Complete {
+        /// The head's length, its blank line included.
+        len: usize,
+        /// The HTTP/1 minor version.
+        minor: u8,
+        /// The status code, three digits.
+        code: u16,
+        /// How many fields the spans hold.
+        count: usize,
+    },
+    /// Not the usual shape, or not all there: httparse decides.
+    Unsure,
+}
+
+/// Bytes a field name may hold: RFC 9110's `tchar`.
+const NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'');
+        t[b] |= matches!(
+            c,
+            b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        );
+        b += 1;
+    }
+    t
+};
+
+/// Bytes a field value or a reason holds here: tab, space and visible ASCII. (httparse also
+/// takes bytes above 0x7f; those heads go to it.)
+const TEXT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b == 0x09 || (b >= 0x20 && b < 0x7f);
+        b += 1;
+    }
+    t
+};
+
+/// Reads the response head at the start of `buf` into `spans`, if it has the usual shape.
+pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
+    // Every offset fits a span.
+    let end = buf.len().min(usize::from(u16::MAX));
+    let buf = &buf[..end];
+    let minor = match buf.get(..9) {
+        Some(b"HTTP/1.1 ") => 1,
+        Some(b"HTTP/1.0 ") => 0,
+        _ => return Scan::Unsure,
+    };
+    let code = match buf.get(9..13) {
+        Some(&[a, b, c, b' '])
+            if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() =>
+        {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return Scan::Unsure,
+    };
+    let mut i = 13;
+    while i < end && TEXT[usize::from(buf[i])] {
+        i += 1;
+    }
+    let Some(mut i) = line_end(buf, i) else {
+        return Scan::Unsure;
+    };
+    let mut count = 0;
+    loop {
+        match buf.get(i..i + 2) {
+            Some(b"\r\n") => {
+                return Scan::Complete {
+                    len: i + 2,
+                    minor,
+                    code,
+                    count,
+                }
+            }
+            Some(_) => {}
+            None => return Scan::Unsure,
+        }
+        let name_start = i;
+        while i < end && NAME[usize::from(buf[i])] {
+            i += 1;
+        }
+        if i == name_start || buf.get(i) != Some(&b':') {
+            return Scan::Unsure;
+        }
+        let name_end = i;
+        i += 1;
+        while i < end && matches!(buf[i], b' ' | b'\t') {
+            i += 1;
+        }
+        let value_start = i;
+        while i < end && TEXT[usize::from(buf[i])] {
+            i += 1;
+        }
+        let mut value_end = i;
+        while value_end > value_start && matches!(buf[value_end - 1], b' ' | b'\t') {
+            value_end -= 1;
+        }
+        let Some(next) = line_end(buf, i) else {
+            return Scan::Unsure;
+        };
+        let Some(span) = spans.get_mut(count) else {
+            return Scan::Unsure;
+        };
+        // Below 64 KiB: `end` is.
+        *span = (
+            name_start as u16,
+            name_end as u16,
+            value_start as u16,
+            value_end as u16,
+        );
+        count += 1;
+        i = next;
+    }
+}
+
+/// Past the CRLF at `i`, if there is one.
+fn line_end(buf: &[u8], i: usize) -> Option<usize> {
+    (buf.get(i..i + 2) == Some(b"\r\n")).then_some(i + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What httparse reads of `buf`, as `Scan` does.
+    fn httparse_reads(buf: &[u8]) -> Option<(usize, u8, u16, Vec<Span>)> {
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut fields);
+        let len = match r.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            _ => return None,
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u16;
+        let spans = r
+            .headers
+            .iter()
+            .map(|h| {
+                let (ns, vs) = (at(h.name.as_bytes()), at(h.value));
+                (ns, ns + h.name.len() as u16, vs, vs + h.value.len() as u16)
+            })
+            .collect();
+        Some((len, r.version?, r.code?, spans))
+    }
+
+    fn scanned(buf: &[u8]) -> Option<(usize, u8, u16, Vec<Span>)> {
+        let mut spans = [(0, 0, 0, 0); 16];
+        match response_head(buf, &mut spans) {
+            Scan::Complete {
+                len,
+                minor,
+                code,
+                count,
+            } => Some((len, minor, code, spans[..count].to_vec())),
+            Scan::Unsure => None,
+        }
+    }
+
+    #[test]
+    fn usual_heads_are_read_as_httparse_reads_them() {
+        let heads: [&[u8]; 6] = [
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 10\r\n\r\nbody",
+            b"HTTP/1.0 404 Not Found\r\n\r\n",
+            b"HTTP/1.1 204 \r\nx-a:b\r\nx-b:  \t two words \t \r\nx-c:\r\n\r\n",
+            b"HTTP/1.1 599 any\treason !~\r\nset-cookie: a=b; Path=/\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA!#$%&'*+-.^_`|~9: v\r\n\r\n",
+            b"HTTP/1.1 000 zero\r\n\r\n",
+        ];
+        for head in heads {
+            let ours = scanned(head);
+            assert!(ours.is_some(), "{}", String::from_utf8_lossy(head));
+            assert_eq!(
+                ours,
+                httparse_reads(head),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let (len, _, code, spans) = scanned(heads[2]).unwrap();
+        assert_eq!((len, code), (heads[2].len(), 204));
+        let value = |(_, _, vs, ve): Span| &heads[2][usize::from(vs)..usize::from(ve)];
+        assert_eq!(
+            spans.iter().map(|&s| value(s)).collect::<Vec<_>>(),
+            [&b"b"[..], b"two words", b""]
+        );
+    }
+
+    /// Heads of another shape, cut short or too many fields are httparse's to judge.
+    #[test]
+    fn other_heads_are_left_to_httparse() {
+        let heads: [&[u8]; 16] = [
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r",
+            b"HTTP/1.1 200",
+            b"",
+            b"HTTP/1.1 200 OK\nServer: nginx\n\n",
+            b"HTTP/1.1 200 OK\r\nServer : nginx\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: ng\x00inx\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: ng\rinx\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: caf\xc3\xa9\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: a\r\n folded\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n: empty name\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nSer\x7fver: a\r\n\r\n",
+            b"HTTP/1.1 200\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"\r\nHTTP/1.1 200 OK\r\n\r\n",
+        ];
+        for head in heads {
+            assert_eq!(scanned(head), None, "{}", String::from_utf8_lossy(head));
+        }
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(17));
+        assert_eq!(scanned(many.as_bytes()), None);
+        let sixteen = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(16));
+        assert_eq!(scanned(sixteen.as_bytes()).map(|s| s.3.len()), Some(16));
+    }
+}
