@@ -456,7 +456,8 @@ impl Endpoint {
     /// be made.
     /// `circuit` is the subset's, whose bounds on connections and waiting requests hold for
     /// HTTP/1.1. `raw`: an HTTP/1.1 answer's fields may be kept as text, out of its header
-    /// map (see [`PooledBody::fields`]), for a caller that passes them on unchanged.
+    /// map (see [`PooledBody::fields`]), for a caller that passes them on unchanged. `added`:
+    /// fields written after the head's own over HTTP/1.1, or put into its map for HTTP/2.
     pub async fn send(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
