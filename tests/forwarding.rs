@@ -340,6 +340,41 @@ async fn rule_and_destination_headers_change_requests_and_answers() {
     }
 }
 
+/// A request header rule sees the forwarding fields the gateway adds, as Envoy's do: it can
+/// replace or remove them, and what it leaves reaches the upstream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_act_on_the_forwarding_fields_the_gateway_adds() {
+    let stable = spawn_upstream("stable", Behavior::Name).await;
+    let rules = "      - headers:
+          request: { set: { x-forwarded-proto: https }, remove: [x-request-id, x-forwarded-host] }
+        route:
+          - destination: { service: svc, subset: stable }
+";
+    let gw = spawn_gateway(&two_subset_config(
+        stable.addr,
+        "127.0.0.1:1".parse().unwrap(),
+        rules,
+    ))
+    .await;
+    let a = get(
+        &http1_client(),
+        &gw.url("/"),
+        &[("host", "shop.example.com")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = stable.seen();
+    let h = &seen[0].headers;
+    let proto: Vec<_> = h.get_all("x-forwarded-proto").iter().collect();
+    assert_eq!(proto, ["https"], "the rule's value, once");
+    assert!(h.get("x-request-id").is_none(), "{h:?}");
+    assert!(h.get("x-forwarded-host").is_none(), "{h:?}");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "what no rule touches is added"
+    );
+}
+
 #[tokio::test]
 async fn header_changes_to_framing_fields_are_refused_with_their_path() {
     let rules = "      - route:

@@ -213,6 +213,34 @@ async fn the_source_ip_is_a_key() {
     .await;
 }
 
+/// A header key is read as the upstream gets the request, as Envoy hashes it: the
+/// `x-forwarded-for` the gateway adds is there to hash on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_field_the_gateway_adds_is_a_header_key() {
+    bounded(async {
+        let ups = upstreams(3).await;
+        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+        let gw = spawn_gateway(&config(
+            &addrs,
+            "{ consistent_hash: { http_header_name: x-forwarded-for } }",
+        ))
+        .await;
+        // Not a multiple of three: keys hashed on nothing would move under round robin.
+        let ips: Vec<String> = (0..151).map(|i| format!("127.0.3.{}", 1 + i)).collect();
+        let clients: HashMap<String, _> = ips
+            .iter()
+            .map(|ip| (ip.clone(), client_from(ip.parse().unwrap())))
+            .collect();
+        let owners = sticky_owners(&ips, |ip| {
+            let (client, url) = (&clients[&ip], gw.url("/"));
+            async move { get(client, &url, &[]).await }
+        })
+        .await;
+        assert_spread(&owners, &["a", "b", "c"]);
+    })
+    .await;
+}
+
 /// `u=<16 hex digits>` and the attributes that follow, from a `Set-Cookie` value.
 fn cookie_value<'a>(set_cookie: &'a str, attributes: &str) -> &'a str {
     let value = set_cookie

@@ -26,10 +26,11 @@ const HOST: &str = "app.example.com";
 /// Whole-test bound: a hang fails the test instead of blocking the run.
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A mirror's upstream: keeps the Host and the body of every request, answers 200.
+/// A mirror's upstream: keeps the Host, the `x-forwarded-for` and the body of every request,
+/// answers 200.
 struct Recorder {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Bytes)>>>,
+    seen: Arc<Mutex<Vec<(String, Option<String>, Bytes)>>>,
 }
 
 impl Recorder {
@@ -49,10 +50,14 @@ impl Recorder {
                         let log = log.clone();
                         async move {
                             let host = req.headers()["host"].to_str().unwrap().to_string();
+                            let forwarded_for = req
+                                .headers()
+                                .get("x-forwarded-for")
+                                .map(|v| v.to_str().unwrap().to_string());
                             // A body cut short is kept as far as it came, for the test to see.
                             let body = req.into_body().collect().await;
                             let body = body.map(|b| b.to_bytes()).unwrap_or_default();
-                            log.lock().unwrap().push((host, body));
+                            log.lock().unwrap().push((host, forwarded_for, body));
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("mirror\n"))))
                         }
                     });
@@ -69,7 +74,7 @@ impl Recorder {
         self.seen.lock().unwrap().len()
     }
 
-    fn seen(&self) -> Vec<(String, Bytes)> {
+    fn seen(&self) -> Vec<(String, Option<String>, Bytes)> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -125,18 +130,19 @@ async fn wait_copies(app: &TestApp, n: usize, all: &Recorder, other: &Recorder) 
     }
 }
 
-/// Checks that each copy carries a distinct one of the `n` requests' bodies and the shadow
-/// Host; returns the bodies.
+/// Checks that each copy carries a distinct one of the `n` requests' bodies, the shadow Host
+/// and the forwarding fields the gateway adds (as the primary gets them); returns the bodies.
 fn check_copies(mirror: &Recorder, n: usize) -> BTreeSet<Bytes> {
     let sent: BTreeSet<Bytes> = (0..n)
         .map(|i| Bytes::from(format!("payload-{i}")))
         .collect();
     let seen = mirror.seen();
-    let bodies: BTreeSet<Bytes> = seen.iter().map(|(_, b)| b.clone()).collect();
+    let bodies: BTreeSet<Bytes> = seen.iter().map(|(_, _, b)| b.clone()).collect();
     assert_eq!(bodies.len(), seen.len(), "one copy per request at most");
     assert!(bodies.is_subset(&sent), "copies carry the requests' bodies");
-    for (host, _) in &seen {
+    for (host, forwarded_for, _) in &seen {
         assert_eq!(host, &format!("{HOST}-shadow"));
+        assert_eq!(forwarded_for.as_deref(), Some("127.0.0.1"));
     }
     bodies
 }
