@@ -26,11 +26,14 @@ const HOST: &str = "app.example.com";
 /// Whole-test bound: a hang fails the test instead of blocking the run.
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// What a mirror's upstream keeps of a request: its Host, its `x-forwarded-for`, its body.
+type Kept = (String, Option<String>, Bytes);
+
 /// A mirror's upstream: keeps the Host, the `x-forwarded-for` and the body of every request,
 /// answers 200.
 struct Recorder {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>, Bytes)>>>,
+    seen: Arc<Mutex<Vec<Kept>>>,
 }
 
 impl Recorder {
@@ -74,7 +77,7 @@ impl Recorder {
         self.seen.lock().unwrap().len()
     }
 
-    fn seen(&self) -> Vec<(String, Option<String>, Bytes)> {
+    fn seen(&self) -> Vec<Kept> {
         self.seen.lock().unwrap().clone()
     }
 }
