@@ -126,7 +126,7 @@ pub fn response(bytes: &[u8]) {
 
 /// Panics unless a head the quick response reader takes is one httparse reads the same way:
 /// same length, version, status and fields, at the same places.
-fn quick_read_agrees(bytes: &[u8]) {
+pub(crate) fn quick_read_agrees(bytes: &[u8]) {
     let mut spans = [(0, 0, 0, 0); 128];
     let Scan::Complete {
         len,

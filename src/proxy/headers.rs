@@ -470,7 +470,7 @@ mod tests {
                 .unwrap()
                 .lines()
                 .map(|l| match l.split_once(": ") {
-                    Some(("x-request-id", v)) if v.len() == 36 && v != "0" => "x-request-id: *",
+                    Some(("x-request-id", v)) if v.len() == 36 => "x-request-id: *",
                     _ => l,
                 })
                 .collect::<Vec<_>>()
