@@ -184,32 +184,38 @@ fn client_from(ip: IpAddr) -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+/// Under `policy`, each of `n` loopback clients (an address of its own) sending `headers`
+/// keeps its endpoint, and the clients spread over all three. `n` is not a multiple of three:
+/// clients hashed on nothing would then move under round robin, which this must tell apart.
+async fn each_client_sticks(policy: &str, n: usize, headers: &[(&str, &str)]) {
+    assert_ne!(n % 3, 0);
+    let ups = upstreams(3).await;
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let gw = spawn_gateway(&config(&addrs, policy)).await;
+    // Loopback answers on all of 127/8: each address is a client of its own.
+    let ips: Vec<String> = (0..n)
+        .map(|i| format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200))
+        .collect();
+    let clients: HashMap<String, _> = ips
+        .iter()
+        .map(|ip| (ip.clone(), client_from(ip.parse().unwrap())))
+        .collect();
+    let owners = sticky_owners(&ips, |ip| {
+        let (client, url) = (&clients[&ip], gw.url("/"));
+        async move { get(client, &url, headers).await }
+    })
+    .await;
+    assert_spread(&owners, &["a", "b", "c"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_ip_is_a_key() {
-    bounded(async {
-        let ups = upstreams(3).await;
-        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-        let gw = spawn_gateway(&config(
-            &addrs,
-            "{ consistent_hash: { use_source_ip: true } }",
-        ))
-        .await;
-        // Loopback answers on all of 127/8: each address is a client of its own.
-        let ips: Vec<String> = (0..300)
-            .map(|i| format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200))
-            .collect();
-        let clients: HashMap<String, _> = ips
-            .iter()
-            .map(|ip| (ip.clone(), client_from(ip.parse().unwrap())))
-            .collect();
-        let owners = sticky_owners(&ips, |ip| {
-            let (client, url) = (&clients[&ip], gw.url("/"));
-            // A header that would be a key under another policy changes nothing.
-            async move { get(client, &url, &[("x-user", "same-for-all")]).await }
-        })
-        .await;
-        assert_spread(&owners, &["a", "b", "c"]);
-    })
+    // A header that would be a key under another policy changes nothing.
+    bounded(each_client_sticks(
+        "{ consistent_hash: { use_source_ip: true } }",
+        301,
+        &[("x-user", "same-for-all")],
+    ))
     .await;
 }
 
@@ -217,27 +223,11 @@ async fn the_source_ip_is_a_key() {
 /// `x-forwarded-for` the gateway adds is there to hash on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_field_the_gateway_adds_is_a_header_key() {
-    bounded(async {
-        let ups = upstreams(3).await;
-        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-        let gw = spawn_gateway(&config(
-            &addrs,
-            "{ consistent_hash: { http_header_name: x-forwarded-for } }",
-        ))
-        .await;
-        // Not a multiple of three: keys hashed on nothing would move under round robin.
-        let ips: Vec<String> = (0..151).map(|i| format!("127.0.3.{}", 1 + i)).collect();
-        let clients: HashMap<String, _> = ips
-            .iter()
-            .map(|ip| (ip.clone(), client_from(ip.parse().unwrap())))
-            .collect();
-        let owners = sticky_owners(&ips, |ip| {
-            let (client, url) = (&clients[&ip], gw.url("/"));
-            async move { get(client, &url, &[]).await }
-        })
-        .await;
-        assert_spread(&owners, &["a", "b", "c"]);
-    })
+    bounded(each_client_sticks(
+        "{ consistent_hash: { http_header_name: x-forwarded-for } }",
+        151,
+        &[],
+    ))
     .await;
 }
 
