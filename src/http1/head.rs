@@ -17,8 +17,11 @@ use std::mem::MaybeUninit;
 
 /// Header slots kept on the stack; a listener that allows more fields parses into the heap.
 const STACK_FIELDS: usize = 128;
-/// Fields a forwarded request usually gains on its way upstream.
-const ADDED_FIELDS: usize = 8;
+/// Fields a forwarded request may gain in its header map on its way upstream when nothing but
+/// the gateway reads it: `connection` and `upgrade` back on an upgrade, or a Host for HTTP/1.0.
+/// The forwarding fields are written as text then; a map that gets them makes its own room
+/// (`proxy::handler`). Kept small, a short request's map fits the allocator's per-thread cache.
+const ADDED_FIELDS: usize = 2;
 /// Longest request target (hyper's bound; `414` beyond).
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -161,9 +164,8 @@ fn build(
 ) -> Result<Option<RequestHead>, HeadError> {
     let malformed = |why| Err(HeadError::Malformed(why));
     let http11 = version == Version::HTTP_11;
-    // Room for the fields the proxy adds (x-forwarded-for, -proto and -host, x-request-id, and a
-    // rule's own), so that adding them does not grow and rehash the map: that cost 1.7k
-    // instructions per request (BENCHMARKS.md, issue 17).
+    // Room for the fields the proxy may add, so that adding them does not grow and rehash the
+    // map: that cost 1.7k instructions per request (BENCHMARKS.md, issue 17).
     let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_FIELDS);
     let mut body = BodyFraming::Empty;
     let mut keep_alive = http11;

@@ -29,6 +29,10 @@ use tokio::io::AsyncWriteExt;
 /// Endpoints of a subset tried in turn when connecting fails (Istio retries connect failures).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
+/// Fields a request's map makes room for when the forwarding fields (four) go into it, with a
+/// few that header rules add.
+const FORWARDING_AND_RULE_FIELDS: usize = 8;
+
 /// Serves one request against the runtime that is live when it arrives; it keeps that snapshot
 /// to the end, whatever is swapped in meanwhile. `raw_answers`: the server writes an upstream
 /// answer's fields as text ([`ProxyBody::fields`]) before the response's own headers, as
@@ -389,6 +393,8 @@ async fn proxy(
     // it, forwarding fields included; otherwise those stay out of the map and are written as
     // text after it.
     if changes.changes_request() || subset.balancer.hashes_header() || !rule.mirrors.is_empty() {
+        // Room for them and a rule's own, made once.
+        parts.headers.reserve(FORWARDING_AND_RULE_FIELDS);
         std::mem::take(&mut forwarded).into_map(&mut parts.headers);
     }
     changes.request(&mut parts.headers);
