@@ -125,15 +125,25 @@ pub fn response(bytes: &[u8]) {
 }
 
 /// Panics unless a head the quick response reader takes is one httparse reads the same way:
-/// same length, version, status and fields, at the same places.
+/// same length, version, status and fields, at the same places; and unless the reader changed
+/// nothing but the case of the names it passed over.
 pub(crate) fn quick_read_agrees(bytes: &[u8]) {
     let mut spans = [(0, 0, 0, 0); 128];
+    let mut lowered = bytes.to_vec();
+    let scanned = scan::response_head(&mut lowered, &mut spans);
+    assert!(
+        lowered
+            .iter()
+            .zip(bytes)
+            .all(|(l, b)| l == b || *l == b.to_ascii_lowercase()),
+        "the quick reader changed more than case"
+    );
     let Scan::Complete {
         len,
         minor,
         code,
         count,
-    } = scan::response_head(bytes, &mut spans)
+    } = scanned
     else {
         return;
     };
@@ -148,12 +158,22 @@ pub(crate) fn quick_read_agrees(bytes: &[u8]) {
         "the quick reader read the head otherwise"
     );
     let base = bytes.as_ptr() as usize;
+    let mut in_name = vec![false; len];
     for (h, &(ns, ne, vs, ve)) in read.headers.iter().zip(&spans) {
         let at = h.name.as_ptr() as usize - base;
         let value_at = h.value.as_ptr() as usize - base;
         let theirs = (at, at + h.name.len(), value_at, value_at + h.value.len());
         let ours = (ns.into(), ne.into(), vs.into(), ve.into());
         assert_eq!(theirs, ours, "a field was read at another place");
+        in_name[at..at + h.name.len()].fill(true);
+    }
+    for (i, (l, b)) in lowered[..len].iter().zip(bytes).enumerate() {
+        let want = if in_name[i] {
+            b.to_ascii_lowercase()
+        } else {
+            *b
+        };
+        assert_eq!(*l, want, "byte {i} of a whole head was changed wrongly");
     }
 }
 

@@ -69,22 +69,36 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
-    /// The kind of the field named `name`.
+    /// The kind of the field named `name`, in any case. `name` holds token characters only,
+    /// as every parsed or mapped name does.
     pub fn of(name: &[u8]) -> FieldKind {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
-            2 if is("te") => FieldKind::OtherHop,
-            4 if is("date") => FieldKind::Date,
-            7 if is("upgrade") => FieldKind::OtherHop,
-            10 if is("connection") => FieldKind::Connection,
-            10 if is("keep-alive") => FieldKind::KeepAlive,
-            14 if is("content-length") => FieldKind::ContentLength,
-            16 if is("proxy-connection") => FieldKind::OtherHop,
-            17 if is("transfer-encoding") => FieldKind::TransferEncoding,
-            18 if is("proxy-authenticate") => FieldKind::OtherHop,
+            2 if folded(name, b"te") => FieldKind::OtherHop,
+            4 if folded(name, b"date") => FieldKind::Date,
+            7 if folded(name, b"upgrade") => FieldKind::OtherHop,
+            10 if folded(name, b"connection") => FieldKind::Connection,
+            10 if folded(name, b"keep-alive") => FieldKind::KeepAlive,
+            14 if folded(name, b"content-length") => FieldKind::ContentLength,
+            16 if folded(name, b"proxy-connection") => FieldKind::OtherHop,
+            17 if folded(name, b"transfer-encoding") => FieldKind::TransferEncoding,
+            18 if folded(name, b"proxy-authenticate") => FieldKind::OtherHop,
             _ => FieldKind::Other,
         }
     }
+}
+
+/// Whether the token `name` is `lower` (lowercase letters and `-`) in any case: with bit 0x20
+/// set, an uppercase letter is its lowercase one, and no token character is `-` (only CR is).
+/// Without a branch per byte, as the kind of every field of every head is asked.
+fn folded<const N: usize>(name: &[u8], lower: &[u8; N]) -> bool {
+    let Ok(name) = <&[u8; N]>::try_from(name) else {
+        return false;
+    };
+    let mut diff = 0;
+    for (a, b) in name.iter().zip(lower) {
+        diff |= (a | 0x20) ^ b;
+    }
+    diff == 0
 }
 
 /// A response body that may carry its head's fields as text from an upstream.
@@ -103,6 +117,34 @@ impl WithFields for http_body_util::Full<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_read_in_any_case() {
+        let kinds = [
+            (&b"Connection"[..], FieldKind::Connection),
+            (b"KEEP-ALIVE", FieldKind::KeepAlive),
+            (b"transfer-Encoding", FieldKind::TransferEncoding),
+            (b"Content-Length", FieldKind::ContentLength),
+            (b"date", FieldKind::Date),
+            (b"TE", FieldKind::OtherHop),
+            (b"Upgrade", FieldKind::OtherHop),
+            (b"Proxy-Connection", FieldKind::OtherHop),
+            (b"proxy-authenticate", FieldKind::OtherHop),
+            (b"content-lengths", FieldKind::Other),
+            (b"content_length", FieldKind::Other),
+            (b"dates", FieldKind::Other),
+            (b"tf", FieldKind::Other),
+            (b"x-date", FieldKind::Other),
+        ];
+        for (name, kind) in kinds {
+            assert_eq!(
+                FieldKind::of(name),
+                kind,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
 
     #[test]
     fn lines_read_back_as_fields() {

@@ -4,6 +4,10 @@
 //! reads the same way (the `request_head` fuzz target and the tests here compare the two on
 //! every input); anything else, a head cut short included, is left to httparse (`Unsure`),
 //! which accepts or refuses it as before. Spans are 16-bit: a head is at most 64 KiB.
+//!
+//! The names it passes over are lowercased where they lie, whatever it answers, as every reader
+//! of a response head lowercases them anyway: a lowercase name is a name of the same bytes to
+//! httparse, so nothing it decides changes.
 
 /// Where one field lies in the head: name start and end, value start and end (the value
 /// without the blanks around it).
@@ -27,17 +31,22 @@ pub enum Scan {
     Unsure,
 }
 
-/// Bytes a field name may hold: RFC 9110's `tchar`.
-const NAME: [bool; 256] = {
-    let mut t = [false; 256];
+/// Each byte a field name may hold (RFC 9110's `tchar`) as it is in a lowercase name; 0 for
+/// the others.
+const NAME: [u8; 256] = {
+    let mut t = [0; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'');
-        t[b] |= matches!(
-            c,
-            b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-        );
+        let tchar = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-'
+            )
+            || matches!(c, b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        if tchar {
+            t[b] = c.to_ascii_lowercase();
+        }
         b += 1;
     }
     t
@@ -55,11 +64,12 @@ const TEXT: [bool; 256] = {
     t
 };
 
-/// Reads the response head at the start of `buf` into `spans`, if it has the usual shape.
-pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
+/// Reads the response head at the start of `buf` into `spans`, if it has the usual shape, and
+/// lowercases the names it passes over.
+pub fn response_head(buf: &mut [u8], spans: &mut [Span]) -> Scan {
     // Every offset fits a span.
     let end = buf.len().min(usize::from(u16::MAX));
-    let buf = &buf[..end];
+    let buf = &mut buf[..end];
     let minor = match buf.get(..9) {
         Some(b"HTTP/1.1 ") => 1,
         Some(b"HTTP/1.0 ") => 0,
@@ -73,10 +83,7 @@ pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
         }
         _ => return Scan::Unsure,
     };
-    let mut i = 13;
-    while i < end && TEXT[usize::from(buf[i])] {
-        i += 1;
-    }
+    let i = text_end(buf, 13);
     let Some(mut i) = line_end(buf, i) else {
         return Scan::Unsure;
     };
@@ -95,7 +102,12 @@ pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
             None => return Scan::Unsure,
         }
         let name_start = i;
-        while i < end && NAME[usize::from(buf[i])] {
+        while i < end {
+            let lower = NAME[usize::from(buf[i])];
+            if lower == 0 {
+                break;
+            }
+            buf[i] = lower;
             i += 1;
         }
         if i == name_start || buf.get(i) != Some(&b':') {
@@ -107,9 +119,7 @@ pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
             i += 1;
         }
         let value_start = i;
-        while i < end && TEXT[usize::from(buf[i])] {
-            i += 1;
-        }
+        i = text_end(buf, i);
         let mut value_end = i;
         while value_end > value_start && matches!(buf[value_end - 1], b' ' | b'\t') {
             value_end -= 1;
@@ -132,6 +142,29 @@ pub fn response_head(buf: &[u8], spans: &mut [Span]) -> Scan {
     }
 }
 
+/// Where the run of [`TEXT`] bytes from `i` ends. Eight bytes at a time while all eight are
+/// visible ASCII or space (a tab ends the quick steps; the byte steps take it).
+fn text_end(buf: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(word) = buf.get(i..i + 8) {
+        let w = u64::from_ne_bytes(word.try_into().expect("eight bytes"));
+        // A byte below 0x20, a 0x7f (zero after the xor) or one above: each test is exact
+        // for whether any byte of the word is one (Anderson's bit twiddling hacks).
+        let below = w.wrapping_sub(0x20 * ONES) & !w;
+        let del = w ^ (0x7f * ONES);
+        let del = del.wrapping_sub(ONES) & !del;
+        if (below | del | w) & HIGH != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < buf.len() && TEXT[usize::from(buf[i])] {
+        i += 1;
+    }
+    i
+}
+
 /// Past the CRLF at `i`, if there is one.
 fn line_end(buf: &[u8], i: usize) -> Option<usize> {
     (buf.get(i..i + 2) == Some(b"\r\n")).then_some(i + 2)
@@ -143,7 +176,7 @@ mod tests {
 
     fn scanned(buf: &[u8]) -> Option<(usize, u8, u16, Vec<Span>)> {
         let mut spans = [(0, 0, 0, 0); 16];
-        match response_head(buf, &mut spans) {
+        match response_head(&mut buf.to_vec(), &mut spans) {
             Scan::Complete {
                 len,
                 minor,

@@ -700,7 +700,8 @@ pub(crate) fn encode_head(
 /// `raw`: the fields may be kept as text (see [`Exchange::new`]).
 fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-    // The usual head is read by the quick reader; any other by httparse.
+    // The usual head is read by the quick reader, which lowercases its names; any other by
+    // httparse, and its names lowercased here.
     let (len, minor, code, count) = match scan::response_head(buf, &mut spans) {
         Scan::Complete {
             len,
@@ -709,7 +710,12 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
             count,
         } => (len, minor, code, count),
         Scan::Unsure => match httparse_head(buf, &mut spans)? {
-            Some(read) => read,
+            Some(read) => {
+                for &(ns, ne, _, _) in &spans[..read.3] {
+                    buf[usize::from(ns)..usize::from(ne)].make_ascii_lowercase();
+                }
+                read
+            }
             None => return Ok(None),
         },
     };
@@ -718,7 +724,6 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
         0 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let head = buf.split_to(len).freeze();
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let (mut close, mut keep_alive, mut chunked, mut length) = (false, false, None, None);
     let mut idle_timeout = None;
@@ -727,16 +732,11 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     // A hop-by-hop field that only the header map's rules take out.
     let mut other_hop = false;
     let mut kinds = [Kind::Other; MAX_HEADERS];
-    // Built in the same pass when the fields are not to be kept as text.
-    let mut map = (!raw).then(|| HeaderMap::with_capacity(count));
     for (kind, &span) in kinds.iter_mut().zip(&spans[..count]) {
         let (ns, ne, vs, ve) = span;
         let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
-        *kind = Kind::of(&head[ns..ne]);
-        if let Some(map) = map.as_mut() {
-            append_field(map, &head, span, *kind, switching)?;
-        }
-        let raw = &head[vs..ve];
+        *kind = Kind::of(&buf[ns..ne]);
+        let raw = &buf[vs..ve];
         match kind {
             Kind::Connection => {
                 for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -774,57 +774,45 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
             Kind::Date | Kind::Other => {}
         }
     }
-    // Passed on as text when nothing but the connection's own fields must go: no header map
-    // is built.
-    if raw && !switching && !names_fields && !other_hop {
-        return Ok(Some(Head {
-            status,
-            version,
-            headers: HeaderMap::new(),
-            fields: Some(fields_text(&head, &spans[..count], &kinds, status, chunked)),
-            close,
-            keep_alive,
-            chunked,
-            length,
-            idle_timeout,
-        }));
-    }
-    let mut headers = match map {
-        Some(map) => map,
-        // Asked as text, but only a header map's rules can take out what must go.
-        None => {
-            let mut map = HeaderMap::with_capacity(count);
-            for (kind, &span) in kinds.iter().zip(&spans[..count]) {
-                append_field(&mut map, &head, span, *kind, switching)?;
-            }
-            map
-        }
-    };
-    if names_fields && !switching {
-        for (kind, &(_, _, vs, ve)) in kinds.iter().zip(&spans[..count]) {
-            if *kind == Kind::Connection {
-                let [vs, ve]: [usize; 2] = [vs.into(), ve.into()];
-                if let Ok(v) = HeaderValue::from_maybe_shared(head.slice(vs..ve)) {
-                    headers.append(header::CONNECTION, v);
-                }
-            }
-        }
-    }
-    // A chunked body's length is what its chunks say; a content-length beside it goes.
-    if chunked.is_some() && length.is_some() && !switching {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    Ok(Some(Head {
+    let (spans, kinds) = (&spans[..count], &kinds[..count]);
+    let mut head = Head {
         status,
         version,
-        headers,
+        headers: HeaderMap::new(),
         fields: None,
         close,
         keep_alive,
         chunked,
         length,
         idle_timeout,
-    }))
+    };
+    // Passed on as text when nothing but the connection's own fields must go: no header map
+    // is built.
+    if raw && !switching && !names_fields && !other_hop {
+        head.fields = Some(fields_text(buf, len, spans, kinds, status, chunked));
+        return Ok(Some(head));
+    }
+    let bytes = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for (kind, &span) in kinds.iter().zip(spans) {
+        append_field(&mut map, &bytes, span, *kind, switching)?;
+    }
+    if names_fields && !switching {
+        for (kind, &(_, _, vs, ve)) in kinds.iter().zip(spans) {
+            if *kind == Kind::Connection {
+                let [vs, ve]: [usize; 2] = [vs.into(), ve.into()];
+                if let Ok(v) = HeaderValue::from_maybe_shared(bytes.slice(vs..ve)) {
+                    map.append(header::CONNECTION, v);
+                }
+            }
+        }
+    }
+    // A chunked body's length is what its chunks say; a content-length beside it goes.
+    if chunked.is_some() && length.is_some() && !switching {
+        map.remove(header::CONTENT_LENGTH);
+    }
+    head.headers = map;
+    Ok(Some(head))
 }
 
 /// Reads a response head with httparse: its length, HTTP/1 minor version, status code and
@@ -891,41 +879,65 @@ fn append_field(
     Ok(())
 }
 
-/// The fields of a head to pass on, as HTTP/1.1 text: all but the connection's own, and but a
-/// `content-length` beside chunked, after another, or on a 204 (which has no body to measure).
+/// Takes the head of `len` bytes off `buf` and gives the fields of it to pass on, as HTTP/1.1
+/// text: all but the connection's own, and but a `content-length` beside chunked, after
+/// another, or on a 204 (which has no body to measure). Names are lowercase already.
+///
+/// When each line kept is `name: value` CRLF already, as most are, the lines are moved together
+/// where they lie and the text is a slice of the head; otherwise it is written anew.
 fn fields_text(
-    head: &Bytes,
-    spans: &[(u16, u16, u16, u16)],
+    buf: &mut BytesMut,
+    len: usize,
+    spans: &[Span],
     kinds: &[Kind],
     status: StatusCode,
     chunked: Option<bool>,
 ) -> Fields {
-    let mut text = BytesMut::with_capacity(head.len() + 2 * spans.len());
     let (mut length, mut dated) = (None, false);
-    for (kind, &(ns, ne, vs, ve)) in kinds.iter().zip(spans) {
-        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+    let mut kept = [false; MAX_HEADERS];
+    let mut as_they_are = true;
+    for ((keep, kind), &(_, ne, vs, ve)) in kept.iter_mut().zip(kinds).zip(spans) {
+        let [ne, vs, ve]: [usize; 3] = [ne.into(), vs.into(), ve.into()];
         match kind {
             Kind::Connection | Kind::KeepAlive | Kind::TransferEncoding => continue,
             Kind::ContentLength => {
                 if chunked.is_some() || length.is_some() || status == StatusCode::NO_CONTENT {
                     continue;
                 }
-                length = parse_length(&head[vs..ve]);
+                length = parse_length(&buf[vs..ve]);
             }
             Kind::Date => dated = true,
             Kind::OtherHop | Kind::Other => {}
         }
-        let at = text.len();
-        // Most lines are `name: value` CRLF already: one copy.
-        if head.get(ne..vs) == Some(b": ") && head.get(ve..ve + 2) == Some(b"\r\n") {
-            text.extend_from_slice(&head[ns..ve + 2]);
-        } else {
-            text.extend_from_slice(&head[ns..ne]);
-            text.extend_from_slice(b": ");
-            text.extend_from_slice(&head[vs..ve]);
-            text.extend_from_slice(b"\r\n");
+        *keep = true;
+        as_they_are &= buf.get(ne..vs) == Some(b": ") && buf.get(ve..ve + 2) == Some(b"\r\n");
+    }
+    let kept = &kept[..spans.len()];
+    let Some(&(first, ..)) = spans.first() else {
+        buf.advance(len);
+        return Fields::new(Bytes::new(), length, dated);
+    };
+    let first = usize::from(first);
+    if as_they_are {
+        let mut end = first;
+        for (_, &(ns, _, _, ve)) in kept.iter().zip(spans).filter(|(keep, _)| **keep) {
+            let [ns, line_end]: [usize; 2] = [ns.into(), usize::from(ve) + 2];
+            if ns != end {
+                buf.copy_within(ns..line_end, end);
+            }
+            end += line_end - ns;
         }
-        text[at..at + (ne - ns)].make_ascii_lowercase();
+        let head = buf.split_to(len).freeze();
+        return Fields::new(head.slice(first..end), length, dated);
+    }
+    let head = buf.split_to(len);
+    let mut text = BytesMut::with_capacity(len + 2 * spans.len());
+    for (_, &(ns, ne, vs, ve)) in kept.iter().zip(spans).filter(|(keep, _)| **keep) {
+        let [ns, ne, vs, ve]: [usize; 4] = [ns.into(), ne.into(), vs.into(), ve.into()];
+        text.extend_from_slice(&head[ns..ne]);
+        text.extend_from_slice(b": ");
+        text.extend_from_slice(&head[vs..ve]);
+        text.extend_from_slice(b"\r\n");
     }
     Fields::new(text.freeze(), length, dated)
 }
