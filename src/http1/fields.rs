@@ -106,6 +106,12 @@ pub trait WithFields {
     /// The fields, when the body has them: its response's header map then holds only the
     /// fields added to them, written after them.
     fn fields(&self) -> Option<&Fields>;
+
+    /// Lets go, where the body lies, of what it holds once its answer is out (an upstream
+    /// connection, the request's place in a count): the server calls it before the answer's
+    /// last write, so that the client cannot see the end before it. The body reads as ended
+    /// after it. Dropping it would do the same, but moving it out to drop costs a copy.
+    fn release(&mut self) {}
 }
 
 impl WithFields for http_body_util::Full<Bytes> {

@@ -5,19 +5,14 @@
 //! slot array, so recording a request takes no lock on a map and allocates nothing. Rare
 //! combinations (error flags, unusual codes) go through the family's map.
 
+use super::buckets::EnvoyHistogram;
+pub use super::buckets::ENVOY_BUCKETS;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// Envoy's histogram bucket boundaries (milliseconds for durations, bytes for sizes).
-pub const ENVOY_BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
-];
 
 /// The 25 labels of every `istio_*` series, in Istio's order.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,23 +45,19 @@ pub struct IstioLabels {
     pub connection_security_policy: &'static str,
 }
 
-fn envoy_histogram() -> Histogram {
-    Histogram::new(ENVOY_BUCKETS)
-}
-
 /// The four `istio_*` families.
 #[derive(Debug, Clone)]
 pub struct IstioFamilies {
     requests: Family<IstioLabels, Counter>,
-    duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
-    request_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
-    response_bytes: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    duration: Family<IstioLabels, EnvoyHistogram>,
+    request_bytes: Family<IstioLabels, EnvoyHistogram>,
+    response_bytes: Family<IstioLabels, EnvoyHistogram>,
 }
 
 impl IstioFamilies {
     /// Creates the families and registers them.
     pub fn register(registry: &mut Registry) -> Self {
-        let hist = || Family::new_with_constructor(envoy_histogram as fn() -> Histogram);
+        let hist = Family::default;
         let f = IstioFamilies {
             requests: Family::default(),
             duration: hist(),
@@ -117,9 +108,9 @@ impl IstioFamilies {
 #[derive(Debug, Clone)]
 struct Handles {
     requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
+    duration: EnvoyHistogram,
+    request_bytes: EnvoyHistogram,
+    response_bytes: EnvoyHistogram,
 }
 
 impl Handles {

@@ -2,6 +2,7 @@
 //! `/v1/analysis` (`analysis`).
 
 pub mod analysis;
+pub mod buckets;
 pub mod hub;
 pub mod istio;
 pub mod server;

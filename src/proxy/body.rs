@@ -148,18 +148,29 @@ impl WithFields for ProxyBody {
             Kind::Fixed(_) => None,
         }
     }
+
+    fn release(&mut self) {
+        self.record_end();
+        self.kind = Kind::Fixed(Full::default());
+    }
 }
 
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // A body already complete may be dropped unread (204, HEAD, empty); anything else
-        // dropped before its end means the client went away (Envoy's DC).
+impl ProxyBody {
+    /// Records the request as its body ends here: as sent, when it was; else the client went
+    /// away (Envoy's DC). A body already complete may end unread (204, HEAD, empty).
+    fn record_end(&mut self) {
         let flags = match &self.recorder {
             Some(r) if self.is_end_stream() => r.done_flags,
             Some(r) => r.done_flags | Flags::DC,
             None => Flags::DC,
         };
         self.finish(flags);
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        self.record_end();
     }
 }
 

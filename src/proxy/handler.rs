@@ -180,7 +180,8 @@ pub async fn handle(
     let result = proxy(&rt, conn, parts, body, choice).await;
     let recorder = pending.0.take();
     match result {
-        Ok(((mut parts, body), exhausted)) => {
+        Ok((resp, exhausted)) => {
+            let (mut parts, body) = resp.into_parts();
             changes.response(&mut parts.headers);
             if let Some((c, origin)) = cors {
                 c.decorate(origin, &mut parts.headers);
@@ -359,7 +360,7 @@ async fn proxy(
     mut parts: http::request::Parts,
     body: RequestBody,
     choice: Choice<'_>,
-) -> Result<((http::response::Parts, PooledBody), bool), ProxyError> {
+) -> Result<(Response<PooledBody>, bool), ProxyError> {
     let Choice {
         route,
         rule,
@@ -408,29 +409,29 @@ async fn proxy(
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
-    let request = Request::from_parts(parts, body);
     let added = forwarded.added();
     let sent = forward_hashed(
         subset,
-        request,
+        &mut parts,
+        body,
         &added,
         retry,
         grpc,
         affinity.hash,
         raw && !upgrade,
     );
-    let (resp, exhausted) = match rule.timeout {
+    let (mut resp, exhausted) = match rule.timeout {
         Some(t) => tokio::time::timeout(t, sent)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)??,
         None => sent.await?,
     };
-    let (mut head, body) = respond(resp, client_upgrade);
+    respond(&mut resp, client_upgrade);
     // A client given a hash cookie just now sends it back next time.
     if let Some(cookie) = affinity.set_cookie {
-        head.headers.append(header::SET_COOKIE, cookie);
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    Ok(((head, body), exhausted))
+    Ok((resp, exhausted))
 }
 
 /// Whether an upgrade the request asks for is passed through. `h2c` never is: the request is
@@ -504,7 +505,18 @@ pub(crate) async fn forward(
     retry: Option<&Retry>,
     grpc: bool,
 ) -> Result<(Response<PooledBody>, bool), ProxyError> {
-    forward_hashed(subset, req, &Added::default(), retry, grpc, None, false).await
+    let (mut head, body) = req.into_parts();
+    forward_hashed(
+        subset,
+        &mut head,
+        body,
+        &Added::default(),
+        retry,
+        grpc,
+        None,
+        false,
+    )
+    .await
 }
 
 /// Sends to an endpoint of the subset: the key's when `hash` is given, else one the subset's
@@ -516,9 +528,12 @@ pub(crate) async fn forward(
 /// whose answers' `grpc-status` `retry_on` may name (it must not be `raw` then). `raw`: the
 /// answer's fields may stay out of its header map ([`PooledBody::fields`]). `added`: fields
 /// the request gets besides its map's, on every try ([`headers::Forwarded`]).
+// The request's parts apart, so that the head is lent rather than moved through each layer.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward_hashed(
     subset: &Subset,
-    req: Request<UpstreamBody>,
+    head: &mut http::request::Parts,
+    mut body: UpstreamBody,
     added: &Added<'_>,
     retry: Option<&Retry>,
     grpc: bool,
@@ -538,9 +553,7 @@ pub(crate) async fn forward_hashed(
             subset.name, full.max
         ))
     })?;
-    // The head stays here and is lent to each try. HTTP/2 hands it to h2, so only an HTTP/1.1
-    // subset retries.
-    let (mut head, mut body) = req.into_parts();
+    // The head is lent to each try. HTTP/2 hands it to h2, so only an HTTP/1.1 subset retries.
     let retry = retry.filter(|r| r.attempts > 0 && subset.protocol == UpstreamProtocol::Http1);
     // The body again for each retry; none when it cannot be sent twice.
     let replay = retry.and_then(|_| body.replay());
@@ -557,7 +570,7 @@ pub(crate) async fn forward_hashed(
     let mut tries_connecting = 0;
     loop {
         let endpoint = &endpoints[subset.balancer.next(&mut order, |e| serves(subset, e))];
-        let sent = endpoint.send(&mut head, added, body, circuit, raw);
+        let sent = endpoint.send(head, added, body, circuit, raw);
         let sent = match per_try {
             Some(t) => tokio::time::timeout(t, sent)
                 .await
@@ -727,19 +740,16 @@ async fn discard(resp: Response<PooledBody>) {
     }
 }
 
-fn respond(
-    resp: Response<PooledBody>,
-    client_upgrade: Option<OnUpgrade>,
-) -> (http::response::Parts, PooledBody) {
-    let (mut parts, mut body) = resp.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+/// Readies an upstream's answer for the client where it lies (taken apart and returned, it was
+/// copied twice more: BENCHMARKS.md, issue 17).
+fn respond(resp: &mut Response<PooledBody>, client_upgrade: Option<OnUpgrade>) {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let (Some(client), Some(upstream)) = (client_upgrade, body.take_upgrade()) {
+        if let (Some(client), Some(upstream)) = (client_upgrade, resp.body_mut().take_upgrade()) {
             tokio::spawn(tunnel(client, upstream));
         }
     }
-    headers::prepare_response(&mut parts.headers, switching);
-    (parts, body)
+    headers::prepare_response(resp.headers_mut(), switching);
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (websocket and the like).

@@ -255,15 +255,30 @@ fn is_reg_name(name: &[u8]) -> bool {
                 i += 3;
                 continue;
             }
-            b if b.is_ascii_alphanumeric() => {}
-            b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            _ => return false,
+            b if !REG_NAME[usize::from(b)] => return false,
+            _ => {}
         }
         i += 1;
     }
     true
 }
+
+/// The bytes a reg-name holds besides `%` escapes: unreserved and sub-delims (RFC 3986 §3.2.2).
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'('
+            )
+            || matches!(c, b')' | b'*' | b'+' | b',' | b';' | b'=');
+        b += 1;
+    }
+    t
+};
 
 /// Rewrites a downstream request head into the one sent upstream over HTTP/1.1.
 pub fn prepare_request(parts: &mut Parts, conn: &ConnInfo, upgrade: bool) {
@@ -423,20 +438,39 @@ fn new_request_id_text() -> [u8; 36] {
     rand::rng().fill_bytes(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[o] = b'-';
-            o += 1;
+    uuid_text(bytes)
+}
+
+/// 16 bytes as a UUID's text: lowercase hex in groups of 8-4-4-4-12 digits.
+fn uuid_text(bytes: [u8; 16]) -> [u8; 36] {
+    let mut out = [b'-'; 36];
+    // The 8-4-4-4-12 groups: where each starts in `out`, and its bytes.
+    let groups: [(usize, &[u8]); 5] = [
+        (0, &bytes[..4]),
+        (9, &bytes[4..6]),
+        (14, &bytes[6..8]),
+        (19, &bytes[8..10]),
+        (24, &bytes[10..]),
+    ];
+    for (at, group) in groups {
+        for (pair, &b) in out[at..].chunks_exact_mut(2).zip(group) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
         }
-        out[o] = HEX[usize::from(b >> 4)];
-        out[o + 1] = HEX[usize::from(b & 0xf)];
-        o += 2;
     }
     out
 }
+
+/// Each byte as two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [HEX[b >> 4], HEX[b & 0xf]];
+        b += 1;
+    }
+    t
+};
 
 /// Rewrites an upstream response head for the client. A 101 keeps its upgrade headers.
 pub fn prepare_response(headers: &mut HeaderMap, switching: bool) {
@@ -739,7 +773,18 @@ mod tests {
     fn request_ids_are_uuid_v4() {
         let a = new_request_id();
         let s = a.to_str().unwrap();
-        assert_eq!(s.as_bytes()[14], b'4');
+        assert_eq!(s.len(), 36, "{s}");
+        for (i, c) in s.bytes().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                assert_eq!(c, b'-', "{s}");
+            } else {
+                assert!(matches!(c, b'0'..=b'9' | b'a'..=b'f'), "{s}");
+            }
+        }
+        assert_eq!(s.as_bytes()[14], b'4', "{s}");
+        assert!(matches!(s.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{s}");
         assert_ne!(a, new_request_id());
+        let bytes = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128.to_be_bytes();
+        assert_eq!(&uuid_text(bytes), b"01234567-89ab-cdef-fedc-ba9876543210");
     }
 }

@@ -439,27 +439,30 @@ where
     B: Body<Data = Bytes> + WithFields + Unpin,
     B::Error: Into<BoxError>,
 {
-    let resp = handler(req).await;
+    let mut resp = handler(req).await;
     let draining = x.drain.is_some_and(|d| *d.borrow());
     let stopping = x.stopping.load(Ordering::Relaxed);
     let asked = Asked {
         keep_alive: x.asked.keep_alive && !draining && !stopping,
         ..x.asked
     };
-    let (parts, body) = resp.into_parts();
-    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    let known = body.size_hint().exact();
+    // The answer stays whole where it lies and its body is lent: taken apart and passed on,
+    // the large body was copied at each step (BENCHMARKS.md, issue 17).
+    let status = resp.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let known = resp.body().size_hint().exact();
     // Room for the head and a small body, so the buffer is made once.
     let small_body = known.filter(|&n| n <= COPY_LIMIT as u64).unwrap_or(0) as usize;
-    let raw = body.fields();
+    let raw = resp.body().fields();
     let raw_len = raw.map_or(0, |f| f.text().len());
-    let mut wbuf = Vec::with_capacity(128 + raw_len + parts.headers.len() * 48 + small_body);
-    let (framing, keep) = encode::head(&mut wbuf, asked, parts.status, &parts.headers, raw, known);
-    drop(parts);
+    let mut wbuf = Vec::with_capacity(128 + raw_len + resp.headers().len() * 48 + small_body);
+    let (framing, keep) = encode::head(&mut wbuf, asked, status, resp.headers(), raw, known);
+    // Written: the fields go now rather than with the body.
+    drop(std::mem::take(resp.headers_mut()));
     if switching {
         // The connection is the upgraded protocol's from here: handed over when the request
         // asked for the switch, else closed.
-        drop(body);
+        drop(resp);
         let written = write_out(shared, &mut wbuf, &[]).await.is_ok();
         match x.handover {
             Some(handover) if written => hand_over(shared, handover),
@@ -467,7 +470,7 @@ where
         }
         return Done::Switched;
     }
-    let sent = send_body(shared, &mut wbuf, body, framing, x.trailers_ok).await;
+    let sent = send_body(shared, &mut wbuf, resp.body_mut(), framing, x.trailers_ok).await;
     Done::Answered(keep && sent && framing != Out::Close)
 }
 
@@ -590,7 +593,7 @@ async fn write_out<I: AsyncRead + AsyncWrite + Unpin>(
 async fn send_body<I, B>(
     shared: &Shared<I>,
     wbuf: &mut Vec<u8>,
-    mut body: B,
+    body: &mut B,
     framing: Out,
     trailers_ok: bool,
 ) -> bool
@@ -611,7 +614,7 @@ where
             let polled = if wbuf.is_empty() {
                 Poll::Pending
             } else {
-                poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
+                poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
             };
             let frame = match polled {
                 Poll::Ready(frame) => frame,
@@ -619,7 +622,7 @@ where
                     if !wbuf.is_empty() && write_out(shared, wbuf, &[]).await.is_err() {
                         return false;
                     }
-                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
                 }
             };
             match frame {
@@ -682,7 +685,7 @@ where
     let whole = !matches!(framing, Out::Length(_)) || body.is_end_stream();
     // Done with before the last write, so that what it holds (the upstream connection's place,
     // the request's count) is let go before the client can see the answer's end.
-    drop(body);
+    body.release();
     write_out(shared, wbuf, &[]).await.is_ok() && whole
 }
 

@@ -379,7 +379,9 @@ pub(crate) struct Head {
     version: Version,
     /// The fields passed on. `connection`, `keep-alive` and `transfer-encoding` describe this
     /// connection only and are read into the fields below instead (a 101 keeps them all).
-    headers: HeaderMap,
+    /// `None` when they go as text (`fields`). Boxed: a head is returned through several
+    /// layers, and at 192 bytes each step was a call to `memcpy` (BENCHMARKS.md, issue 17).
+    headers: Option<Box<HeaderMap>>,
     /// The fields to pass on as text, when `headers` (then empty) is not built.
     fields: Option<Fields>,
     /// `connection: close`.
@@ -392,6 +394,14 @@ pub(crate) struct Head {
     length: Option<u64>,
     /// `keep-alive: timeout=N`, in seconds.
     idle_timeout: Option<u64>,
+}
+
+impl Head {
+    /// The fields in the header map: none when they go as text.
+    pub(crate) fn headers(&self) -> &HeaderMap {
+        static NONE: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+        self.headers.as_deref().unwrap_or(&NONE)
+    }
 }
 
 /// How a response body is framed (RFC 9112 §6.3), and how much of it is left.
@@ -551,7 +561,9 @@ impl Exchange {
         let mut resp = http::Response::new(());
         *resp.status_mut() = head_in.status;
         *resp.version_mut() = head_in.version;
-        *resp.headers_mut() = head_in.headers;
+        if let Some(map) = head_in.headers {
+            *resp.headers_mut() = *map;
+        }
         let (parts, ()) = resp.into_parts();
         let body = ResponseBody {
             conn: Some(conn),
@@ -778,7 +790,7 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     let mut head = Head {
         status,
         version,
-        headers: HeaderMap::new(),
+        headers: None,
         fields: None,
         close,
         keep_alive,
@@ -811,7 +823,7 @@ fn parse_head(buf: &mut BytesMut, raw: bool) -> Result<Option<Head>, Error> {
     if chunked.is_some() && length.is_some() && !switching {
         map.remove(header::CONTENT_LENGTH);
     }
-    head.headers = map;
+    head.headers = Some(Box::new(map));
     Ok(Some(head))
 }
 
@@ -1008,9 +1020,9 @@ pub(crate) fn keep_alive(head: &Head) -> bool {
 /// their order, and the framing. For tests and fuzzing.
 pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
     let Some(fields) = &kept.fields else {
-        return (mapped.headers == kept.headers)
+        return (mapped.headers() == kept.headers())
             .then_some(())
-            .ok_or_else(|| format!("{:?} against {:?}", kept.headers, mapped.headers));
+            .ok_or_else(|| format!("{:?} against {:?}", kept.headers(), mapped.headers()));
     };
     let mut raw: Vec<(String, &[u8])> = fields
         .iter()
@@ -1021,7 +1033,7 @@ pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
     // What the client is sent of the map: a 204's length is not, nor a repeated one.
     let mut lengths = 0;
     let mut map: Vec<(String, &[u8])> = mapped
-        .headers
+        .headers()
         .iter()
         .filter(|(n, _)| {
             let length = *n == header::CONTENT_LENGTH;
@@ -1036,10 +1048,10 @@ pub(crate) fn same_fields(mapped: &Head, kept: &Head) -> Result<(), String> {
         .iter()
         .find(|(n, _)| n == "content-length")
         .and_then(|(_, v)| crate::http1::head::digits(v));
-    let dated = mapped.headers.contains_key(header::DATE);
+    let dated = mapped.headers().contains_key(header::DATE);
     let same = raw == map
         && (fields.length(), fields.dated()) == (length, dated)
-        && kept.headers.is_empty()
+        && kept.headers().is_empty()
         && (
             kept.status,
             kept.close,
@@ -1459,7 +1471,7 @@ mod tests {
             let cut: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
             let (head, data, trailers) =
                 read_pieces(&pieces).unwrap_or_else(|e| panic!("{cut:?}: {e}"));
-            assert_eq!(head.headers["x-kind"], "chunked", "{cut:?}");
+            assert_eq!(head.headers()["x-kind"], "chunked", "{cut:?}");
             assert_eq!(data, b"hello world!!!abcdefghijklmnopqrstuvwxyz", "{cut:?}");
             let trailers = trailers.unwrap_or_else(|| panic!("{cut:?}: no trailers"));
             assert_eq!(
@@ -1482,8 +1494,8 @@ mod tests {
             let cut: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
             let (head, data, _) = read_pieces(&pieces).unwrap_or_else(|e| panic!("{cut:?}: {e}"));
             assert_eq!(head.status, 200, "{cut:?}");
-            assert_eq!(head.headers["x-final"], "yes", "{cut:?}");
-            assert!(head.headers.get("link").is_none(), "{cut:?}");
+            assert_eq!(head.headers()["x-final"], "yes", "{cut:?}");
+            assert!(head.headers().get("link").is_none(), "{cut:?}");
             assert_eq!(data, b"final", "{cut:?}");
         }
     }
@@ -1512,7 +1524,7 @@ mod tests {
         let plain = "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\n\
                      Content-Length: 2\r\n\r\n";
         let h = kept(plain).unwrap().unwrap();
-        assert!(h.fields.is_some() && h.headers.is_empty());
+        assert!(h.fields.is_some() && h.headers().is_empty());
         for other in [
             "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nx-secret: 1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nProxy-Connection: keep-alive\r\n\r\n",
@@ -1522,7 +1534,7 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n",
         ] {
             let h = kept(other).unwrap().unwrap();
-            assert!(h.fields.is_none() && !h.headers.is_empty(), "{other:?}");
+            assert!(h.fields.is_none() && !h.headers().is_empty(), "{other:?}");
         }
         // Chunked: a length beside it goes either way.
         let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
@@ -1560,7 +1572,11 @@ mod tests {
             .unwrap();
         assert_eq!(response_framing(&h, false), Framing::Chunked(Chunk::Size));
         assert!(!keep_alive(&h), "TE with CL closes after the answer");
-        assert!(h.headers.get("content-length").is_none(), "{:?}", h.headers);
+        assert!(
+            h.headers().get("content-length").is_none(),
+            "{:?}",
+            h.headers()
+        );
         for other in ["gzip", "gzip, chunked", "chunked, gzip"] {
             let raw = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {other}\r\n\r\n");
             assert!(head(&raw).is_err(), "{other}: only chunked is decoded");
@@ -1612,20 +1628,21 @@ mod tests {
     fn connection_fields_are_read_not_passed_on() {
         let h = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n")
             .unwrap();
-        let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+        let names: Vec<_> = h.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-a", "content-length"]);
         let h = head("HTTP/1.1 200 OK\r\nconnection: close, x-private\r\nx-private: 1\r\n\r\n")
             .unwrap();
         assert!(!keep_alive(&h));
         assert_eq!(
-            h.headers["connection"], "close, x-private",
+            h.headers()["connection"],
+            "close, x-private",
             "kept to name x-private"
         );
         let h = head(
             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(h.headers["connection"], "upgrade");
+        assert_eq!(h.headers()["connection"], "upgrade");
     }
 
     #[test]
@@ -1633,7 +1650,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"HTTP/1.1 503 Busy\r\nX-A: 1\r\nx-a: 2\r\n\r\nrest"[..]);
         let h = parse_head(&mut buf, false).unwrap().unwrap();
         assert_eq!(h.status, 503);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(h.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(&buf[..], b"rest");
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n"[..]);
         assert!(parse_head(&mut partial, true).unwrap().is_none());

@@ -467,26 +467,15 @@ impl Endpoint {
         raw: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let guard = InFlight::new(self.clone());
-        match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(head, added, body, guard, circuit, raw).await,
+        if self.settings.protocol == UpstreamProtocol::Http2 {
+            added.insert_into(&mut head.headers);
             // Boxed: rare next to HTTP/1.1, and every request's future would otherwise reserve
             // room for it.
-            UpstreamProtocol::Http2 => {
-                added.insert_into(&mut head.headers);
-                Box::pin(self.send_h2(head, body, guard)).await
-            }
+            return Box::pin(self.send_h2(head, body, guard)).await;
         }
-    }
-
-    async fn send_h1(
-        self: &Arc<Self>,
-        head: &http::request::Parts,
-        added: &h1::Added<'_>,
-        mut body: UpstreamBody,
-        guard: InFlight,
-        circuit: &Arc<Circuit>,
-        raw: bool,
-    ) -> Result<Response<PooledBody>, SendError> {
+        // HTTP/1.1 here rather than in an async fn of its own: its answer, returned through one
+        // more future, was copied once more (BENCHMARKS.md, issue 17).
+        let mut body = body;
         // Set once a pooled connection turned out closed: the request goes once more, on a
         // new connection when one may be opened (the other idle ones are as old).
         let mut again = false;
