@@ -226,13 +226,15 @@ async fn readiness_waits_for_the_first_list_and_a_410_relist_catches_up() {
         }
         assert_eq!(shares(&app, "rollouts-demo.example.com", 20).await, (20, 0));
 
-        // The watches drop, history is compacted, and the weight moves meanwhile: resuming
-        // gets 410 Gone, and the relist brings the change.
-        kube.compact();
-        kube.clear_requests();
-        kube.drop_watches();
+        // The API server goes away (its watches drop), the weight moves and history is
+        // compacted meanwhile: resuming gets 410 Gone, and the relist brings the change. While
+        // it is down no watch can resume before the compaction (with the watches only dropped,
+        // one sometimes did, got the change as an event, and no relist was needed).
+        kube.set_down(true);
         let g = generation_of(&kube.apply_yaml(&argo_vs(100)));
         kube.compact();
+        kube.clear_requests();
+        kube.set_down(false);
         wait_served(&app, "rollouts-demo-vsvc", g).await;
         assert_eq!(shares(&app, "rollouts-demo.example.com", 20).await, (0, 20));
         let relists = kube
