@@ -1500,6 +1500,38 @@ mod tests {
         }
     }
 
+    /// The text passed on: the head's own lines, names lowercased, without the connection's
+    /// fields, whether moved together where they lie or (a line not `name: value` CRLF) written.
+    #[test]
+    fn fields_kept_as_text_close_up_around_dropped_lines() {
+        let cases: [(&str, &str); 3] = [
+            (
+                "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\n\
+                 Content-Length: 2\r\nKeep-Alive: timeout=5\r\nX-A: b\r\n\r\nok",
+                "server: nginx\r\ncontent-length: 2\r\nx-a: b\r\n",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nX-B:c  \r\nDate: d\r\n\r\n",
+                "x-b: c\r\ndate: d\r\n",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n",
+                "",
+            ),
+        ];
+        for (raw, text) in cases {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            let kept = parse_head(&mut buf, true).unwrap().unwrap();
+            let fields = kept.fields.as_ref().expect("kept as text");
+            assert_eq!(String::from_utf8_lossy(fields.text()), text, "{raw:?}");
+            // What follows the head stays for the body.
+            assert_eq!(
+                &buf[..],
+                &raw.as_bytes()[raw.find("\r\n\r\n").unwrap() + 4..]
+            );
+        }
+    }
+
     /// The head in `raw`, parsed into a header map, after checking that it says the same with
     /// its fields kept as text.
     fn head(raw: &str) -> Result<Head, Error> {
