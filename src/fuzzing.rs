@@ -138,6 +138,18 @@ pub(crate) fn quick_read_agrees(bytes: &[u8]) {
             .all(|(l, b)| l == b || *l == b.to_ascii_lowercase()),
         "the quick reader changed more than case"
     );
+    // Whatever the answer, a byte changed lies in a field's name: only token bytes before it
+    // on its line, and not on the status line.
+    for (i, (l, b)) in lowered.iter().zip(bytes).enumerate() {
+        if l != b {
+            let line = bytes[..i].iter().rposition(|&c| c == b'\n');
+            let name = line.map_or(&[][..], |n| &bytes[n + 1..i]);
+            assert!(
+                line.is_some() && name.iter().all(|&c| is_token(c)),
+                "the quick reader changed byte {i}, outside a name"
+            );
+        }
+    }
     let Scan::Complete {
         len,
         minor,
@@ -175,6 +187,11 @@ pub(crate) fn quick_read_agrees(bytes: &[u8]) {
         };
         assert_eq!(*l, want, "byte {i} of a whole head was changed wrongly");
     }
+}
+
+/// RFC 9110's `tchar`.
+fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
 /// Limits the fuzz targets parse heads under: the listener's defaults, and small ones that

@@ -102,6 +102,7 @@ pub fn response_head(buf: &mut [u8], spans: &mut [Span]) -> Scan {
             None => return Scan::Unsure,
         }
         let name_start = i;
+        i = lower_word_name(buf, i);
         while i < end {
             let lower = NAME[usize::from(buf[i])];
             if lower == 0 {
@@ -142,19 +143,56 @@ pub fn response_head(buf: &mut [u8], spans: &mut [Span]) -> Scan {
     }
 }
 
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// The high bit of each byte of `w` that lies in `lo..=hi`. Exact for each byte below 0x80
+/// that has only such bytes before it (a byte at or above 0x80 may carry into the next one):
+/// the callers use the lowest bytes only.
+const fn within(w: u64, lo: u8, hi: u8) -> u64 {
+    let from_lo = w.wrapping_add((0x80 - lo as u64) * ONES);
+    let past_hi = w.wrapping_add((0x7f - hi as u64) * ONES);
+    from_lo & !past_hi & !w & HIGH
+}
+
+/// Lowercases the run of letters, digits and `-` from `i`, eight bytes at a time, and returns
+/// where it ends: the usual name is all of those. The byte loop after it takes the rest of a
+/// name of other token bytes, and a name too near the end of `buf` for a whole word.
+fn lower_word_name(buf: &mut [u8], mut i: usize) -> usize {
+    while let Some(word) = buf.get_mut(i..i + 8) {
+        let w = u64::from_le_bytes((&*word).try_into().expect("eight bytes"));
+        // Letters of either case fold onto a..z; digits and `-` have the 0x20 bit already.
+        let folded = w | (0x20 * ONES);
+        let name = within(folded, b'a', b'z') | within(w, b'0', b'9') | within(w, b'-', b'-');
+        if name == HIGH {
+            word.copy_from_slice(&folded.to_le_bytes());
+            i += 8;
+            continue;
+        }
+        // Bytes before the first that is not one of those; fewer than eight.
+        let run = (!name & HIGH).trailing_zeros() / 8;
+        let mask = (1u64 << (8 * run)) - 1;
+        word.copy_from_slice(&((folded & mask) | (w & !mask)).to_le_bytes());
+        return i + run as usize;
+    }
+    i
+}
+
 /// Where the run of [`TEXT`] bytes from `i` ends. Eight bytes at a time while all eight are
-/// visible ASCII or space (a tab ends the quick steps; the byte steps take it).
+/// visible ASCII or space; the first word with another byte puts `i` on that byte, and a tab
+/// (the one other [`TEXT`] byte) or the last few bytes go to the byte loop.
 fn text_end(buf: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     while let Some(word) = buf.get(i..i + 8) {
-        let w = u64::from_ne_bytes(word.try_into().expect("eight bytes"));
-        // A byte below 0x20, a 0x7f (zero after the xor) or one above: each test is exact
-        // for whether any byte of the word is one (Anderson's bit twiddling hacks).
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A byte below 0x20, a 0x7f (zero after the xor) or one above. For each test the
+        // lowest byte it flags is the first such byte (Anderson's bit twiddling hacks: a
+        // borrow only runs upward from a byte that is one).
         let below = w.wrapping_sub(0x20 * ONES) & !w;
         let del = w ^ (0x7f * ONES);
         let del = del.wrapping_sub(ONES) & !del;
-        if (below | del | w) & HIGH != 0 {
+        let other = (below | del | w) & HIGH;
+        if other != 0 {
+            i += (other.trailing_zeros() / 8) as usize;
             break;
         }
         i += 8;
@@ -166,6 +204,7 @@ fn text_end(buf: &[u8], mut i: usize) -> usize {
 }
 
 /// Past the CRLF at `i`, if there is one.
+#[inline(always)]
 fn line_end(buf: &[u8], i: usize) -> Option<usize> {
     (buf.get(i..i + 2) == Some(b"\r\n")).then_some(i + 2)
 }
@@ -209,6 +248,44 @@ mod tests {
             spans.iter().map(|&s| value(s)).collect::<Vec<_>>(),
             [&b"b"[..], b"two words", b""]
         );
+    }
+
+    /// The word steps: names of every length from 1 to 20, upper and lower case, with a token
+    /// byte other than a letter, digit or `-` at each place, and values of every length with a
+    /// tab or a byte above 0x7f at each place, so that each word boundary falls everywhere.
+    /// Only the names' letters are lowercased (checked against httparse).
+    #[test]
+    fn names_and_values_are_read_in_words_at_every_length_and_place() {
+        let letters = b"Content-Type-X9z_Abcdefghij";
+        for len in 1..=20 {
+            for odd in 0..=len {
+                let mut name = letters[..len].to_vec();
+                if odd < len {
+                    name[odd] = b"_.!~"[odd % 4];
+                }
+                let value = b"Mixed Case\tValue/1.2 (GMT) ~!";
+                for vlen in 0..=value.len() {
+                    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+                    head.extend_from_slice(&name);
+                    head.extend_from_slice(b": ");
+                    head.extend_from_slice(&value[..vlen]);
+                    head.extend_from_slice(b"\r\nServer: X\r\n\r\n");
+                    let (_, _, _, spans) = scanned(&head).expect("a head of the usual shape");
+                    let (_, ne, vs, ve) = spans[0];
+                    assert_eq!(usize::from(ne) - 17, name.len());
+                    assert_eq!(&head[vs.into()..ve.into()], value[..vlen].trim_ascii_end());
+                    crate::fuzzing::quick_read_agrees(&head);
+                    // A byte above 0x7f anywhere in the value: httparse's to judge, and the
+                    // value left as it was.
+                    for at in 0..vlen {
+                        let mut high = head.clone();
+                        high[19 + len + at] = 0xc3;
+                        assert_eq!(scanned(&high), None);
+                        crate::fuzzing::quick_read_agrees(&high);
+                    }
+                }
+            }
+        }
     }
 
     /// Heads of another shape, cut short or too many fields are httparse's to judge.

@@ -698,15 +698,22 @@ impl Drop for InFlight {
 /// An upstream response body that returns its connection to the pool once fully read.
 #[derive(Debug)]
 pub struct PooledBody {
-    inner: Inner,
+    /// Boxed: the answer travels by value through every stage of the handler and the server
+    /// (a dozen moves a request), and the body's state is most of its size. One allocation
+    /// costs less than those copies (BENCHMARKS.md).
+    pooled: Box<Pooled>,
     guard: InFlight,
-    slot: Option<Slot>,
     /// The request's place among its subset's active requests (`http2_max_requests`).
     held: Option<Held>,
 }
 
-// Unboxed on purpose: HTTP/1.1 is the common case, and a box would cost an allocation per
-// response.
+/// The body's state and, for HTTP/1.1, the connection's place in the pool.
+#[derive(Debug)]
+struct Pooled {
+    inner: Inner,
+    slot: Option<Slot>,
+}
+
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Inner {
@@ -717,9 +724,8 @@ enum Inner {
 impl PooledBody {
     fn new(inner: Inner, guard: InFlight, slot: Option<Slot>) -> Self {
         let mut body = PooledBody {
-            inner,
+            pooled: Box::new(Pooled { inner, slot }),
             guard,
-            slot,
             held: None,
         };
         if body.is_end_stream() {
@@ -729,8 +735,9 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Inner::H1(b) = &mut self.inner {
-            if let (Some(conn), Some(slot)) = (b.take_reusable(), self.slot.take()) {
+        let pooled = &mut *self.pooled;
+        if let Inner::H1(b) = &mut pooled.inner {
+            if let (Some(conn), Some(slot)) = (b.take_reusable(), pooled.slot.take()) {
                 self.guard.0.put_idle(conn, slot);
             }
         }
@@ -744,7 +751,7 @@ impl PooledBody {
     /// The response head's fields as text, from an HTTP/1.1 upstream, when the request
     /// was sent with `raw` (see [`Endpoint::send`]): its header map is empty then.
     pub fn fields(&self) -> Option<&crate::http1::Fields> {
-        match &self.inner {
+        match &self.pooled.inner {
             Inner::H1(b) => b.fields(),
             Inner::H2(_) => None,
         }
@@ -753,7 +760,7 @@ impl PooledBody {
     /// After a `101 Switching Protocols`: the upstream connection's stream and the bytes
     /// already read past the head.
     pub fn take_upgrade(&mut self) -> Option<(h1::Io, Bytes)> {
-        match &mut self.inner {
+        match &mut self.pooled.inner {
             Inner::H1(b) => b.take_upgrade(),
             Inner::H2(_) => None,
         }
@@ -763,7 +770,8 @@ impl PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away mid-body.
-        if let (Inner::H1(body), Some(slot)) = (&mut self.inner, self.slot.take()) {
+        let pooled = &mut *self.pooled;
+        if let (Inner::H1(body), Some(slot)) = (&mut pooled.inner, pooled.slot.take()) {
             if let Some(rest) = body.abandon() {
                 self.guard.0.salvage(rest.salvage(), slot);
             }
@@ -779,7 +787,7 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = match &mut self.inner {
+        let polled = match &mut self.pooled.inner {
             Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Inner::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
         };
@@ -792,14 +800,14 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
+        match &self.pooled.inner {
             Inner::H1(b) => b.is_end_stream(),
             Inner::H2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        match &self.pooled.inner {
             Inner::H1(b) => b.size_hint(),
             Inner::H2(b) => b.size_hint(),
         }
