@@ -218,47 +218,36 @@ pub fn settle_host(parts: &mut Parts) -> Result<(), ProxyError> {
 /// literal, or a reg-name (which covers IPv4 addresses and DNS names), then an optional port of
 /// digits. An empty Host is allowed, as RFC 9112 §3.2 allows it.
 fn is_host(host: &[u8]) -> bool {
-    let (name_ok, rest) = match host.strip_prefix(b"[") {
-        Some(literal) => match literal.iter().position(|&b| b == b']') {
-            Some(end) => (
-                end > 0
-                    && literal[..end]
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
-                &literal[end + 1..],
-            ),
-            None => return false,
-        },
-        None => {
-            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
-            (is_reg_name(&host[..end]), &host[end..])
-        }
-    };
-    let port_ok = match rest.split_first() {
+    let port = |rest: &[u8]| match rest.split_first() {
         None => true,
         Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
         Some(_) => false,
     };
-    name_ok && port_ok
-}
-
-/// RFC 3986's reg-name: unreserved characters, sub-delims and percent-encoded octets.
-fn is_reg_name(name: &[u8]) -> bool {
+    if let Some(literal) = host.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        return end > 0
+            && literal[..end]
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            && port(&literal[end + 1..]);
+    }
+    // A reg-name: unreserved characters, sub-delims and percent-encoded octets, in one pass up
+    // to the port's colon (which a reg-name does not hold).
     let mut i = 0;
-    while i < name.len() {
-        match name[i] {
-            b'%' => {
-                let hex = name.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-                continue;
+    while let Some(&b) = host.get(i) {
+        if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else if b == b'%' {
+            let hex = host.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
             }
-            b if !REG_NAME[usize::from(b)] => return false,
-            _ => {}
+            i += 3;
+        } else {
+            return port(&host[i..]);
         }
-        i += 1;
     }
     true
 }
@@ -715,6 +704,7 @@ mod tests {
             "[2001:db8::7]",
             "xn--bcher-kva.example",
             "a%2Db",
+            "%41:80",
             "a:",
             "[::1]:",
             "",
@@ -735,6 +725,7 @@ mod tests {
             "[]",
             "[::1]x",
             "a%2",
+            "a%3:80",
             "a%zz",
             "\u{e9}.example",
             "a\tb",

@@ -45,6 +45,9 @@ impl StringMatch {
 pub struct NamedMatch {
     /// Header, query parameter or cookie name.
     pub name: Box<str>,
+    /// A header's name, made once when the config is compiled (a name given as text is parsed
+    /// and hashed anew on each lookup).
+    pub header: Option<http::HeaderName>,
     /// The test for its value.
     pub test: StringMatch,
 }
@@ -97,8 +100,11 @@ impl MatchBlock {
 }
 
 fn header_matches(req: &Parts, m: &NamedMatch) -> bool {
-    req.headers
-        .get_all(&*m.name)
+    let values = match &m.header {
+        Some(name) => req.headers.get_all(name),
+        None => req.headers.get_all(&*m.name),
+    };
+    values
         .iter()
         .any(|v| v.to_str().is_ok_and(|s| m.test.test(s)))
 }
@@ -171,6 +177,7 @@ mod tests {
     fn named(name: &str, test: StringMatch) -> NamedMatch {
         NamedMatch {
             name: name.into(),
+            header: http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok(),
             test,
         }
     }

@@ -177,6 +177,10 @@ impl Router {
     }
 
     fn host_index(&self, host: &str) -> Option<usize> {
+        if self.exact.is_empty() && self.suffixes.is_empty() {
+            // Only catch-all routes: no host to read.
+            return None;
+        }
         let host = strip_port(host);
         if host.len() > MAX_HOST {
             return None;
@@ -222,8 +226,10 @@ pub fn strip_port(host: &str) -> &str {
         // [v6]:port
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    // A byte search: `rsplit_once` with a char pattern cost several times more per request.
+    let bytes = host.as_bytes();
+    match bytes.iter().rposition(|&b| b == b':') {
+        Some(colon) if bytes[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
         _ => host,
     }
 }
@@ -259,6 +265,23 @@ mod tests {
                 cors: None,
             })],
             upgrades: Box::new(["websocket".into()]),
+        }
+    }
+
+    #[test]
+    fn a_port_is_stripped_only_when_it_is_digits() {
+        for (host, bare) in [
+            ("a.example:8080", "a.example"),
+            ("a.example", "a.example"),
+            ("10.0.0.7:80", "10.0.0.7"),
+            ("[::1]:8080", "::1"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("a:b", "a:b"),
+            ("a:8:0", "a:8"),
+            ("a:", "a"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), bare, "{host:?}");
         }
     }
 
