@@ -1335,15 +1335,15 @@ fn match_block(errs: &mut Errors, p: &str, b: &RawMatchBlock) -> MatchBlock {
                     } else {
                         name.clone()
                     };
-                    let parsed = http::HeaderName::from_bytes(name.as_bytes());
-                    if name.is_empty() || (header && parsed.is_err()) {
+                    let parsed = header.then(|| http::HeaderName::from_bytes(name.as_bytes()));
+                    if name.is_empty() || matches!(parsed, Some(Err(_))) {
                         errs.add(&np, format!("invalid name {name:?}"));
                         return None;
                     }
                     let test = string_match(errs, &np, m)?;
                     Some(NamedMatch {
                         name: name.into(),
-                        header: parsed.ok().filter(|_| header),
+                        header: parsed.and_then(Result::ok),
                         test,
                     })
                 })

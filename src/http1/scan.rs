@@ -146,9 +146,10 @@ pub fn response_head(buf: &mut [u8], spans: &mut [Span]) -> Scan {
 const ONES: u64 = u64::from_le_bytes([0x01; 8]);
 const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
 
-/// The high bit of each byte of `w` that lies in `lo..=hi`. Exact for each byte below 0x80
-/// that has only such bytes before it (a byte at or above 0x80 may carry into the next one):
-/// the callers use the lowest bytes only.
+/// The high bit of each byte of `w` that lies in `lo..=hi` (`hi` below 0x80). Exact for each
+/// byte with no byte at or above 0x80 before it, as such a byte may carry into the next one; it
+/// is never in the range itself, and the callers use only the answer up to the first byte out
+/// of range.
 const fn within(w: u64, lo: u8, hi: u8) -> u64 {
     let from_lo = w.wrapping_add((0x80 - lo as u64) * ONES);
     let past_hi = w.wrapping_add((0x7f - hi as u64) * ONES);
@@ -251,9 +252,9 @@ mod tests {
     }
 
     /// The word steps: names of every length from 1 to 20, upper and lower case, with a token
-    /// byte other than a letter, digit or `-` at each place, and values of every length with a
-    /// tab or a byte above 0x7f at each place, so that each word boundary falls everywhere.
-    /// Only the names' letters are lowercased (checked against httparse).
+    /// byte other than a letter, digit or `-` at each place; values of every length (holding a
+    /// tab), and a byte above 0x7f at each place of each; so that word boundaries fall
+    /// everywhere. Only the names' letters are lowercased (checked against httparse).
     #[test]
     fn names_and_values_are_read_in_words_at_every_length_and_place() {
         let letters = b"Content-Type-X9z_Abcdefghij";

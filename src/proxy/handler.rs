@@ -411,8 +411,7 @@ async fn proxy(
     let body = if upgrade || rule.mirrors.is_empty() {
         UpstreamBody::Stream(body)
     } else {
-        // Boxed: rare, and its future would make this one's larger than 1 KiB.
-        Box::pin(mirror::copy(rt, &rule.mirrors, parts, body)).await?
+        mirror::copy(rt, &rule.mirrors, parts, body).await?
     };
     // An upgrade is never retried: its upstream may have switched already.
     let retry = (!upgrade).then_some(&rule.retry);
