@@ -115,8 +115,8 @@ mod tests {
         let b = text(&|r| r.register("h", "help", theirs.clone()));
         assert_eq!(a, b);
         assert!(a.contains("h_bucket{le=\"0.5\"} 2\n"), "{a}");
-        // NaN made both sums NaN: the sum is checked apart.
         assert!(a.contains("h_bucket{le=\"+Inf\"} 14\n"), "{a}");
+        // NaN made both sums NaN: the sum is checked apart.
         let finite = EnvoyHistogram::default();
         [1.5, 2.25, 1e6].iter().for_each(|&v| finite.observe(v));
         let f = text(&|r| r.register("h", "help", finite.clone()));

@@ -137,6 +137,17 @@ impl ProxyBody {
             r.finish(flags);
         }
     }
+
+    /// Records the request as its body ends here: as sent, when it was; else the client went
+    /// away (Envoy's DC). A body already complete may end unread (204, HEAD, empty).
+    fn record_end(&mut self) {
+        let flags = match &self.recorder {
+            Some(r) if self.is_end_stream() => r.done_flags,
+            Some(r) => r.done_flags | Flags::DC,
+            None => Flags::DC,
+        };
+        self.finish(flags);
+    }
 }
 
 /// An upstream answer's fields as text, when they were kept so: the response's own header
@@ -152,19 +163,6 @@ impl WithFields for ProxyBody {
     fn release(&mut self) {
         self.record_end();
         self.kind = Kind::Fixed(Full::default());
-    }
-}
-
-impl ProxyBody {
-    /// Records the request as its body ends here: as sent, when it was; else the client went
-    /// away (Envoy's DC). A body already complete may end unread (204, HEAD, empty).
-    fn record_end(&mut self) {
-        let flags = match &self.recorder {
-            Some(r) if self.is_end_stream() => r.done_flags,
-            Some(r) => r.done_flags | Flags::DC,
-            None => Flags::DC,
-        };
-        self.finish(flags);
     }
 }
 

@@ -718,3 +718,136 @@ async fn shutdown<I: AsyncRead + AsyncWrite + Unpin>(shared: &Shared<I>) {
     });
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closing).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// The server's end of a pipe, counting the bytes written to it.
+    struct Counted {
+        io: DuplexStream,
+        written: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+            self.written.fetch_add(n, Ordering::SeqCst);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A body of one frame that notes, when released, how many bytes of the answer were out.
+    struct Noting {
+        data: Option<Bytes>,
+        written: Arc<AtomicUsize>,
+        at_release: Arc<AtomicUsize>,
+    }
+
+    impl Body for Noting {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.data.take().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.data.is_none()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        }
+    }
+
+    impl WithFields for Noting {
+        fn fields(&self) -> Option<&crate::http1::Fields> {
+            None
+        }
+
+        fn release(&mut self) {
+            self.at_release
+                .store(self.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    /// What an answer's body holds (for the proxy: the upstream connection's place, the
+    /// request's count) is let go before the client can see the answer's end.
+    #[tokio::test]
+    async fn an_answer_is_released_before_its_last_byte_is_written() {
+        let written = Arc::new(AtomicUsize::new(0));
+        let at_release = Arc::new(AtomicUsize::new(usize::MAX));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let io = Counted {
+            io: server,
+            written: written.clone(),
+        };
+        let (_tx, mut stop) = watch::channel(false);
+        let (w, r) = (written.clone(), at_release.clone());
+        let handler = move |_| {
+            let body = Noting {
+                data: Some(Bytes::from_static(b"hello")),
+                written: w.clone(),
+                at_release: r.clone(),
+            };
+            async move { Response::new(body) }
+        };
+        let served = serve(
+            io,
+            BytesMut::new(),
+            Limits::listener(10),
+            None,
+            &mut stop,
+            None,
+            handler,
+        );
+        let asked = async {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            answer
+        };
+        let (_, answer) = tokio::join!(served, asked);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+        let (total, at) = (
+            written.load(Ordering::SeqCst),
+            at_release.load(Ordering::SeqCst),
+        );
+        assert_eq!(total, answer.len());
+        assert!(at < total, "released with {at} of {total} bytes out");
+    }
+}
