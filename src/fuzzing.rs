@@ -333,3 +333,59 @@ pub fn chunked_body(bytes: &[u8]) {
         assert_eq!(whole.1, split.1, "pieces decode other trailers");
     }
 }
+
+/// Bytes from an HTTP/2 client, after its preface, through the gateway's own HTTP/2 server
+/// (`server::h2`), with a handler that reads each request's body and answers with its length.
+/// The client closes its side after the bytes and reads all that comes back. Panics if the
+/// server panics, or does not end once the client has closed (every wait of the server is for
+/// the client, and no clock is needed to end).
+pub fn h2_connection(bytes: &[u8]) {
+    use crate::http1::RequestBody;
+    use crate::proxy::body::ProxyBody;
+    use crate::server::limits::Limits;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let (_tx, mut stop) = tokio::sync::watch::channel(false);
+            let handler = |req: http::Request<RequestBody>| async move {
+                let len = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes().len(),
+                    Err(_) => 0,
+                };
+                http::Response::new(ProxyBody::fixed(len.to_string()))
+            };
+            let prefix = BytesMut::from(crate::server::h2::PREFACE);
+            let served = crate::server::h2::serve(
+                server,
+                prefix,
+                Limits::listener(16),
+                None,
+                &mut stop,
+                None,
+                handler,
+            );
+            let (mut rd, mut wr) = tokio::io::split(client);
+            let write = async move {
+                let _ = wr.write_all(bytes).await;
+                let _ = wr.shutdown().await;
+            };
+            let read = async move {
+                let mut sink = Vec::new();
+                let _ = rd.read_to_end(&mut sink).await;
+            };
+            let all = async { tokio::join!(served, write, read) };
+            tokio::time::timeout(std::time::Duration::from_secs(5), all)
+                .await
+                .expect("the server ends once its client has closed");
+        })
+    });
+}

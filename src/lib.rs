@@ -14,6 +14,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;
+pub mod http2;
 pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;

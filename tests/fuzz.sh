@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Fuzzes splitgate for SECONDS per target (default 60): the config loader (config_load), the
 # router (route_match), the header rules and the upstream side's HTTP/1 parsing (request_head),
-# and the listener's own HTTP/1.1 server: its request head parser (h1_head) and its chunked
-# request body decoder (h1_chunked). Installs
-# cargo-fuzz when it is missing. Runs every target, then fails if any crashed, naming the target
-# and the file that holds the crashing input.
+# the listener's own HTTP/1.1 server: its request head parser (h1_head) and its chunked
+# request body decoder (h1_chunked), and its own HTTP/2 server: the HPACK codec (hpack) and
+# whole connections (h2_server). Installs cargo-fuzz when it is missing. Runs every target,
+# then fails if any crashed, naming the target and the file that holds the crashing input.
 #   tests/fuzz.sh 600                                         # ten minutes per target
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run route_match -- -max_total_time=3600   # one target, longer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(config_load route_match request_head h1_head h1_chunked)
+targets=(config_load route_match request_head h1_head h1_chunked hpack h2_server)
 
 # cargo fuzz passes nightly-only flags (sanitizers, coverage); this lets stable rustc take them.
 export RUSTC_BOOTSTRAP=1

@@ -31,7 +31,7 @@ pub struct RequestBody(Kind);
 enum Kind {
     /// No body (or its end was reached before it was handed on).
     Empty,
-    /// Read from an HTTP/1.1 connection.
+    /// Read from the connection of the gateway's own server (HTTP/1.1, or an HTTP/2 stream).
     Http1(Arc<dyn Source>),
     /// An HTTP/2 stream's data.
     Http2(Incoming),
@@ -45,6 +45,11 @@ impl RequestBody {
 
     /// A body read from an HTTP/1.1 connection.
     pub fn http1(source: Arc<dyn Source>) -> Self {
+        RequestBody(Kind::Http1(source))
+    }
+
+    /// A body fed by the gateway's own HTTP/2 server.
+    pub fn stream(source: Arc<dyn Source>) -> Self {
         RequestBody(Kind::Http1(source))
     }
 

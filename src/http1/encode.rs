@@ -219,7 +219,7 @@ thread_local! {
 }
 
 /// Appends the current time as an IMF-fixdate (`Tue, 01 Dec 2026 16:29:20 GMT`).
-fn date(dst: &mut Vec<u8>) {
+pub fn date(dst: &mut Vec<u8>) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 static CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// No head has begun.
 const NONE: u64 = u64::MAX;
 

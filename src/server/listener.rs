@@ -2,11 +2,10 @@
 //! listener, HTTP/1.1 and HTTP/2 (by ALPN) inside TLS.
 
 use super::accept::Acceptor;
-use super::conn::{detect_before, serve_detected, Conduct, Cut, Http, Proto};
+use super::conn::{detect_before, Conduct, Cut, Http, Proto};
 use super::limits::{derived_max_connections, raise_descriptor_limit};
 use super::offenders::Offenders;
 use crate::config::Config;
-use crate::http1::RequestBody;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::SharedRuntime;
 use crate::tls::{self, CertStore};
@@ -343,15 +342,10 @@ where
             super::h1::serve(io, buf, limits, Some(&own), stop, Some(drain), handler).await
         }
         Proto::Http2 => {
-            // Boxed: hyper spawns each stream as a task, and moving a stream's whole future
-            // into it cost two copies of several KiB per request.
-            let handler = move |req: http::Request<hyper::body::Incoming>| {
-                let (runtime, conn) = (runtime.clone(), conn.clone());
-                let req = req.map(RequestBody::http2);
-                Box::pin(async move { proxy::handle(&runtime, &conn, req, false).await })
-            };
-            // Boxed: an HTTP/1.1 connection then holds no room for hyper's HTTP/2 connection.
-            let h2 = serve_detected(io, proto, buf, http, Some(&own), stop, Some(drain), handler);
+            let handler = |req| proxy::handle(&runtime, &conn, req, true);
+            let limits = *http.limits();
+            // Boxed: an HTTP/1.1 connection then holds no room for an HTTP/2 one.
+            let h2 = super::h2::serve(io, buf, limits, Some(&own), stop, Some(drain), handler);
             Box::pin(h2).await
         }
     }

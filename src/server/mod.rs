@@ -4,6 +4,7 @@ pub mod accept;
 pub mod conn;
 pub mod endpoint;
 pub mod h1;
+pub mod h2;
 pub mod limits;
 pub mod listener;
 pub mod offenders;

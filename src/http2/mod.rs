@@ -1,0 +1,4 @@
+//! HTTP/2 codecs for the gateway's own HTTP/2 server.
+
+pub mod frame;
+pub mod hpack;
