@@ -1,9 +1,9 @@
 //! One client connection from accept to close, under its listener's limits: the protocol is
 //! found (HTTP/1.1 or the HTTP/2 preface) before a deadline, then served by hyper while a
 //! watchdog closes it when its head is too slow, when it stays idle, or when an HTTP/2 client
-//! resets streams faster than the limit allows. On the proxy listeners hyper serves HTTP/2
-//! only: HTTP/1.1 goes to the gateway's own server (`server::h1`), which keeps these deadlines
-//! itself. The admin, readiness and metrics ports are served here for both.
+//! resets streams faster than the limit allows. This serves the admin, readiness and metrics
+//! ports; the proxy listeners find the protocol here and then go to the gateway's own servers
+//! (`server::h1`, `server::h2`), which keep these deadlines themselves.
 //!
 //! The watchdog is polled in the connection's own task, after the connection: for HTTP/1.1 every
 //! change it reads (a head begins, a request starts or ends) happens in that same poll, so it

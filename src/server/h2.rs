@@ -63,8 +63,10 @@ const TEXT_ROOM: usize = 4096;
 const MAX_EARLY_RESETS: usize = 20;
 /// Least room for a read: most requests' frames fit; a larger frame makes its own room.
 const READ_ROOM: usize = 4096;
-/// Frames read in one poll before the task yields to others.
+/// Frames read in one round before the streams are polled.
 const FRAMES_PER_POLL: usize = 256;
+/// Rounds of reading, polling streams and writing in one poll before the task yields.
+const ROUNDS_PER_POLL: usize = 32;
 
 /// Why the connection ends at once.
 #[derive(Debug)]
@@ -626,9 +628,6 @@ where
                 progressed = true;
                 frames += 1;
                 if self.wbuf.len() - self.wpos > WRITE_HIGH || frames >= FRAMES_PER_POLL {
-                    if frames >= FRAMES_PER_POLL {
-                        cx.waker().wake_by_ref();
-                    }
                     return Ok(progressed);
                 }
             }
@@ -1153,35 +1152,33 @@ where
 
     /// Polls the streams that woke; sends the heads of answers that are ready and as much of
     /// their bodies as the windows and the write buffer allow.
+    /// One round: each stream woken so far is polled once. Whether any was.
     fn poll_streams(&mut self) -> bool {
-        let mut progressed = false;
-        loop {
-            {
-                let mut woken = self
-                    .wakeup
-                    .ready
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                self.ready.append(&mut woken);
-            }
-            if self.ready.is_empty() {
-                return progressed;
-            }
-            progressed = true;
-            self.early_resets = 0;
-            let mut ready = std::mem::take(&mut self.ready);
-            if ready.len() > 1 {
-                ready.sort_unstable();
-                ready.dedup();
-            }
-            for &slot in &ready {
-                self.poll_stream(slot);
-            }
-            ready.clear();
-            if self.ready.is_empty() {
-                self.ready = ready;
-            }
+        {
+            let mut woken = self
+                .wakeup
+                .ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.ready.append(&mut woken);
         }
+        if self.ready.is_empty() {
+            return false;
+        }
+        self.early_resets = 0;
+        let mut ready = std::mem::take(&mut self.ready);
+        if ready.len() > 1 {
+            ready.sort_unstable();
+            ready.dedup();
+        }
+        for &slot in &ready {
+            self.poll_stream(slot);
+        }
+        ready.clear();
+        if self.ready.is_empty() {
+            self.ready = ready;
+        }
+        true
     }
 
     fn poll_stream(&mut self, slot: usize) {
@@ -1408,7 +1405,15 @@ where
     /// Drives the connection until it ends.
     fn poll(&mut self, cx: &mut Context<'_>, timer: &mut Timer<'_>) -> Poll<Result<(), Fatal>> {
         self.wakeup.task.register(cx.waker());
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > ROUNDS_PER_POLL {
+                // Others get their turn (and a handler that wakes itself at once, as tokio's
+                // budget makes it do, cannot hold the thread).
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let mut progressed = false;
             if self.wbuf.len() - self.wpos <= WRITE_HIGH {
                 progressed |= self.poll_frames(cx)?;

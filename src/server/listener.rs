@@ -316,8 +316,7 @@ async fn serve_tls(
     }
 }
 
-/// Serves one proxy connection until it ends: HTTP/1.1 with the gateway's own server, HTTP/2
-/// with hyper's.
+/// Serves one proxy connection until it ends, with the gateway's own HTTP/1.1 or HTTP/2 server.
 async fn serve<I>(
     mut io: I,
     deadline: Instant,
@@ -356,8 +355,8 @@ mod tests {
     use super::*;
 
     /// What a waiting client connection holds is mostly the future that serves it: an HTTP/1.1
-    /// connection must not reserve room for a request's future or for hyper's HTTP/2
-    /// connection (both are boxed when they run). 1.7 KiB in a debug build today; the bound
+    /// connection must not reserve room for a request's future or for an HTTP/2 connection
+    /// (both are boxed when they run). 1.7 KiB in a debug build today; the bound
     /// leaves room for compiler changes and catches a large future inlined again.
     #[test]
     fn a_connection_future_is_small() {
