@@ -607,7 +607,7 @@ where
 }
 
 /// Ready once `drain` says the gateway drains; never without one.
-async fn draining(drain: &mut Option<watch::Receiver<bool>>) {
+pub(super) async fn draining(drain: &mut Option<watch::Receiver<bool>>) {
     let Some(d) = drain else {
         return std::future::pending().await;
     };

@@ -13,7 +13,7 @@
 //! head limit.
 
 pub use super::conn::PREFACE;
-use super::conn::{Conduct, Cut};
+use super::conn::{draining, Conduct, Cut};
 use super::limits::{Limits, RESET_WINDOW};
 use crate::http1::body::{BoxError, Source};
 use crate::http1::encode::date;
@@ -909,6 +909,11 @@ where
             return Ok(());
         }
         s.recv_window -= len;
+        if give_back > 0 {
+            // The stream's share of the padding goes back at once too.
+            s.recv_window += i64::from(give_back);
+            frame::window_update(&mut self.wbuf, head.stream, give_back);
+        }
         s.received += data_len as u64;
         let end = head.has(flag::END_STREAM);
         let broken = match s.length {
@@ -1333,8 +1338,9 @@ where
                 Poll::Ready(Some(Err(e))) => {
                     let e: BoxError = e.into();
                     tracing::debug!(error = %e, "answer body failed; resetting the stream");
-                    let id = s.id;
-                    self.reset(id, Reason::INTERNAL_ERROR, "the answer body failed");
+                    // Not the client's doing: not counted against it as a reset.
+                    frame::rst(&mut self.wbuf, s.id, Reason::INTERNAL_ERROR);
+                    self.remove(slot, "the answer body failed");
                     return;
                 }
             }
@@ -1662,18 +1668,6 @@ where
     });
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
     conduct
-}
-
-/// Ready once `drain` says the gateway drains; never without one.
-async fn draining(drain: &mut Option<watch::Receiver<bool>>) {
-    let Some(d) = drain else {
-        return std::future::pending().await;
-    };
-    while !*d.borrow_and_update() {
-        if d.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
 }
 
 #[cfg(test)]
