@@ -1155,9 +1155,9 @@ where
         frame::header_block(&mut self.wbuf, id, &self.block, true, self.peer_max_frame);
     }
 
-    /// Polls the streams that woke; sends the heads of answers that are ready and as much of
-    /// their bodies as the windows and the write buffer allow.
-    /// One round: each stream woken so far is polled once. Whether any was.
+    /// One round: each stream woken so far is polled once, and the heads of answers that are
+    /// ready and as much of their bodies as the windows and the write buffer allow are sent.
+    /// Whether any stream was polled.
     fn poll_streams(&mut self) -> bool {
         {
             let mut woken = self
