@@ -1,9 +1,8 @@
 //! The body of a client's request as the proxy reads it: from the gateway's own HTTP/1.1
-//! connection, or from hyper's HTTP/2 stream.
+//! connection, or from one of its HTTP/2 streams.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
@@ -32,9 +31,7 @@ enum Kind {
     /// No body (or its end was reached before it was handed on).
     Empty,
     /// Read from the connection of the gateway's own server (HTTP/1.1, or an HTTP/2 stream).
-    Http1(Arc<dyn Source>),
-    /// An HTTP/2 stream's data.
-    Http2(Incoming),
+    Source(Arc<dyn Source>),
 }
 
 impl RequestBody {
@@ -45,17 +42,12 @@ impl RequestBody {
 
     /// A body read from an HTTP/1.1 connection.
     pub fn http1(source: Arc<dyn Source>) -> Self {
-        RequestBody(Kind::Http1(source))
+        RequestBody(Kind::Source(source))
     }
 
     /// A body fed by the gateway's own HTTP/2 server.
     pub fn stream(source: Arc<dyn Source>) -> Self {
-        RequestBody(Kind::Http1(source))
-    }
-
-    /// An HTTP/2 stream's body.
-    pub fn http2(incoming: Incoming) -> Self {
-        RequestBody(Kind::Http2(incoming))
+        RequestBody(Kind::Source(source))
     }
 }
 
@@ -63,8 +55,7 @@ impl fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.0 {
             Kind::Empty => "empty",
-            Kind::Http1(_) => "http1",
-            Kind::Http2(_) => "http2",
+            Kind::Source(_) => "streamed",
         };
         f.debug_tuple("RequestBody").field(&kind).finish()
     }
@@ -80,24 +71,21 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
             Kind::Empty => Poll::Ready(None),
-            Kind::Http1(source) => source.poll_frame(cx).map_err(Into::into),
-            Kind::Http2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Kind::Source(source) => source.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Empty => true,
-            Kind::Http1(source) => source.is_end_stream(),
-            Kind::Http2(incoming) => incoming.is_end_stream(),
+            Kind::Source(source) => source.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Http1(source) => source.size_hint(),
-            Kind::Http2(incoming) => incoming.size_hint(),
+            Kind::Source(source) => source.size_hint(),
         }
     }
 }
