@@ -328,12 +328,7 @@ impl Collect {
         let Ok(name) = HeaderName::from_bytes(name) else {
             return self.bad("an invalid field name");
         };
-        if name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
-        {
+        if connection_specific(&name) {
             return self.bad("a connection-specific field");
         }
         if name == header::TE && value != b"trailers" {
@@ -1472,16 +1467,21 @@ where
     }
 }
 
+/// Whether HTTP/2 forbids the field as connection-specific (RFC 9113 §8.2.2): a request
+/// that has one is malformed, and an answer drops it. `te` is apart: it may say `trailers`.
+fn connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// The fields of a header map as HPACK, without the ones HTTP/2 forbids.
 fn encode_fields(dst: &mut Vec<u8>, headers: &HeaderMap) -> bool {
     let mut dated = false;
     for (name, value) in headers {
-        if name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
-        {
+        if connection_specific(name) {
             continue;
         }
         dated |= name == header::DATE;
