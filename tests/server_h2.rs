@@ -1824,3 +1824,97 @@ async fn a_field_section_over_the_limit_is_not_forwarded() {
 async fn a_field_section_over_the_limit_in_continuations_is_not_forwarded() {
     an_oversized_field_section_is_not_forwarded(true).await;
 }
+
+/// A request still sending its body whose field section is over the limit gets its 431, with a
+/// `date` like any answer, and then RST_STREAM NO_ERROR (RFC 9113 §8.1), which tells the client
+/// that the answer is whole and it may stop sending; the connection goes on serving.
+#[tokio::test]
+async fn an_oversized_request_with_a_body_to_come_gets_431_then_no_error_reset() {
+    let up = spawn_upstream("stable", Behavior::Name).await;
+    let gw = spawn_gateway(&config(up.addr, &[], "max_request_headers_kb: 8")).await;
+    let mut raw = Raw::open(gw.addr, &[]).await;
+    let value = "a".repeat(1500);
+    let mut fields: Vec<(&str, &str)> = request("POST", "/big");
+    let names: Vec<String> = (0..8).map(|i| format!("x-big-{i}")).collect();
+    for name in &names {
+        fields.push((name, &value));
+    }
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &block(&fields)))
+        .await;
+    let mut head = None;
+    let mut reset = None;
+    while reset.is_none() {
+        let f = raw.next().await.expect("the answer to stream 1");
+        assert_ne!(f.kind, GOAWAY, "GOAWAY {:#x}", f.code());
+        match f.kind {
+            HEADERS if f.stream == 1 => {
+                assert_ne!(f.flags & END_STREAM, 0, "the 431 is whole in its HEADERS");
+                head = Some(f.fragment().to_vec());
+            }
+            RST_STREAM if f.stream == 1 => reset = Some(f.code()),
+            _ => {}
+        }
+    }
+    let head = head.expect("a 431 before the reset");
+    let mut fields = Vec::new();
+    splitgate::http2::hpack::Decoder::new(4096)
+        .decode(&head, 1 << 16, |f| {
+            fields.push((
+                String::from_utf8_lossy(f.name).into_owned(),
+                String::from_utf8_lossy(f.value).into_owned(),
+            ))
+        })
+        .unwrap();
+    assert_eq!(fields[0], (":status".into(), "431".into()));
+    let date = fields.iter().find(|(n, _)| n == "date").map(|(_, v)| v);
+    assert!(
+        date.is_some_and(|d| d.ends_with(" GMT") && d.len() == 29),
+        "{fields:?}"
+    );
+    assert_eq!(reset, Some(0), "RST_STREAM NO_ERROR after the answer");
+    raw.send(&get_frame(3, "/next")).await;
+    assert_eq!(raw.response(3).await, (200, b"stable\n".to_vec()));
+    let seen: Vec<String> = up.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(
+        seen,
+        ["/next"],
+        "the oversized request reached the upstream"
+    );
+}
+
+/// HEADERS whose priority makes the stream depend on itself is a stream error of type
+/// PROTOCOL_ERROR (RFC 9113 §5.3.1): the request never reaches the upstream.
+#[tokio::test]
+async fn headers_that_make_a_stream_depend_on_itself_are_refused() {
+    let mut payload = 1u32.to_be_bytes().to_vec(); // depends on stream 1, itself
+    payload.push(16); // weight
+    payload.extend(block(&request("GET", "/self")));
+    refused_before_the_upstream(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM | PRIORITY_FLAG,
+        1,
+        &payload,
+    ))
+    .await;
+}
+
+/// A PRIORITY frame that makes an open stream depend on itself resets that stream with
+/// PROTOCOL_ERROR (RFC 9113 §5.3.1); the connection serves the next request.
+#[tokio::test]
+async fn a_priority_frame_that_makes_an_open_stream_depend_on_itself_resets_it() {
+    let (_up, gw) = plain().await;
+    let mut raw = Raw::open(gw.addr, &[]).await;
+    let mut out = frame(HEADERS, END_HEADERS, 1, &block(&request("POST", "/open")));
+    out.extend(frame(PRIORITY, 0, 1, &[0, 0, 0, 1, 16]));
+    raw.send(&out).await;
+    assert_eq!(raw.outcome(1).await, Outcome::Reset(PROTOCOL_ERROR));
+    raw.send(&get_frame(3, "/next")).await;
+    assert_eq!(raw.response(3).await, (200, b"stable\n".to_vec()));
+}
+
+/// The same on a stream not yet opened: it cannot be reset while idle (§6.4), so it is a
+/// connection error of type PROTOCOL_ERROR.
+#[tokio::test]
+async fn a_priority_frame_that_makes_an_idle_stream_depend_on_itself_is_a_protocol_error() {
+    connection_error(frame(PRIORITY, 0, 5, &[0, 0, 0, 5, 16]), PROTOCOL_ERROR).await;
+}

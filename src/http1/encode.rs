@@ -220,6 +220,11 @@ thread_local! {
 
 /// Appends the current time as an IMF-fixdate (`Tue, 01 Dec 2026 16:29:20 GMT`).
 pub fn date(dst: &mut Vec<u8>) {
+    dst.extend_from_slice(&now_date());
+}
+
+/// The current time as an IMF-fixdate, formatted at most once a second per thread.
+pub fn now_date() -> [u8; 29] {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -228,11 +233,10 @@ pub fn date(dst: &mut Vec<u8>) {
         if cached.0 != secs {
             *cached = (secs, imf_fixdate(secs));
         }
-        dst.extend_from_slice(&cached.1);
-    });
+        cached.1
+    })
 }
 
-/// `secs` since the epoch as an IMF-fixdate (RFC 9110 §5.6.7).
 fn imf_fixdate(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
     const MONTHS: [&[u8; 3]; 12] = [

@@ -16,7 +16,7 @@ pub use super::conn::PREFACE;
 use super::conn::{draining, Conduct, Cut};
 use super::limits::{Limits, RESET_WINDOW};
 use crate::http1::body::{BoxError, Source};
-use crate::http1::encode::date;
+use crate::http1::encode::now_date;
 use crate::http1::fields::WithFields;
 use crate::http1::RequestBody;
 use crate::http2::frame::{self, flag, kind, setting, Head, Reason, HEADER_LEN};
@@ -253,6 +253,8 @@ struct Stream<Fut, B> {
 struct Pending {
     stream: u32,
     end_stream: bool,
+    /// The HEADERS frame made the stream depend on itself.
+    self_dependent: bool,
     block: Vec<u8>,
     frames: usize,
 }
@@ -668,6 +670,18 @@ where
                         Reason::FRAME_SIZE_ERROR,
                         "a PRIORITY frame of the wrong size",
                     );
+                } else if depends_on(&payload) == head.stream {
+                    // A stream error (RFC 9113 §5.3.1). A stream still idle cannot be reset
+                    // (§6.4), so there it fails the connection; a closed one is left alone.
+                    if self.slot_of(head.stream).is_some() {
+                        self.reset(
+                            head.stream,
+                            Reason::PROTOCOL_ERROR,
+                            "a stream that depends on itself",
+                        );
+                    } else if head.stream > self.last_id {
+                        return Err(protocol("an idle stream that depends on itself"));
+                    }
                 }
                 Ok(())
             }
@@ -955,6 +969,7 @@ where
         let Some(mut block) = frame::unpadded(head.flags, payload) else {
             return Err(protocol("padding longer than the frame"));
         };
+        let mut self_dependent = false;
         if head.has(flag::PRIORITY) {
             if block.len() < 5 {
                 return Err(Fatal::Protocol(
@@ -962,17 +977,19 @@ where
                     "a HEADERS frame too short for its priority",
                 ));
             }
+            self_dependent = depends_on(block) == head.stream;
             block = &block[5..];
         }
         let end_stream = head.has(flag::END_STREAM);
         if head.has(flag::END_HEADERS) {
-            return self.on_block(head.stream, end_stream, block);
+            return self.on_block(head.stream, end_stream, self_dependent, block);
         }
         let mut buf = Vec::with_capacity(block.len() * 2);
         buf.extend_from_slice(block);
         self.pending = Some(Pending {
             stream: head.stream,
             end_stream,
+            self_dependent,
             block: buf,
             frames: 1,
         });
@@ -994,13 +1011,13 @@ where
         }
         if head.has(flag::END_HEADERS) {
             let p = self.pending.take().expect("checked above");
-            return self.on_block(p.stream, p.end_stream, &p.block);
+            return self.on_block(p.stream, p.end_stream, p.self_dependent, &p.block);
         }
         Ok(())
     }
 
     /// A whole header block: a new request, or the trailers of one.
-    fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Step {
+    fn on_block(&mut self, id: u32, end_stream: bool, self_dependent: bool, block: &[u8]) -> Step {
         let slot = self.slot_of(id);
         let trailers = slot.is_some();
         self.collect.reset();
@@ -1019,7 +1036,13 @@ where
                 ));
             }
         };
+        // A block is decoded even when its stream fails, so that the HPACK table stays in step.
+        const SELF_DEPENDENT: &str = "a stream that depends on itself";
         if let Some(slot) = slot {
+            if self_dependent {
+                self.reset(id, Reason::PROTOCOL_ERROR, SELF_DEPENDENT);
+                return Ok(());
+            }
             return self.on_trailers(slot, id, end_stream, too_large);
         }
         if id % 2 == 0 {
@@ -1032,6 +1055,10 @@ where
             ));
         }
         self.last_id = id;
+        if self_dependent {
+            self.reset(id, Reason::PROTOCOL_ERROR, SELF_DEPENDENT);
+            return Ok(());
+        }
         if self.going || self.peer_going {
             // After GOAWAY: the client may send the request again on a new connection.
             return Ok(());
@@ -1042,6 +1069,10 @@ where
         }
         if too_large {
             self.answer_now(id, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            if !end_stream {
+                // The answer is whole: the client may stop sending the request (RFC 9113 §8.1).
+                frame::rst(&mut self.wbuf, id, Reason::NO_ERROR);
+            }
             return Ok(());
         }
         let (req, length) = match self.collect.request() {
@@ -1147,6 +1178,7 @@ where
         self.block.clear();
         hpack::encode_status(status.as_u16(), &mut self.block);
         hpack::encode_field(b"content-length", b"0", false, &mut self.block);
+        hpack::encode_field(b"date", &now_date(), false, &mut self.block);
         frame::header_block(&mut self.wbuf, id, &self.block, true, self.peer_max_frame);
     }
 
@@ -1467,6 +1499,11 @@ where
     }
 }
 
+/// The stream a PRIORITY frame's payload, or a HEADERS frame's priority, names as the parent.
+fn depends_on(priority: &[u8]) -> u32 {
+    u32::from_be_bytes([priority[0], priority[1], priority[2], priority[3]]) & 0x7fff_ffff
+}
+
 /// Whether HTTP/2 forbids the field as connection-specific (RFC 9113 §8.2.2): a request
 /// that has one is malformed, and an answer drops it. `te` is apart: it may say `trailers`.
 fn connection_specific(name: &HeaderName) -> bool {
@@ -1513,9 +1550,7 @@ fn encode_head(
     }
     dated |= encode_fields(dst, headers);
     if !dated {
-        let mut now = Vec::with_capacity(29);
-        date(&mut now);
-        hpack::encode_field(b"date", &now, false, dst);
+        hpack::encode_field(b"date", &now_date(), false, dst);
     }
 }
 
