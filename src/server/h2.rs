@@ -1851,3 +1851,7 @@ mod tests {
         assert_eq!(req.headers()["host"], "h");
     }
 }
+
+#[cfg(test)]
+#[path = "h2_tests.rs"]
+mod more_tests;
