@@ -108,9 +108,11 @@ pub trait WithFields {
     fn fields(&self) -> Option<&Fields>;
 
     /// Lets go, where the body lies, of what it holds once its answer is out (an upstream
-    /// connection, the request's place in a count): the server calls it before the answer's
-    /// last write, so that the client cannot see the end before it. The body reads as ended
-    /// after it. Dropping it would do the same, but moving it out to drop costs a copy.
+    /// connection, the request's place in a count): the HTTP/1.1 server calls it before the
+    /// answer's last write, so that the client cannot see the end before it. The body reads as
+    /// ended after it. Dropping it does the same, and is what the HTTP/2 server does (before
+    /// the frame that ends the stream is written); in the HTTP/1.1 server, where the body lies
+    /// inside the exchange, moving it out to drop would cost a copy.
     fn release(&mut self) {}
 }
 

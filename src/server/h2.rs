@@ -472,6 +472,8 @@ enum Tick {
 struct Timer<'a> {
     sleep: Pin<&'a mut Sleep>,
     armed: Instant,
+    /// Streams were open when the timer was last looked at.
+    busy: bool,
 }
 
 /// The connection: its socket, buffers, decoding state and streams.
@@ -918,8 +920,8 @@ where
             return Ok(());
         }
         s.recv_window -= len;
-        if give_back > 0 {
-            // The stream's share of the padding goes back at once too.
+        if give_back > 0 && !head.has(flag::END_STREAM) {
+            // The stream's share of the padding goes back at once too, while it can be used.
             s.recv_window += i64::from(give_back);
             frame::window_update(&mut self.wbuf, head.stream, give_back);
         }
@@ -1413,6 +1415,17 @@ where
             timer.armed = due;
             timer.sleep.as_mut().reset(due);
         }
+        if quiet {
+            timer.busy = false;
+        } else if !timer.busy {
+            timer.busy = true;
+            // The first PING comes one interval after streams open, whatever the idle timeout.
+            let ping = Instant::now() + KEEP_ALIVE;
+            if ping < timer.armed {
+                timer.armed = ping;
+                timer.sleep.as_mut().reset(ping);
+            }
+        }
         if timer.sleep.as_mut().poll(cx).is_pending() {
             return Tick::Wait;
         }
@@ -1635,6 +1648,7 @@ where
     let mut timer = Timer {
         sleep: sleep.as_mut(),
         armed,
+        busy: false,
     };
     let stopped = stop.changed();
     tokio::pin!(stopped);
