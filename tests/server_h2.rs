@@ -1772,19 +1772,24 @@ async fn a_stream_over_the_concurrency_limit_is_refused_and_the_others_complete(
     assert_eq!(paths, ["/one", "/two"]);
 }
 
+/// The header block of a `method` request to `/big` with 12 KB of fields: over a limit of 8 KiB.
+fn oversized_block(method: &'static str) -> Vec<u8> {
+    let value = "a".repeat(1500);
+    let mut fields: Vec<(&str, &str)> = request(method, "/big");
+    let names: Vec<String> = (0..8).map(|i| format!("x-big-{i}")).collect();
+    for name in &names {
+        fields.push((name, &value));
+    }
+    block(&fields)
+}
+
 /// A field section over the listener's `max_request_headers_kb` (SETTINGS_MAX_HEADER_LIST_SIZE,
 /// §10.5.1) is not forwarded: 431, a reset or GOAWAY (any code) are all accepted.
 async fn an_oversized_field_section_is_not_forwarded(split: bool) {
     let up = spawn_upstream("stable", Behavior::Name).await;
     let gw = spawn_gateway(&config(up.addr, &[], "max_request_headers_kb: 8")).await;
     let mut raw = Raw::open(gw.addr, &[]).await;
-    let value = "a".repeat(1500);
-    let mut fields: Vec<(&str, &str)> = request("GET", "/big");
-    let names: Vec<String> = (0..8).map(|i| format!("x-big-{i}")).collect();
-    for name in &names {
-        fields.push((name, &value));
-    }
-    let whole = block(&fields);
+    let whole = oversized_block("GET");
     assert!(whole.len() > 8 * 1024 && whole.len() < raw.max_frame());
     let out = if split {
         let (a, rest) = whole.split_at(4000);
@@ -1833,13 +1838,7 @@ async fn an_oversized_request_with_a_body_to_come_gets_431_then_no_error_reset()
     let up = spawn_upstream("stable", Behavior::Name).await;
     let gw = spawn_gateway(&config(up.addr, &[], "max_request_headers_kb: 8")).await;
     let mut raw = Raw::open(gw.addr, &[]).await;
-    let value = "a".repeat(1500);
-    let mut fields: Vec<(&str, &str)> = request("POST", "/big");
-    let names: Vec<String> = (0..8).map(|i| format!("x-big-{i}")).collect();
-    for name in &names {
-        fields.push((name, &value));
-    }
-    raw.send(&frame(HEADERS, END_HEADERS, 1, &block(&fields)))
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &oversized_block("POST")))
         .await;
     let mut head = None;
     let mut reset = None;
