@@ -237,6 +237,7 @@ pub fn now_date() -> [u8; 29] {
     })
 }
 
+/// `secs` since the epoch as an IMF-fixdate (RFC 9110 §5.6.7).
 fn imf_fixdate(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
     const MONTHS: [&[u8; 3]; 12] = [
