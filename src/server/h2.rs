@@ -676,11 +676,7 @@ where
                     // A stream error (RFC 9113 §5.3.1). A stream still idle cannot be reset
                     // (§6.4), so there it fails the connection; a closed one is left alone.
                     if self.slot_of(head.stream).is_some() {
-                        self.reset(
-                            head.stream,
-                            Reason::PROTOCOL_ERROR,
-                            "a stream that depends on itself",
-                        );
+                        self.reset(head.stream, Reason::PROTOCOL_ERROR, SELF_DEPENDENT);
                     } else if head.stream > self.last_id {
                         return Err(protocol("an idle stream that depends on itself"));
                     }
@@ -1039,7 +1035,6 @@ where
             }
         };
         // A block is decoded even when its stream fails, so that the HPACK table stays in step.
-        const SELF_DEPENDENT: &str = "a stream that depends on itself";
         if let Some(slot) = slot {
             if self_dependent {
                 self.reset(id, Reason::PROTOCOL_ERROR, SELF_DEPENDENT);
@@ -1511,6 +1506,9 @@ where
         }
     }
 }
+
+/// Why a stream was reset for naming itself as its parent (RFC 9113 §5.3.1).
+const SELF_DEPENDENT: &str = "a stream that depends on itself";
 
 /// The stream a PRIORITY frame's payload, or a HEADERS frame's priority, names as the parent.
 fn depends_on(priority: &[u8]) -> u32 {
